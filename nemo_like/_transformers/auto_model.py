@@ -1,0 +1,243 @@
+"""NeMoAutoModelForCausalLM: load or build a trainable plain transformers causal LM.
+
+The loader returns the model transformers itself would return (a
+``LlamaForCausalLM`` and so on), so everything downstream (PEFT, FSDP2,
+``save_pretrained``, lm-eval) sees an ordinary model. What it adds is the path
+resolution of :mod:`nemo_like._transformers.embedded` (offline hub, embedded
+SmolLM2), a forgiving ``torch_dtype``, and GGUF files loaded as dense weights
+with the GGUF quantizer removed, since that quantizer would otherwise refuse
+training and saving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from nemo_like._transformers.embedded import hub_load_error, resolve_pretrained_path, split_gguf_path
+
+logger = logging.getLogger("nemo_like")
+
+DTypeLike = str | torch.dtype | None
+
+_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "16": torch.float16,
+}
+
+# NeMo AutoModel options that select its own kernels; here the model is always the
+# plain transformers one, so they are accepted for YAML compatibility.
+_NEMO_ONLY_OPTIONS = ("force_hf", "use_liger_kernel", "sdpa_method", "use_te")
+
+
+def resolve_dtype(value: DTypeLike) -> torch.dtype | str:
+    """Map a YAML-friendly dtype ("bf16", "torch.bfloat16", torch.float32, None) to torch, or "auto"."""
+    if value is None or isinstance(value, torch.dtype):
+        return "auto" if value is None else value
+    text = str(value).strip().lower().removeprefix("torch.")
+    if text == "auto":
+        return "auto"
+    if text in _DTYPE_NAMES:
+        return _DTYPE_NAMES[text]
+    raise ValueError(f"Unknown torch_dtype {value!r}; use 'auto', 'float32', 'bfloat16' or 'float16'.")
+
+
+def _pick_dtype(torch_dtype: DTypeLike, kwargs: dict[str, Any]) -> torch.dtype | str:
+    """Accept both spellings: ``torch_dtype`` (NeMo, transformers 4) and ``dtype`` (transformers 5)."""
+    dtype = kwargs.pop("dtype", None)
+    if dtype is not None and torch_dtype not in (None, "auto") and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
+        raise ValueError(f"Both dtype={dtype!r} and torch_dtype={torch_dtype!r} were given; pass only one.")
+    return resolve_dtype(dtype if dtype is not None else torch_dtype)
+
+
+def _drop_nemo_only_options(kwargs: dict[str, Any]) -> None:
+    for name in _NEMO_ONLY_OPTIONS:
+        if name in kwargs and kwargs.pop(name) and name != "force_hf":
+            logger.warning("%s is not available in nemo_like; loading the plain transformers model.", name)
+
+
+def _is_gguf_quantized(model: PreTrainedModel) -> bool:
+    quantizer = getattr(model, "hf_quantizer", None)
+    qconfig = getattr(quantizer, "quantization_config", None) or getattr(model.config, "quantization_config", None)
+    if qconfig is None:
+        return False
+    method = qconfig.get("quant_method") if isinstance(qconfig, dict) else getattr(qconfig, "quant_method", None)
+    return str(getattr(method, "value", method)).lower() == "gguf"
+
+
+def drop_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
+    """Remove the GGUF quantizer from a model whose weights are already dense.
+
+    transformers keeps the quantizer on a model loaded from GGUF even after it
+    unpacked every weight; the quantizer then reports the model as not trainable
+    and not serializable. Weights still kept in GGUF blocks are unpacked first.
+    """
+    if not _is_gguf_quantized(model):
+        return model
+    quantizer = getattr(model, "hf_quantizer", None)
+    packed = any(type(m).__name__.lower().startswith("gguf") for m in model.modules())
+    if packed:
+        if quantizer is None:
+            raise RuntimeError("The GGUF model keeps packed weights but has no quantizer to unpack them.")
+        model = quantizer.dequantize(model)  # also removes the quantization config
+    elif quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for attr in ("hf_quantizer", "quantization_method"):
+        if attr in vars(model):
+            delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and "_is_quantized" in vars(module.config):
+            del module.config._is_quantized
+    return model
+
+
+def load_dense_gguf(
+    directory: str,
+    gguf_file: str,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = "sdpa",
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """Load a GGUF file as a dense, trainable model (every weight unpacked to ``dtype``)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always unpack GGUF weights
+        GgufConfig = None
+    if GgufConfig is not None:
+        kwargs.setdefault("quantization_config", GgufConfig(gguf_file=gguf_file, dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation, **kwargs
+    )
+    return drop_gguf_quantizer(model)
+
+
+def _with_sdpa_fallback(load, attn_implementation: str | None) -> PreTrainedModel:
+    """Run ``load(attn)``; fall back to eager attention if the architecture lacks SDPA."""
+    try:
+        return load(attn_implementation)
+    except ValueError as err:
+        if attn_implementation != "sdpa" or "sdpa" not in str(err).lower():
+            raise
+        logger.warning("This architecture does not support SDPA attention; using eager attention.")
+        return load("eager")
+
+
+class NeMoAutoModelForCausalLM:
+    """Entry point named like NeMo AutoModel's; returns plain transformers models."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Use NeMoAutoModelForCausalLM.from_pretrained(...) or .from_config(...).")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args: Any,
+        torch_dtype: DTypeLike = "auto",
+        attn_implementation: str | None = "sdpa",
+        trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+        **kwargs: Any,
+    ) -> PreTrainedModel:
+        """Load a causal LM from a local directory, a ``.gguf`` file or a hub id.
+
+        ``torch_dtype="auto"`` keeps the checkpoint's dtype, and float32 for
+        GGUF files, whose quantized blocks have no training dtype of their own.
+        """
+        dtype = _pick_dtype(torch_dtype, kwargs)
+        _drop_nemo_only_options(kwargs)
+        name = os.fspath(pretrained_model_name_or_path)
+        path, gguf_file = split_gguf_path(resolve_pretrained_path(name), gguf_file)
+
+        if gguf_file is not None:
+            gguf_dtype = torch.float32 if dtype == "auto" else dtype
+            return _with_sdpa_fallback(
+                lambda attn: load_dense_gguf(path, gguf_file, gguf_dtype, attn, trust_remote_code=trust_remote_code, **kwargs),
+                attn_implementation,
+            )
+
+        def load(attn: str | None) -> PreTrainedModel:
+            return AutoModelForCausalLM.from_pretrained(
+                path, *model_args, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **kwargs
+            )
+
+        try:
+            model = _with_sdpa_fallback(load, attn_implementation)
+        except OSError as err:
+            if os.path.exists(path):
+                raise
+            raise hub_load_error(name, err) from err
+        return drop_gguf_quantizer(model)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: PretrainedConfig | dict[str, Any] | str | os.PathLike,
+        *model_args: Any,
+        torch_dtype: DTypeLike = "auto",
+        attn_implementation: str | None = "sdpa",
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> PreTrainedModel:
+        """Build a randomly initialised causal LM from a config object, a dict or a config directory.
+
+        ``torch_dtype="auto"`` uses the config's dtype when it names one, else float32.
+        """
+        dtype = _pick_dtype(torch_dtype, kwargs)
+        _drop_nemo_only_options(kwargs)
+        config = _as_config(config, trust_remote_code)
+        if dtype == "auto":
+            dtype = _config_dtype(config)
+
+        def build(attn: str | None) -> PreTrainedModel:
+            return AutoModelForCausalLM.from_config(
+                config, *model_args, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **kwargs
+            )
+
+        return _with_sdpa_fallback(build, attn_implementation)
+
+
+def _as_config(config: PretrainedConfig | dict[str, Any] | str | os.PathLike, trust_remote_code: bool) -> PretrainedConfig:
+    if isinstance(config, PretrainedConfig):
+        return config
+    if isinstance(config, dict):
+        fields = dict(config)
+        if "model_type" not in fields:
+            raise ValueError("A config dict needs a 'model_type' key (for example 'llama').")
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    if isinstance(config, (str, os.PathLike)):
+        name = os.fspath(config)
+        path = resolve_pretrained_path(name)
+        try:
+            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            if os.path.exists(path):
+                raise
+            raise hub_load_error(name, err) from err
+    raise TypeError(f"config must be a PretrainedConfig, a dict or a path, not {type(config).__name__}.")
+
+
+def _config_dtype(config: PretrainedConfig) -> torch.dtype:
+    value = getattr(config, "dtype", None)
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and value != "auto":
+        resolved = resolve_dtype(value)
+        if isinstance(resolved, torch.dtype):
+            return resolved
+    return torch.float32

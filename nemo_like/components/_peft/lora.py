@@ -1,0 +1,333 @@
+"""LoRA and DoRA adapters for ``nn.Linear`` layers, in plain torch.
+
+LoRA adds a trainable low-rank update to a frozen linear layer,
+
+    y = x W^T + b + scale * B(A(x)),      scale = alpha / dim,
+
+with ``A`` of shape [dim, in] and ``B`` of shape [out, dim]; ``B`` starts at zero so
+the adapted model starts exactly equal to the base model.
+
+DoRA (Liu et al., 2024) splits the adapted weight into a direction and a learned
+per-output-row magnitude ``m``:
+
+    W' = m * (W + scale * B A) / ||W + scale * B A||_row.
+
+As in the paper (section 4.3) and HF PEFT, the row norm is treated as a constant
+(detached), which saves memory and is what makes the numbers here match PEFT's.
+
+The wrapper keeps the base layer's own ``weight`` / ``bias`` parameters, so the
+state-dict keys of the base model do not move (``...q_proj.weight``) and the adapter
+keys sit beside them (``...q_proj.lora_A.weight``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nemo_like.components._peft.module_matcher import ModuleMatcher
+
+_DEFAULT_TARGETS = ["*_proj"]
+_DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+_triton_warned = False
+
+
+def _resolve_dtype(value: Any) -> torch.dtype | None:
+    """Accept ``None``, a ``torch.dtype`` or a YAML string such as ``bf16`` / ``torch.bfloat16``."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    key = str(value).strip().lower().removeprefix("torch.")
+    if key in ("none", ""):
+        return None
+    if key not in _DTYPE_NAMES:
+        raise ValueError(f"peft.lora_dtype: {value!r} is not a dtype; use one of {sorted(set(_DTYPE_NAMES))}")
+    return _DTYPE_NAMES[key]
+
+
+@dataclass
+class PeftConfig:
+    """LoRA / DoRA settings, built from the ``peft:`` section of a recipe YAML.
+
+    ``target_modules`` and ``exclude_modules`` are ``*`` globs anchored on the full
+    module name (a bare name like ``q_proj`` also matches any ``...q_proj``).
+    ``match_all_linear`` adapts every ``nn.Linear`` except the output head. With
+    neither set, ``*_proj`` is used. ``dropout_position`` ``pre`` drops the adapter's
+    input (as HF PEFT does), ``post`` drops the adapter's output. ``lora_A_init``
+    ``xavier`` is Xavier-normal, ``kaiming`` is Kaiming-uniform with a=sqrt(5) (HF
+    PEFT's default). ``use_triton`` is accepted for config compatibility; this build
+    runs the torch path.
+    """
+
+    target_modules: list[str] | str = field(default_factory=list)
+    exclude_modules: list[str] | str = field(default_factory=list)
+    match_all_linear: bool = False
+    dim: int = 8
+    alpha: float = 32
+    dropout: float = 0.0
+    dropout_position: str = "post"
+    lora_A_init: str = "xavier"
+    use_dora: bool = False
+    use_triton: bool = False
+    lora_dtype: Any = None
+
+    def __post_init__(self) -> None:
+        global _triton_warned
+        self.target_modules = _as_str_list(self.target_modules, "target_modules")
+        self.exclude_modules = _as_str_list(self.exclude_modules, "exclude_modules")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0:
+            raise ValueError(f"peft.dim: must be a positive integer, got {self.dim!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"peft.alpha: must be a positive number, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"peft.dropout: must be in [0, 1), got {self.dropout!r}")
+        if self.dropout_position not in ("pre", "post"):
+            raise ValueError(f"peft.dropout_position: {self.dropout_position!r} is not one of 'pre', 'post'")
+        if self.lora_A_init not in ("xavier", "kaiming"):
+            raise ValueError(f"peft.lora_A_init: {self.lora_A_init!r} is not one of 'xavier', 'kaiming'")
+        if self.target_modules and self.match_all_linear:
+            raise ValueError("peft.target_modules: cannot be combined with match_all_linear=True; set only one")
+        self.lora_dtype = _resolve_dtype(self.lora_dtype)
+        if not self.target_modules and not self.match_all_linear:
+            warnings.warn(
+                "peft: neither target_modules nor match_all_linear is set; adapting modules matching '*_proj'",
+                UserWarning,
+                stacklevel=3,
+            )
+            self.target_modules = list(_DEFAULT_TARGETS)
+        if self.use_triton and not _triton_warned:
+            _triton_warned = True
+            warnings.warn("peft.use_triton: the Triton LoRA kernel is not available here; using the torch path",
+                          UserWarning, stacklevel=3)
+
+    @property
+    def scale(self) -> float:
+        """The factor applied to the low-rank update, ``alpha / dim``."""
+        return self.alpha / self.dim
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python view (dtype as a string) for logs and checkpoints."""
+        out = asdict(self)
+        out["lora_dtype"] = None if self.lora_dtype is None else str(self.lora_dtype).removeprefix("torch.")
+        return out
+
+
+def _as_str_list(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise ValueError(f"peft.{name}: expected a pattern or a list of patterns, got {value!r}") from None
+    if not all(isinstance(v, str) for v in items):
+        raise ValueError(f"peft.{name}: every pattern must be a string, got {items!r}")
+    return items
+
+
+class LinearLoRA(nn.Module):
+    """A frozen ``nn.Linear`` plus a LoRA (optionally DoRA) adapter.
+
+    ``weight`` and ``bias`` are the very parameter objects of the wrapped layer, so
+    memory is shared and checkpoint keys are unchanged.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        dim: int = 8,
+        alpha: float = 32,
+        dropout: float = 0.0,
+        dropout_position: str = "post",
+        lora_A_init: str = "xavier",
+        use_dora: bool = False,
+        lora_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LinearLoRA wraps nn.Linear, got {type(base).__name__}")
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)
+        self.dim = dim
+        self.alpha = alpha
+        self.scale = alpha / dim
+        self.dropout_p = float(dropout)
+        self.dropout_position = dropout_position
+        self.lora_A_init = lora_A_init
+        self.use_dora = use_dora
+        factory = {"device": base.weight.device, "dtype": lora_dtype or base.weight.dtype}
+        self.lora_A = nn.Linear(self.in_features, dim, bias=False, **factory)
+        self.lora_B = nn.Linear(dim, self.out_features, bias=False, **factory)
+        self.dropout = nn.Dropout(self.dropout_p) if self.dropout_p > 0 else nn.Identity()
+        if use_dora:
+            self.lora_magnitude = nn.Parameter(torch.empty(self.out_features, **factory))
+        self.reset_lora_parameters()
+
+    @torch.no_grad()
+    def reset_lora_parameters(self) -> None:
+        """A random, B zero (adapted layer == base layer); DoRA magnitude = row norm of W."""
+        if self.lora_A_init == "xavier":
+            nn.init.xavier_normal_(self.lora_A.weight)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        if self.use_dora:
+            self.lora_magnitude.copy_(self._adapted_row_norm())
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    @torch.no_grad()
+    def _adapted_row_norm(self) -> torch.Tensor:
+        """Row-wise L2 norm of ``W + scale * B A`` in fp32, outside autograd (DoRA's constant)."""
+        delta = self.lora_B.weight.float() @ self.lora_A.weight.float()
+        return torch.linalg.norm(self.weight.float() + self.scale * delta, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self._base_forward(x)
+        x_lora = x.to(self.lora_A.weight.dtype)
+        if self.dropout_position == "pre":
+            x_lora = self.dropout(x_lora)
+        lora_out = self.lora_B(self.lora_A(x_lora)).to(result.dtype)
+        if not self.use_dora:
+            lora_out = lora_out * self.scale
+            if self.dropout_position == "post":
+                lora_out = self.dropout(lora_out)
+            return result + lora_out
+
+        # DoRA: W' x = g * (W x + scale * B A x) with g = m / ||W + scale B A|| (detached).
+        g = (self.lora_magnitude / self._adapted_row_norm().to(self.lora_magnitude.dtype)).to(result.dtype)
+        if self.dropout_position == "pre" and self.training and self.dropout_p > 0:
+            # The rescaled base term must see the same dropped-out input as the adapter.
+            base_part = F.linear(x_lora.to(result.dtype), self.weight)
+        else:
+            base_part = result if self.bias is None else result - self.bias
+        lora_part = g * lora_out * self.scale
+        if self.dropout_position == "post":
+            lora_part = self.dropout(lora_part)
+        return result + (g - 1) * base_part + lora_part
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The single weight matrix equal to this layer in eval mode (computed in fp32)."""
+        delta = self.lora_B.weight.float() @ self.lora_A.weight.float()
+        merged = self.weight.float() + self.scale * delta
+        if self.use_dora:
+            merged = (self.lora_magnitude.float() / torch.linalg.norm(merged, dim=1)).unsqueeze(1) * merged
+        return merged.to(self.weight.dtype)
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with the adapter folded in (the bias object is reused)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = nn.Parameter(self.merged_weight(), requires_grad=self.weight.requires_grad)
+        if self.bias is not None:
+            linear.bias = self.bias
+        return linear
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"dim={self.dim}, alpha={self.alpha}, dropout={self.dropout_p} ({self.dropout_position}), "
+            f"use_dora={self.use_dora}"
+        )
+
+
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LinearLoRA]]:
+    """Yield ``(name, module)`` for every adapted layer, in registration order."""
+    for name, module in model.named_modules():
+        if isinstance(module, LinearLoRA):
+            yield name, module
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in n]
+
+
+def _no_match_error(model: nn.Module, matcher: ModuleMatcher) -> ValueError:
+    names = _linear_names(model)
+    leaves = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
+    what = "match_all_linear" if matcher.match_all_linear else f"target_modules {matcher.target_modules}"
+    return ValueError(
+        f"peft.target_modules: {what} (exclude {matcher.exclude_modules}) matched no nn.Linear layer; "
+        f"this model's linear layers include {names[:4]} (leaf names {leaves[:10]})"
+    )
+
+
+def apply_lora_to_linear_modules(model: nn.Module, peft_config: PeftConfig) -> int:
+    """Freeze the whole model, then wrap every matched ``nn.Linear`` in a ``LinearLoRA``.
+
+    Returns the number of adapted layers. The output head is never adapted under
+    ``match_all_linear``. Raises ``ValueError`` if nothing matches, since training a
+    model with zero trainable parameters is always a configuration mistake.
+    """
+    matcher = ModuleMatcher(peft_config.target_modules, peft_config.exclude_modules, peft_config.match_all_linear)
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+    head = None
+    if matcher.match_all_linear and hasattr(model, "get_output_embeddings"):
+        head = model.get_output_embeddings()
+    adapted_prefixes = [name + "." for name, _ in lora_modules(model)]
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if module is not head
+        and not isinstance(module, LinearLoRA)
+        and not any(name.startswith(p) for p in adapted_prefixes)
+        and matcher.match(name, module)
+    ]
+    if not targets:
+        if adapted_prefixes:
+            raise ValueError("peft: the model already carries LoRA adapters on every matched layer")
+        raise _no_match_error(model, matcher)
+    unused = matcher.unused_patterns(targets)
+    if unused:
+        warnings.warn(f"peft.target_modules: patterns {unused} matched no linear layer", UserWarning, stacklevel=2)
+
+    for name in targets:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, leaf)
+        setattr(
+            parent,
+            leaf,
+            LinearLoRA(
+                base,
+                dim=peft_config.dim,
+                alpha=peft_config.alpha,
+                dropout=peft_config.dropout,
+                dropout_position=peft_config.dropout_position,
+                lora_A_init=peft_config.lora_A_init,
+                use_dora=peft_config.use_dora,
+                lora_dtype=peft_config.lora_dtype,
+            ),
+        )
+    return len(targets)
+
+
+def merge_lora_weights(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put plain ``nn.Linear`` layers back.
+
+    The result has the base model's architecture and state-dict keys, so
+    ``save_pretrained`` output loads with plain transformers.
+    """
+    if isinstance(model, LinearLoRA):
+        return model.to_linear()
+    for name, module in list(lora_modules(model)):
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, module.to_linear())
+    return model

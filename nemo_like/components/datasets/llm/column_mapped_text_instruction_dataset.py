@@ -1,0 +1,154 @@
+"""Instruction data from any column names: context / question / answer -> pre-shifted tokens.
+
+Every row is tokenized and checked when the dataset is built, so a bad row stops the
+run at set-up, naming its file and line, before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path, read_json_rows, slice_split
+
+_COLUMNS = ("context", "question", "answer")
+
+
+def _load_rows(path_or_dataset_id: str | Sequence[str], split: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """Rows with a location label (``file:line``) from local JSON/JSONL files or a hub dataset."""
+    if is_local_data_path(path_or_dataset_id):
+        paths = [path_or_dataset_id] if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
+        rows = [(f"{p}:{line}", row) for p in paths for line, row in read_json_rows(p)]
+        return slice_split(rows, split)
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets is a core dependency
+        raise DatasetError("loading a hub dataset needs the 'datasets' package") from e
+    try:
+        ds = datasets.load_dataset(path_or_dataset_id, split=split or "train")
+    except Exception as e:
+        raise DatasetError(
+            f"{path_or_dataset_id}: cannot load this dataset ({type(e).__name__}); "
+            "on an offline machine give a local JSON/JSONL path"
+        ) from e
+    return [(f"{path_or_dataset_id}[{i}]", dict(row)) for i, row in enumerate(ds)]
+
+
+def format_prompt(context: str | None, question: str | None) -> str:
+    """The user-facing text of a row: the non-empty parts of context and question."""
+    return " ".join(part for part in (context, question) if part)
+
+
+class ColumnMappedTextInstructionDataset(Dataset):
+    """Supervised rows mapped from arbitrary columns, answer-only loss by default.
+
+    Each item holds ``input_ids``, ``labels`` and ``attention_mask`` as lists, already
+    shifted by one (``labels[i]`` is the token after ``input_ids[i]``), with -100 on
+    prompt tokens. The end-of-sequence / end-of-turn token after the answer is always
+    supervised, also when the tokenizer pads with it.
+    """
+
+    def __init__(
+        self,
+        path_or_dataset_id: str | Sequence[str],
+        column_mapping: dict[str, str],
+        tokenizer: Any,
+        split: str | None = None,
+        answer_only_loss_mask: bool = True,
+        seq_length: int | None = None,
+        padding: str | bool = "do_not_pad",
+        truncation: str | bool = "do_not_truncate",
+        limit_dataset_samples: int | None = None,
+        use_hf_chat_template: bool = False,
+        start_of_turn_token: str | None = None,
+    ) -> None:
+        if tokenizer is None:
+            raise DatasetError("dataset: a tokenizer is required")
+        column_mapping = dict(column_mapping or {})
+        unknown = set(column_mapping) - set(_COLUMNS)
+        if unknown:
+            raise DatasetError(f"dataset.column_mapping: unknown key(s) {sorted(unknown)}; use {list(_COLUMNS)}")
+        if "answer" not in column_mapping:
+            raise DatasetError("dataset.column_mapping: 'answer' is required")
+        self.tokenizer = tokenizer
+        self.column_mapping = column_mapping
+        self.answer_only_loss_mask = answer_only_loss_mask
+        self.seq_length = seq_length
+        self.pad_to_seq_length = padding in ("max_length", True)
+        self.truncate = truncation not in (False, None, "do_not_truncate")
+        self.use_hf_chat_template = use_hf_chat_template and getattr(tokenizer, "chat_template", None) is not None
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        rows = _load_rows(path_or_dataset_id, split)
+        if limit_dataset_samples is not None:
+            rows = rows[: int(limit_dataset_samples)]
+        self.samples = [s for where, row in rows if (s := self._tokenize(where, row)) is not None]
+        if not self.samples:
+            raise DatasetError(f"{path_or_dataset_id}: no usable rows")
+
+    def _column(self, where: str, row: dict[str, Any], key: str) -> str | None:
+        name = self.column_mapping.get(key)
+        if name is None:
+            return None
+        if name not in row:
+            raise DatasetError(
+                f"{where}: column '{name}' (column_mapping.{key}) is missing; the row has {sorted(row)}"
+            )
+        value = row[name]
+        return None if value is None else str(value)
+
+    def _prompt_and_answer_ids(self, prompt_text: str, answer: str) -> tuple[list[int], list[int]]:
+        tok = self.tokenizer
+        if self.use_hf_chat_template:
+            user = [{"role": "user", "content": prompt_text}]
+            prompt_ids = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
+            full_ids = tok.apply_chat_template(
+                user + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False
+            )
+            if full_ids[: len(prompt_ids)] != prompt_ids:
+                raise DatasetError("the chat template does not render the prompt as a prefix of the conversation")
+            return list(prompt_ids), list(full_ids[len(prompt_ids) :])
+        prompt_ids = tok(prompt_text + " ", add_special_tokens=True)["input_ids"]
+        answer_ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return list(prompt_ids), list(answer_ids)
+
+    def _tokenize(self, where: str, row: dict[str, Any]) -> dict[str, list[int]] | None:
+        answer = self._column(where, row, "answer")
+        if answer is None or not answer.strip():
+            raise DatasetError(f"{where}: empty answer (column '{self.column_mapping['answer']}')")
+        prompt_text = format_prompt(self._column(where, row, "context"), self._column(where, row, "question"))
+        prompt_ids, answer_ids = self._prompt_and_answer_ids(prompt_text, answer)
+        # One extra token because the pair is shifted: seq_length counts model inputs.
+        limit = None if self.seq_length is None else self.seq_length + 1
+        if limit is not None and len(prompt_ids) >= limit - 1:
+            raise DatasetError(
+                f"{where}: the prompt alone is {len(prompt_ids)} tokens, not shorter than seq_length {self.seq_length}"
+            )
+        if limit is not None and len(prompt_ids) + len(answer_ids) > limit:
+            if not self.truncate:
+                raise DatasetError(
+                    f"{where}: {len(prompt_ids) + len(answer_ids)} tokens exceed seq_length {self.seq_length}; "
+                    "raise seq_length or set truncation: true"
+                )
+            answer_ids = answer_ids[: limit - len(prompt_ids)]
+        ids = prompt_ids + answer_ids
+        if self.answer_only_loss_mask:
+            labels = [-100] * len(prompt_ids) + answer_ids
+        else:
+            labels = list(ids)
+        sample = {"input_ids": ids[:-1], "labels": labels[1:], "attention_mask": [1] * (len(ids) - 1)}
+        if all(label == -100 for label in sample["labels"]):
+            return None
+        if self.pad_to_seq_length and self.seq_length is not None:
+            pad = self.seq_length - len(sample["input_ids"])
+            sample["input_ids"] += [self.pad_token_id] * pad
+            sample["labels"] += [-100] * pad
+            sample["attention_mask"] += [0] * pad
+        return sample
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> dict[str, list[int]]:
+        return self.samples[idx]

@@ -1,0 +1,35 @@
+"""Batch assembly shared by every dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# Padding value per key: labels are ignored by the loss, masks mark padding with 0.
+_PAD_VALUES = {"labels": -100, "attention_mask": 0, "loss_mask": 0, "position_ids": 0}
+
+
+def default_collater(
+    batch: list[dict[str, Any]], pad_token_id: int = 0, pad_seq_len_divisible: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad every list field to the longest sample in the batch and stack into tensors.
+
+    ``input_ids`` take ``pad_token_id``, ``labels`` -100, ``attention_mask`` 0. With
+    ``pad_seq_len_divisible`` the length is rounded up (helps kernels that like multiples of 8).
+    """
+    if not batch:
+        raise ValueError("default_collater: empty batch")
+    keys = [k for k, v in batch[0].items() if isinstance(v, (list, tuple, torch.Tensor))]
+    max_len = max(len(sample["input_ids"]) for sample in batch)
+    if pad_seq_len_divisible:
+        max_len = -(-max_len // pad_seq_len_divisible) * pad_seq_len_divisible
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        pad = pad_token_id if key == "input_ids" else _PAD_VALUES.get(key, 0)
+        rows = []
+        for sample in batch:
+            values = list(sample[key])
+            rows.append(values + [pad] * (max_len - len(values)))
+        out[key] = torch.tensor(rows, dtype=torch.long)
+    return out

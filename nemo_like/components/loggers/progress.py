@@ -1,0 +1,60 @@
+"""The console side of a run: one line per step and a progress bar when a person is watching."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from typing import Any
+
+logger = logging.getLogger("nemo_like")
+
+
+def peak_memory_gib() -> float:
+    """Peak memory of this process: the accelerator's allocator when present, else the max resident set."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def format_step_line(m: dict[str, Any]) -> str:
+    return (
+        f"step {m['step']} | epoch {m['epoch']} | loss {m['loss']:.4f} | grad_norm {m['grad_norm']:.4f} | "
+        f"lr {m['lr']:.2e} | mem {m['mem_gib']:.2f} GiB | tps {m['tps']:.0f} | num_label_tokens {m['num_label_tokens']}"
+    )
+
+
+class ProgressReporter:
+    """Logs each step; draws a tqdm bar only on a terminal (a log file gets the lines alone)."""
+
+    def __init__(self, total_steps: int, initial: int = 0, enabled: bool = True, disable_progress_bar: bool = False) -> None:
+        self.enabled = enabled
+        self.bar = None
+        if enabled and not disable_progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.1e}", tps=f"{metrics['tps']:.0f}")
+            self.bar.update(1)
+            self.bar.write(format_step_line(metrics))
+        else:
+            logger.info(format_step_line(metrics))
+
+    def write(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            logger.info(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

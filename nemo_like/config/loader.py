@@ -1,0 +1,673 @@
+"""YAML recipes as a tree of ConfigNodes, and the gate that turns `_target_` into objects.
+
+A recipe is plain YAML; every mapping that names a `_target_` import path is built
+by calling that target with the mapping's other keys. Because the YAML decides what
+gets imported and called, resolution goes through an allow-list of packages: a
+recipe from the internet must not be able to run `os.system`.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator
+
+import yaml
+
+__all__ = [
+    "ALLOWED_MODULE_PREFIXES",
+    "DENIED_TARGET_PREFIXES",
+    "USER_MODULES_ENV",
+    "ConfigError",
+    "ConfigNode",
+    "interpolate_env",
+    "load_yaml_config",
+    "parse_literal",
+    "resolve_target",
+]
+
+# Top-level packages (or dotted prefixes) a `_target_` may import. Extend with
+# `loader.ALLOWED_MODULE_PREFIXES += ("my_pkg",)`; it is read at every resolution.
+ALLOWED_MODULE_PREFIXES: tuple[str, ...] = (
+    "nemo_like", "torch", "torchdata", "transformers", "peft", "datasets", "safetensors",
+)
+# Parts of allowed packages that exist to fetch, compile or launch code; refused too.
+DENIED_TARGET_PREFIXES: tuple[str, ...] = (
+    "torch.hub", "torch.utils.cpp_extension", "torch.utils.collect_env", "torch.utils.hipify",
+    "torch.ops", "torch.classes", "torch.package", "torch.distributed.run",
+    "torch.distributed.launch", "torch.distributed.elastic", "torch.distributed.rpc",
+    "transformers.dynamic_module_utils", "transformers.commands", "datasets.commands",
+)
+# Setting this to 1 lifts the gate: any module and `path/to/file.py:fn` targets import.
+USER_MODULES_ENV = "NEMO_LIKE_ENABLE_USER_MODULES"
+
+_SECRET_WORDS = ("token", "key", "secret", "password", "api")
+_REDACTED = "'***'"
+_ENV_PATTERN = re.compile(r"\$\{oc\.env:([^,}]*)(?:,([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A mistake in a recipe or override, reported on one line that names the key."""
+
+    def __init__(self, message: object) -> None:
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        super().__init__(" ".join(lines))
+
+
+class ConfigKeyError(ConfigError, AttributeError):
+    """A missing key read as an attribute; still an AttributeError so hasattr() works."""
+
+
+# --------------------------------------------------------------------------- values
+def parse_literal(text: str) -> Any:
+    """Type a string the way a Python literal reads, else return it unchanged.
+
+    PyYAML leaves `1e-8`, `None` and `none` as strings and the shell gives only
+    strings, so both paths share this: numbers, None, booleans, lists and dicts.
+    """
+    s = text.strip()
+    low = s.lower()
+    if low in ("none", "null", "~"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return ast.literal_eval(s)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    if s and s[0] in "[{":
+        # Flow collections with bare words, e.g. [q_proj, v_proj] or [none, 1e-5].
+        try:
+            loaded = yaml.load(s, Loader=_RecipeLoader)
+        except yaml.YAMLError:
+            return text
+        if isinstance(loaded, (list, dict)):
+            return _type_plain(loaded, "", interpolate=False)
+    return text
+
+
+def interpolate_env(value: str, path: str) -> str:
+    """Replace `${oc.env:VAR}` / `${oc.env:VAR,default}` with the environment's value."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1).strip(), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            default = default.strip()
+            if len(default) >= 2 and default[0] == default[-1] and default[0] in "'\"":
+                default = default[1:-1]
+            return default
+        raise ConfigError(
+            f"{path or '<root>'}: environment variable '{name}' is not set (in {value!r}); "
+            f"export it or give a default as ${{oc.env:{name},default}}"
+        )
+
+    return _ENV_PATTERN.sub(substitute, value)
+
+
+class _PlainStr(str):
+    """A string that was an unquoted YAML scalar, so it may still be a literal."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that marks unquoted strings and refuses duplicate keys."""
+
+    def construct_yaml_str(self, node: yaml.ScalarNode) -> str:  # type: ignore[override]
+        value = self.construct_scalar(node)
+        return _PlainStr(value) if node.style is None else str(value)
+
+    def construct_mapping(  # type: ignore[override]
+        self, node: yaml.MappingNode, deep: bool = False
+    ) -> dict:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # `<<: *base` keys may be overridden on purpose
+            ident = (key_node.tag, key_node.value)
+            if ident in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                )
+            seen.add(ident)
+        return super().construct_mapping(node, deep=deep)
+
+
+_RecipeLoader.add_constructor("tag:yaml.org,2002:str", _RecipeLoader.construct_yaml_str)
+
+
+def _type_plain(value: Any, path: str, interpolate: bool = True) -> Any:
+    """Walk freshly loaded YAML: interpolate env vars, type unquoted literals, plain keys."""
+    if isinstance(value, dict):
+        return {
+            (str(k) if isinstance(k, str) else k): _type_plain(v, _join(path, k), interpolate)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_type_plain(v, _join(path, i), interpolate) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        plain = isinstance(value, _PlainStr)
+        text = interpolate_env(str(value), path) if interpolate else str(value)
+        return parse_literal(text) if plain else text
+    return value
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def load_yaml_config(path: str | os.PathLike[str]) -> "ConfigNode":
+    """Read a recipe file into a ConfigNode; every failure names the file on one line."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{file}' does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file '{file}' cannot be read: {err}") from err
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config file '{file}' is not valid YAML{where}: {problem}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file '{file}' must hold a mapping of sections, got a {type(data).__name__}"
+        )
+    return ConfigNode(_type_plain(data, ""))
+
+
+# --------------------------------------------------------------------------- the node
+class ConfigNode:
+    """A mapping of recipe values with attribute access that knows its dotted path."""
+
+    def __init__(self, data: dict | None = None, path: str = "") -> None:
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_data", {})
+        for key, value in (data or {}).items():
+            self._data[key] = _wrap(value, _join(path, key))
+
+    # -- mapping protocol
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        data = object.__getattribute__(self, "_data")
+        if name in data:
+            return data[name]
+        raise ConfigKeyError(self._missing(name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_path", "_data"):
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
+
+    def __getitem__(self, key: Any) -> Any:
+        if key not in self._data:
+            raise KeyError(self._missing(key))
+        return self._data[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._data[key] = _wrap(value, _join(self._path, key))
+
+    def __delitem__(self, key: Any) -> None:
+        del self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ConfigNode):
+            return self.to_dict() == other.to_dict()
+        if isinstance(other, dict):
+            return self.to_dict() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        where = f", path={self._path!r}" if self._path else ""
+        return f"ConfigNode({self.to_dict()!r}{where})"
+
+    def keys(self):  # noqa: ANN201 - a dict view
+        return self._data.keys()
+
+    def values(self):  # noqa: ANN201
+        return self._data.values()
+
+    def items(self):  # noqa: ANN201
+        return self._data.items()
+
+    @property
+    def node_path(self) -> str:
+        """Dotted key of this node inside the recipe ('' for the root)."""
+        return self._path
+
+    def _missing(self, key: object) -> str:
+        hint = _did_you_mean(str(key), [str(k) for k in self._data])
+        return f"{_join(self._path, key)}: no such key{hint}"
+
+    # -- dotted paths
+    def get(self, path: Any, default: Any = None) -> Any:
+        """Read `a.b.c` (list items by index), or `default` when any part is absent."""
+        node: Any = self
+        for part in str(path).split(".") if isinstance(path, str) else [path]:
+            if isinstance(node, ConfigNode) and part in node._data:
+                node = node._data[part]
+            elif isinstance(node, (list, tuple)) and str(part).isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return default
+        return node
+
+    def set_by_path(self, path: str, value: Any) -> None:
+        """Set `a.b.c`, creating missing sections; a scalar in the way is a ConfigError."""
+        parts = path.split(".")
+        full = _join(self._path, path)
+        if any(not p for p in parts):
+            raise ConfigError(f"{full}: empty component in the key path")
+        node: Any = self
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            here = _join(self._path, ".".join(parts[:i])) if i else self._path
+            if isinstance(node, ConfigNode):
+                if last:
+                    node[part] = value
+                    return
+                if node._data.get(part) is None:
+                    node[part] = {}
+                node = node._data[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                if last:
+                    node[int(part)] = _wrap(value, _join(here, part))
+                    return
+                node = node[int(part)]
+            elif isinstance(node, list):
+                raise ConfigError(
+                    f"{full}: '{here}' is a list of {len(node)} items; "
+                    f"'{part}' is not an index in it"
+                )
+            else:
+                raise ConfigError(
+                    f"{full}: cannot set a key under '{here}', which holds {node!r} "
+                    f"({type(node).__name__}), not a mapping"
+                )
+
+    # -- export and build
+    def to_dict(self) -> dict:
+        """Plain nested Python values (safe for yaml.safe_dump); objects become import paths."""
+        return {key: _plain(value) for key, value in self._data.items()}
+
+    def instantiate(self, *args: Any, **kwargs: Any) -> Any:
+        """Call `_target_` with this node's keys; runtime kwargs win over the YAML's."""
+        key = _join(self._path, "_target_")
+        if "_target_" not in self._data:
+            raise ConfigError(
+                f"{self._path or '<root>'}: no '_target_' to instantiate "
+                f"(keys: {', '.join(map(str, self._data)) or 'none'})"
+            )
+        raw_target = self._data["_target_"]
+        target = resolve_target(raw_target, key)
+        if not callable(target):
+            raise ConfigError(
+                f"{key}: {_describe(raw_target)!r} resolves to a {type(target).__name__}, "
+                f"which cannot be called"
+            )
+        built = {
+            name: _build(value, _join(self._path, name), str(name))
+            for name, value in self._data.items()
+            if name != "_target_" and name not in kwargs
+        }
+        built.update(kwargs)
+        try:
+            return target(*args, **built)
+        except ConfigError:
+            raise
+        except TypeError as err:
+            # A call that does not fit the target: show what it accepts and what it got.
+            raise ConfigError(
+                f"{key}: building {_describe(raw_target)} failed with {type(err).__name__}: "
+                f"{err}; signature {_signature(target)}; "
+                f"given {_brief_call(args, built)}"
+            ) from err
+        except Exception as err:
+            # The target judged its inputs (a data row, a file): its own words name the culprit.
+            kind = "" if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: "
+            raise ConfigError(f"{self._path or key}: {kind}{err}") from err
+
+
+def _wrap(value: Any, path: str) -> Any:
+    """Turn dicts into ConfigNodes (also inside lists) so that every level has a path."""
+    if isinstance(value, ConfigNode):
+        value = value._data
+    if isinstance(value, dict):
+        return ConfigNode(value, path)
+    if isinstance(value, list):
+        return [_wrap(v, _join(path, i)) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(_wrap(v, _join(path, i)) for i, v in enumerate(value))
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ConfigNode):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return _describe(value)
+
+
+def _describe(obj: Any) -> str:
+    """An import-path style name for anything: 'torch.optim.adamw.AdamW', 'torch.bfloat16'."""
+    if isinstance(obj, str):
+        return obj
+    if type(obj).__name__ == "dtype" and type(obj).__module__ == "torch":
+        return str(obj)
+    inner = getattr(obj, "func", None)  # functools.partial
+    if inner is not None and callable(inner) and not inspect.isroutine(obj):
+        return _describe(inner)
+    if isinstance(obj, ModuleType):
+        return obj.__name__
+    if inspect.isclass(obj) or inspect.isroutine(obj):
+        module = getattr(obj, "__module__", None)
+        name = getattr(obj, "__name__", None)
+        if module and name and getattr(sys.modules.get(module), name, None) is obj:
+            return f"{module}.{name}"  # also right for builtins whose qualname is internal
+        qualname = getattr(obj, "__qualname__", None) or name or repr(obj)
+        return f"{module}.{qualname}" if module else qualname
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _build(value: Any, path: str, key: str) -> Any:
+    """Prepare one YAML value as an argument: nested targets built, `*_fn` paths resolved."""
+    if isinstance(value, ConfigNode):
+        if "_target_" in value:
+            return value.instantiate()
+        return {k: _build(v, _join(path, k), str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_build(v, _join(path, i), key) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(_build(v, _join(path, i), key) for i, v in enumerate(value))
+    if key.endswith("_fn") and isinstance(value, str) and ("." in value or ":" in value):
+        return resolve_target(value, path)
+    return value
+
+
+# --------------------------------------------------------------------------- error text
+def _did_you_mean(word: str, candidates: list[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    if not match:
+        lowered = {c.lower(): c for c in candidates}
+        found = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+        match = [lowered[found[0]]] if found else []
+    return f"; did you mean '{prefix}{match[0]}'?" if match else ""
+
+
+def _signature(target: Any) -> str:
+    try:
+        return f"{_describe(target)}{inspect.signature(target)}"
+    except (TypeError, ValueError):
+        return f"{_describe(target)}(<signature unavailable>)"
+
+
+def _is_secret(name: object) -> bool:
+    return any(word in str(name).lower() for word in _SECRET_WORDS)
+
+
+def _brief(value: Any, depth: int = 0) -> str:
+    """A short, cheap rendering of an argument (never the repr of a model or tensor)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "...'"
+    if isinstance(value, (list, tuple)) and depth < 2:
+        if len(value) <= 6:
+            inner = ", ".join(_brief(v, depth + 1) for v in value)
+            return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, dict) and depth < 2:
+        items = (
+            f"{k!r}: {_REDACTED if _is_secret(k) else _brief(v, depth + 1)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    return f"<{type(value).__name__}>"
+
+
+def _brief_call(args: tuple, kwargs: dict) -> str:
+    parts = [_brief(a) for a in args]
+    parts += [f"{k}={_REDACTED if _is_secret(k) else _brief(v)}" for k, v in kwargs.items()]
+    return "(" + ", ".join(parts) + ")"
+
+
+# --------------------------------------------------------------------------- the gate
+def _user_modules_enabled() -> bool:
+    return os.environ.get(USER_MODULES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _check_module_allowed(module_name: str, key: str, target: str) -> None:
+    """Refuse a module (by its real name) outside the allow-list or inside the deny-list."""
+    if _user_modules_enabled():
+        return
+    if not _matches(module_name, ALLOWED_MODULE_PREFIXES):
+        top = module_name.split(".")[0]
+        raise ConfigError(
+            f"{key}: refusing to import {target!r}: package '{top}' is not allow-listed "
+            f"({', '.join(ALLOWED_MODULE_PREFIXES)}); set {USER_MODULES_ENV}=1 to allow "
+            f"other modules{_did_you_mean(top, list(ALLOWED_MODULE_PREFIXES))}"
+        )
+    if _matches(module_name, DENIED_TARGET_PREFIXES):
+        raise ConfigError(
+            f"{key}: refusing to import {target!r}: '{module_name}' can fetch or run "
+            f"arbitrary code; set {USER_MODULES_ENV}=1 to allow it"
+        )
+
+
+def resolve_target(target: Any, key: str = "_target_") -> Any:
+    """Resolve a `_target_`-style import path through the gate; callables pass through."""
+    if not isinstance(target, str):
+        if callable(target):
+            return target
+        raise ConfigError(f"{key}: expected an import path string, got {target!r}")
+    text = target.strip()
+    if not text:
+        raise ConfigError(f"{key}: empty import path")
+    if ":" in text:
+        location, _, attrs = text.rpartition(":")
+        if location.endswith(".py") or "/" in location or os.sep in location:
+            return _resolve_file_target(location, attrs, key, text)
+        return _resolve_dotted(location.split("."), attrs.split("."), key, text)
+    return _resolve_dotted(text.split("."), None, key, text)
+
+
+def _check_components(parts: list[str], key: str, target: str, allow_private: bool) -> None:
+    for part in parts:
+        if not part.isidentifier():
+            raise ConfigError(f"{key}: {target!r} is not a valid import path ('{part}')")
+        if part.startswith("__") or (part.startswith("_") and not allow_private):
+            raise ConfigError(
+                f"{key}: refusing {target!r}: private component '{part}' cannot be used "
+                f"in a target path"
+            )
+
+
+def _resolve_file_target(location: str, attrs: str, key: str, target: str) -> Any:
+    """Load `path/to/file.py:fn` as a module; only with user modules enabled."""
+    if not _user_modules_enabled():
+        raise ConfigError(
+            f"{key}: refusing file target {target!r}; set {USER_MODULES_ENV}=1 to load "
+            f"code from files"
+        )
+    parts = attrs.split(".")
+    _check_components(parts, key, target, allow_private=False)
+    file = Path(location).expanduser().resolve()
+    if not file.is_file():
+        raise ConfigError(f"{key}: file '{location}' of target {target!r} does not exist")
+    digest = hashlib.sha1(str(file).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", file.stem)
+    name = f"nemo_like_user_{stem}_{digest}"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"{key}: cannot load '{location}' of target {target!r} as Python")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[name]
+            raise ConfigError(
+                f"{key}: running '{location}' for target {target!r} failed with "
+                f"{type(err).__name__}: {err}"
+            ) from err
+    return _walk_attributes(module, parts, key, target, location)
+
+
+def _resolve_dotted(module_parts: list[str], attrs: list[str] | None, key: str, target: str) -> Any:
+    """Import the longest module prefix of the path, then walk attributes, gate at each step."""
+    top = module_parts[0]
+    _check_components(module_parts + (attrs or []), key, target, allow_private=True)
+    private = [p for p in module_parts + (attrs or []) if p.startswith("_")]
+    if private and top != "nemo_like":
+        raise ConfigError(
+            f"{key}: refusing {target!r}: private component '{private[0]}' cannot be used "
+            f"in a target path"
+        )
+    _check_module_allowed(".".join(module_parts), key, target)
+    module = _import(top, key, target)
+    obj: Any = module
+    for i, part in enumerate(module_parts[1:], start=1):
+        obj = _step(obj, part, key, target, ".".join(module_parts[:i]))
+    if attrs is not None:
+        obj = _walk_attributes(obj, attrs, key, target, ".".join(module_parts))
+    _check_final(obj, key, target)
+    return obj
+
+
+def _import(name: str, key: str, target: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            parent, _, leaf = name.rpartition(".")
+            hint = ""
+            if parent and parent in sys.modules:
+                hint = _did_you_mean(leaf, _names_in(sys.modules[parent]), parent + ".")
+            elif not parent:
+                hint = _did_you_mean(name, list(ALLOWED_MODULE_PREFIXES))
+            raise ConfigError(
+                f"{key}: cannot resolve {target!r}: no module '{name}'{hint}"
+            ) from None
+        raise ConfigError(
+            f"{key}: importing '{name}' for {target!r} failed: missing dependency "
+            f"'{err.name}' ({err})"
+        ) from err
+    except Exception as err:
+        raise ConfigError(
+            f"{key}: importing '{name}' for {target!r} failed with {type(err).__name__}: {err}"
+        ) from err
+
+
+def _names_in(obj: Any) -> list[str]:
+    """Public attribute names of `obj`, plus its submodules when it is a package."""
+    names = [n for n in dir(obj) if not n.startswith("_")]
+    if isinstance(obj, ModuleType) and hasattr(obj, "__path__"):
+        private_ok = obj.__name__.split(".")[0] == "nemo_like"
+        for info in pkgutil.iter_modules(obj.__path__):
+            if private_ok or not info.name.startswith("_"):
+                names.append(info.name)
+    return sorted(set(names))
+
+
+def _has_submodule(module: ModuleType, name: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"{module.__name__}.{name}") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _step(obj: Any, part: str, key: str, target: str, walked: str) -> Any:
+    """One step of the walk: attribute, else submodule import; modules are gate-checked."""
+    missing = object()
+    try:
+        found = getattr(obj, part, missing)
+    except Exception as err:
+        raise ConfigError(
+            f"{key}: resolving '{part}' of {target!r} failed with {type(err).__name__}: {err}"
+        ) from err
+    if found is missing and isinstance(obj, ModuleType) and _has_submodule(obj, part):
+        found = _import(f"{obj.__name__}.{part}", key, target)
+    elif found is missing:
+        raise ConfigError(
+            f"{key}: cannot resolve {target!r}: '{walked}' has no attribute '{part}'"
+            f"{_did_you_mean(part, _names_in(obj), walked + '.')}"
+        )
+    if part.startswith("_") and not isinstance(found, ModuleType):
+        raise ConfigError(
+            f"{key}: refusing {target!r}: private attribute '{part}' cannot be used in a "
+            f"target path"
+        )
+    if isinstance(found, ModuleType):
+        _check_module_allowed(found.__name__, key, target)
+    return found
+
+
+def _walk_attributes(obj: Any, attrs: list[str], key: str, target: str, location: str) -> Any:
+    """Follow `a.b` after the ':' of a `module:a.b` or `file.py:a.b` target."""
+    walked, sep = location, ":"
+    for part in attrs:
+        if part.startswith("_"):
+            raise ConfigError(
+                f"{key}: refusing {target!r}: private attribute '{part}' cannot be used in "
+                f"a target path"
+            )
+        if not hasattr(obj, part):
+            raise ConfigError(
+                f"{key}: cannot resolve {target!r}: '{walked}' has no attribute '{part}'"
+                f"{_did_you_mean(part, _names_in(obj), walked + sep)}"
+            )
+        obj = getattr(obj, part)
+        if isinstance(obj, ModuleType):
+            _check_module_allowed(obj.__name__, key, target)
+        walked, sep = f"{walked}{sep}{part}", "."
+    return obj
+
+
+def _check_final(obj: Any, key: str, target: str) -> None:
+    """A function or class re-exported from an outside module (os.system) stays refused."""
+    if inspect.isclass(obj) or inspect.isroutine(obj):
+        module = getattr(obj, "__module__", None)
+        if isinstance(module, str):
+            _check_module_allowed(module, key, target)
