@@ -23,6 +23,7 @@ from nemo_like._transformers.embedded import hub_load_error, resolve_pretrained_
 logger = logging.getLogger("nemo_like")
 
 DTypeLike = str | torch.dtype | None
+ConfigLike = PretrainedConfig | dict[str, Any] | str | os.PathLike
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -167,7 +168,9 @@ class NeMoAutoModelForCausalLM:
         if gguf_file is not None:
             gguf_dtype = torch.float32 if dtype == "auto" else dtype
             return _with_sdpa_fallback(
-                lambda attn: load_dense_gguf(path, gguf_file, gguf_dtype, attn, trust_remote_code=trust_remote_code, **kwargs),
+                lambda attn: load_dense_gguf(
+                    path, gguf_file, gguf_dtype, attn, trust_remote_code=trust_remote_code, **kwargs
+                ),
                 attn_implementation,
             )
 
@@ -187,7 +190,7 @@ class NeMoAutoModelForCausalLM:
     @classmethod
     def from_config(
         cls,
-        config: PretrainedConfig | dict[str, Any] | str | os.PathLike,
+        config: ConfigLike,
         *model_args: Any,
         torch_dtype: DTypeLike = "auto",
         attn_implementation: str | None = "sdpa",
@@ -206,13 +209,18 @@ class NeMoAutoModelForCausalLM:
 
         def build(attn: str | None) -> PreTrainedModel:
             return AutoModelForCausalLM.from_config(
-                config, *model_args, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **kwargs
+                config,
+                *model_args,
+                dtype=dtype,
+                attn_implementation=attn,
+                trust_remote_code=trust_remote_code,
+                **kwargs,
             )
 
         return _with_sdpa_fallback(build, attn_implementation)
 
 
-def _as_config(config: PretrainedConfig | dict[str, Any] | str | os.PathLike, trust_remote_code: bool) -> PretrainedConfig:
+def _as_config(config: ConfigLike, trust_remote_code: bool) -> PretrainedConfig:
     if isinstance(config, PretrainedConfig):
         return config
     if isinstance(config, dict):

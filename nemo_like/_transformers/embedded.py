@@ -10,6 +10,7 @@ about two seconds and that any transformers-based tool can open as is.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -18,8 +19,10 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger("nemo_like")
@@ -152,7 +155,9 @@ def resolve_pretrained_path(name_or_path: str) -> str:
     if os.path.exists(expanded):
         return expanded
     if _looks_like_local_path(name):
-        raise FileNotFoundError(f"Model path '{name}' does not exist; pass an existing local model directory or .gguf file.")
+        raise FileNotFoundError(
+            f"Model path '{name}' does not exist; pass an existing local model directory or .gguf file."
+        )
     if not hub_offline() and hub_reachable():
         return name
     snapshot = cached_snapshot(name)
@@ -176,7 +181,7 @@ def _announce(directory: Path) -> None:
     if key not in _announced:
         _announced.add(key)
         logger.info(
-            "Hub unavailable: using the embedded GGUF of %s (package %s), converted to %s",
+            "Hub unavailable: using the embedded GGUF of %s (package %s), cached as a transformers directory at %s",
             EMBEDDED_MODEL_ID,
             EMBEDDED_DISTRIBUTION,
             directory,
@@ -187,35 +192,70 @@ def embedded_model_dir() -> str:
     """The converted SmolLM2 directory, converting the packaged GGUF on first use.
 
     The conversion is written to a temporary sibling and renamed into place, so a
-    reader never sees a half-written directory; when several processes convert at
-    once, the first rename wins and the others use its result.
+    reader never sees a half-written directory. A lock file makes concurrent
+    processes (the ranks of one torchrun) wait for one conversion instead of
+    each doing it; where locks are unavailable the first rename wins and the
+    others use its result.
     """
     target = embedded_cache_dir()
     if not _is_complete(target):
         gguf = embedded_gguf_path()
-        if target.exists():  # a damaged directory that no rename produced: rebuild it
-            shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        _chmod_like_mkdir(tmp)
-        try:
-            _convert_gguf(gguf, tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not _is_complete(target):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _conversion_lock(target):
+            if not _is_complete(target):
+                _convert_into(gguf, target)
     _announce(target)
     return str(target)
 
 
-def _chmod_like_mkdir(path: Path) -> None:
-    """mkdtemp makes private directories; the cache should obey the umask like mkdir."""
+def _convert_into(gguf: Path, target: Path) -> None:
+    _remove_stale_temp_dirs(target)
+    if target.exists():  # a damaged directory that no rename produced: rebuild it
+        shutil.rmtree(target, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    _chmod_like_mkdir(tmp)
+    try:
+        _convert_gguf(gguf, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks: rely on the atomic rename alone
+        yield
+        return
+    with open(target.parent / f".{target.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale_temp_dirs(target: Path, max_age_s: float = 3600.0) -> None:
+    """Delete half-written conversions left by killed processes (each is ~0.5 GB)."""
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            if now - leftover.stat().st_mtime > max_age_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _chmod_like_mkdir(path: Path, mode: int = 0o777) -> None:
+    """mkdtemp and some writers make private files; the cache should obey the umask like mkdir."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
+    os.chmod(path, mode & ~umask)
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -226,7 +266,8 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from nemo_like._transformers.auto_model import load_dense_gguf
 
     model = load_dense_gguf(str(gguf.parent), gguf.name, dtype=torch.float32, attn_implementation="sdpa")
-    model.config._name_or_path = EMBEDDED_MODEL_ID
+    if hasattr(model.config, "_model_name_or_path"):  # the GGUF's free-text title, not an id
+        del model.config._model_name_or_path
     model.config.rms_norm_eps = _EMBEDDED_RMS_NORM_EPS
     model.save_pretrained(out_dir)
 
@@ -234,8 +275,8 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", _EMBEDDED_MAX_LENGTH)
-    tokenizer.name_or_path = EMBEDDED_MODEL_ID
     tokenizer.save_pretrained(out_dir)
+    _drop_load_time_keys(out_dir / "tokenizer_config.json")
 
     try:
         version = importlib.metadata.version(EMBEDDED_DISTRIBUTION)
@@ -250,6 +291,16 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
         "dtype": "float32",
     }
     (out_dir / _PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    for path in out_dir.iterdir():
+        _chmod_like_mkdir(path, 0o666)
+
+
+def _drop_load_time_keys(tokenizer_config: Path) -> None:
+    """Remove flags that describe how the GGUF was read, not the tokenizer itself."""
+    fields = json.loads(tokenizer_config.read_text())
+    for key in ("is_local", "local_files_only"):
+        fields.pop(key, None)
+    tokenizer_config.write_text(json.dumps(fields, indent=2, ensure_ascii=False) + "\n")
 
 
 def split_gguf_path(path: str, gguf_file: str | None = None) -> tuple[str, str | None]:

@@ -23,7 +23,7 @@ def build_tokenizer(
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory, a ``.gguf`` file or a hub id; set ``pad_token = eos_token`` if missing."""
+    """Load a tokenizer from a local dir, a ``.gguf`` file or a hub id; ``pad_token = eos_token`` if missing."""
     name = os.fspath(pretrained_model_name_or_path)
     path, gguf_file = split_gguf_path(resolve_pretrained_path(name), gguf_file)
     if gguf_file is not None:
