@@ -22,7 +22,10 @@ keys sit beside them (``...q_proj.lora_A.weight``).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_like.components._peft.module_matcher import ModuleMatcher
+from nemo_like.components.quantization.qlora import dequantize_bnb_weight, is_bnb_linear
 
 _DEFAULT_TARGETS = ["*_proj"]
 _DTYPE_NAMES = {
@@ -41,6 +45,42 @@ _DTYPE_NAMES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 _triton_warned = False
+
+
+def _triton_interpreting() -> bool:
+    """Triton's CPU interpreter (``TRITON_INTERPRET=1``) runs the kernels on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _triton_env_reason() -> str | None:
+    """Why this process cannot run Triton kernels at all; checked once, since every forward asks."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'nemo_like[triton]')"
+    if not torch.cuda.is_available() and not _triton_interpreting():
+        return "CUDA is not available"
+    return None
+
+
+def _triton_unusable_reason(use_dora: bool = False, dropout: float = 0.0) -> str | None:
+    """Why the fused Triton LoRA kernel cannot serve this setting, or ``None`` if it can."""
+    env_reason = _triton_env_reason()
+    if env_reason is not None:
+        return env_reason
+    if use_dora:
+        return "DoRA has no fused kernel"
+    if dropout > 0:
+        return "dropout > 0 is applied by the torch path in training (eval steps use the kernel)"
+    return None
+
+
+def _warn_triton_fallback(reason: str, stacklevel: int) -> None:
+    """One warning per process, whether config or layer notices first: the reason does not change per layer."""
+    global _triton_warned
+    if not _triton_warned:
+        _triton_warned = True
+        warnings.warn(f"peft.use_triton: not using the fused Triton LoRA kernel because {reason}; "
+                      "running the torch path", UserWarning, stacklevel=stacklevel + 1)
 
 
 def _resolve_dtype(value: Any) -> torch.dtype | None:
@@ -65,8 +105,9 @@ class PeftConfig:
     neither set, ``*_proj`` is used. ``dropout_position`` ``pre`` drops the adapter's
     input (as HF PEFT does), ``post`` drops the adapter's output. ``lora_A_init``
     ``xavier`` is Xavier-normal, ``kaiming`` is Kaiming-uniform with a=sqrt(5) (HF
-    PEFT's default). ``use_triton`` is accepted for config compatibility; this build
-    runs the torch path.
+    PEFT's default). ``use_triton`` runs plain LoRA layers through the fused Triton
+    kernels (``lora_kernel.py``) when their input is on CUDA; DoRA, dropout in
+    training, or a machine without CUDA/Triton run the torch path, with one warning.
     """
 
     target_modules: list[str] | str = field(default_factory=list)
@@ -82,7 +123,6 @@ class PeftConfig:
     lora_dtype: Any = None
 
     def __post_init__(self) -> None:
-        global _triton_warned
         self.target_modules = _as_str_list(self.target_modules, "target_modules")
         self.exclude_modules = _as_str_list(self.exclude_modules, "exclude_modules")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0:
@@ -105,10 +145,10 @@ class PeftConfig:
                 stacklevel=3,
             )
             self.target_modules = list(_DEFAULT_TARGETS)
-        if self.use_triton and not _triton_warned:
-            _triton_warned = True
-            warnings.warn("peft.use_triton: the Triton LoRA kernel is not available here; using the torch path",
-                          UserWarning, stacklevel=3)
+        if self.use_triton:
+            reason = _triton_unusable_reason(self.use_dora, float(self.dropout))
+            if reason is not None:
+                _warn_triton_fallback(reason, stacklevel=3)
 
     @property
     def scale(self) -> float:
@@ -140,7 +180,10 @@ class LinearLoRA(nn.Module):
     """A frozen ``nn.Linear`` plus a LoRA (optionally DoRA) adapter.
 
     ``weight`` and ``bias`` are the very parameter objects of the wrapped layer, so
-    memory is shared and checkpoint keys are unchanged.
+    memory is shared and checkpoint keys are unchanged. A bitsandbytes 4-bit/8-bit layer
+    (QLoRA) is different: its packed weight only multiplies through bitsandbytes' own
+    kernels, so the layer is kept whole as the submodule ``base_layer`` (HF PEFT's name)
+    and called; ``dense_weight()`` dequantizes it where DoRA or merging need the matrix.
     """
 
     def __init__(
@@ -153,14 +196,19 @@ class LinearLoRA(nn.Module):
         lora_A_init: str = "xavier",
         use_dora: bool = False,
         lora_dtype: torch.dtype | None = None,
+        use_triton: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LinearLoRA wraps nn.Linear, got {type(base).__name__}")
         self.in_features = base.in_features
         self.out_features = base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
+        self.quantized = is_bnb_linear(base)
+        if self.quantized:
+            self.base_layer = base
+        else:
+            self.weight = base.weight
+            self.register_parameter("bias", base.bias)
         self.dim = dim
         self.alpha = alpha
         self.scale = alpha / dim
@@ -168,7 +216,10 @@ class LinearLoRA(nn.Module):
         self.dropout_position = dropout_position
         self.lora_A_init = lora_A_init
         self.use_dora = use_dora
-        factory = {"device": base.weight.device, "dtype": lora_dtype or base.weight.dtype}
+        self.use_triton = use_triton and not self.quantized  # the fused kernel reads a dense weight
+        # Adapters over packed weights train in float32 unless told otherwise (as HF PEFT does).
+        adapter_dtype = lora_dtype or (torch.float32 if self.quantized else base.weight.dtype)
+        factory = {"device": base.weight.device, "dtype": adapter_dtype}
         self.lora_A = nn.Linear(self.in_features, dim, bias=False, **factory)
         self.lora_B = nn.Linear(dim, self.out_features, bias=False, **factory)
         self.dropout = nn.Dropout(self.dropout_p) if self.dropout_p > 0 else nn.Identity()
@@ -188,15 +239,38 @@ class LinearLoRA(nn.Module):
             self.lora_magnitude.copy_(self._adapted_row_norm())
 
     def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized:
+            return self.base_layer(x)
         return F.linear(x, self.weight, self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The frozen base weight as a dense ``[out, in]`` matrix (dequantized to fp32 for bitsandbytes)."""
+        return dequantize_bnb_weight(self.base_layer) if self.quantized else self.weight
+
+    def base_bias(self) -> torch.Tensor | None:
+        """The frozen base bias, wherever the wrapped layer keeps it."""
+        return self.base_layer.bias if self.quantized else self.bias
 
     @torch.no_grad()
     def _adapted_row_norm(self) -> torch.Tensor:
         """Row-wise L2 norm of ``W + scale * B A`` in fp32, outside autograd (DoRA's constant)."""
         delta = self.lora_B.weight.float() @ self.lora_A.weight.float()
-        return torch.linalg.norm(self.weight.float() + self.scale * delta, dim=1)
+        return torch.linalg.norm(self.dense_weight().float() + self.scale * delta, dim=1)
+
+    def _kernel_applies(self, x: torch.Tensor) -> bool:
+        """Fused kernel only for plain LoRA on CUDA with no active dropout; else warn once and use torch."""
+        reason = _triton_unusable_reason(self.use_dora, self.dropout_p if self.training else 0.0)
+        if reason is None and not x.is_cuda and not _triton_interpreting():
+            reason = "the layer input is not on a CUDA device"
+        if reason is not None:
+            _warn_triton_fallback(reason, stacklevel=3)
+        return reason is None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_triton and self._kernel_applies(x):
+            from nemo_like.components._peft.lora_kernel import lora_linear
+
+            return lora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.scale)
         result = self._base_forward(x)
         x_lora = x.to(self.lora_A.weight.dtype)
         if self.dropout_position == "pre":
@@ -212,9 +286,10 @@ class LinearLoRA(nn.Module):
         g = (self.lora_magnitude / self._adapted_row_norm().to(self.lora_magnitude.dtype)).to(result.dtype)
         if self.dropout_position == "pre" and self.training and self.dropout_p > 0:
             # The rescaled base term must see the same dropped-out input as the adapter.
-            base_part = F.linear(x_lora.to(result.dtype), self.weight)
+            base_part = F.linear(x_lora.to(result.dtype), self.dense_weight().to(result.dtype))
         else:
-            base_part = result if self.bias is None else result - self.bias
+            bias = self.base_bias()
+            base_part = result if bias is None else result - bias
         lora_part = g * lora_out * self.scale
         if self.dropout_position == "post":
             lora_part = self.dropout(lora_part)
@@ -224,22 +299,25 @@ class LinearLoRA(nn.Module):
     def merged_weight(self) -> torch.Tensor:
         """The single weight matrix equal to this layer in eval mode (computed in fp32)."""
         delta = self.lora_B.weight.float() @ self.lora_A.weight.float()
-        merged = self.weight.float() + self.scale * delta
+        merged = self.dense_weight().float() + self.scale * delta
         if self.use_dora:
             merged = (self.lora_magnitude.float() / torch.linalg.norm(merged, dim=1)).unsqueeze(1) * merged
-        return merged.to(self.weight.dtype)
+        # A quantized base has no dense dtype of its own: the merge keeps the adapter's.
+        return merged.to(self.lora_A.weight.dtype if self.quantized else self.weight.dtype)
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` with the adapter folded in (the bias object is reused)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight = nn.Parameter(self.merged_weight(), requires_grad=self.weight.requires_grad)
-        if self.bias is not None:
-            linear.bias = self.bias
+        bias = self.base_bias()
+        linear = nn.Linear(self.in_features, self.out_features, bias=bias is not None, device="meta")
+        frozen = self.quantized or not self.weight.requires_grad
+        linear.weight = nn.Parameter(self.merged_weight(), requires_grad=not frozen)
+        if bias is not None:
+            linear.bias = bias
         return linear
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.base_bias() is not None}, "
             f"dim={self.dim}, alpha={self.alpha}, dropout={self.dropout_p} ({self.dropout_position}), "
             f"use_dora={self.use_dora}"
         )
@@ -253,7 +331,8 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LinearLoRA]]:
 
 
 def _linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in n]
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and ".lora_" not in n and not n.endswith(".base_layer")]
 
 
 def _no_match_error(model: nn.Module, matcher: ModuleMatcher) -> ValueError:
@@ -313,6 +392,7 @@ def apply_lora_to_linear_modules(model: nn.Module, peft_config: PeftConfig) -> i
                 lora_A_init=peft_config.lora_A_init,
                 use_dora=peft_config.use_dora,
                 lora_dtype=peft_config.lora_dtype,
+                use_triton=peft_config.use_triton,
             ),
         )
     return len(targets)
