@@ -1,11 +1,23 @@
-"""Step checkpoints in a fixed layout, written atomically.
+"""Step checkpoints in a fixed layout, written atomically, read back for an exact resume.
 
 ``checkpoint_dir/epoch_{E}_step_{S}/`` holds ``model/`` (safetensors, or an HF-PEFT
 adapter for PEFT runs), ``model/consolidated/`` (a directory that
 ``transformers.AutoModelForCausalLM.from_pretrained`` loads as is), ``optim/``,
 ``step_scheduler.pt``, ``rng/``, ``dataloader/``, ``config.yaml`` and ``losses.json``.
-A step is written under a temporary name and renamed when complete; ``LATEST`` moves
-only after that, so a crash mid-save never leaves a half checkpoint behind a pointer.
+``LATEST`` and ``LOWEST_VAL`` at the root name the newest and the best step directory.
+
+A step is written under ``.tmp_<name>`` and renamed when complete; the pointers move
+only after that, so a crash mid-save never leaves a half checkpoint behind a pointer,
+and anything named ``.tmp_*`` is debris that the next start removes. Nothing is read
+with pickle beyond ``torch.load(weights_only=True)``.
+
+Test hooks (environment variables; they exist so that tests can crash a real process
+at the worst moments, and do nothing when unset):
+
+- ``NEMO_LIKE_TEST_KILL_AFTER_STEP=S``: SIGKILL this process as soon as the
+  checkpoint of step ``S`` is complete (pointers moved, old ones pruned).
+- ``NEMO_LIKE_TEST_STALL_SAVE=S``: while saving step ``S``, print a line starting
+  with ``test hook: stalling`` to stderr after the model is written, then sleep forever.
 """
 
 from __future__ import annotations
@@ -13,51 +25,49 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from nemo_like.config.loader import ConfigError
 
 logger = logging.getLogger("nemo_like")
 
 _TMP_PREFIX = ".tmp_"
+_STEP_DIR = re.compile(r"^epoch_(\d+)_step_(\d+)$")
+LATEST = "LATEST"
+LOWEST_VAL = "LOWEST_VAL"
+_FRESH_HINT = "use --checkpoint.restore_from none to start fresh, or another checkpoint.checkpoint_dir"
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with tied tensors stored once (safetensors refuses shared storage)."""
-    seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().contiguous().cpu()
-    return out
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed here (missing, incomplete, or of another model); one line."""
 
 
 @dataclass
 class CheckpointingConfig:
-    """The ``checkpoint`` section."""
+    """The ``checkpoint`` section.
+
+    ``restore_from``: ``LATEST`` (the default) continues from the ``LATEST`` pointer
+    when there is one and starts fresh otherwise; ``none`` always starts fresh; a step
+    directory name (``epoch_0_step_5``) or a path picks that checkpoint.
+    ``max_recent_checkpoints`` keeps the newest N step directories (plus ``LOWEST_VAL``'s).
+    """
 
     enabled: bool = True
     checkpoint_dir: str = "checkpoints/"
     model_save_format: str = "safetensors"
     save_consolidated: bool = True
-    restore_from: str | None = None
+    restore_from: str | None = LATEST
     max_recent_checkpoints: int | None = None
 
     def __post_init__(self) -> None:
@@ -65,29 +75,151 @@ class CheckpointingConfig:
             raise ValueError(
                 f"checkpoint.model_save_format: {self.model_save_format!r} is not 'safetensors' or 'torch_save'"
             )
+        n = self.max_recent_checkpoints
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"checkpoint.max_recent_checkpoints: must be a positive integer or none, got {n!r}")
+        if isinstance(self.restore_from, str):
+            word = self.restore_from.strip()
+            self.restore_from = None if word.lower() in ("none", "null", "") else LATEST if word.upper() == LATEST else word
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), _TMP_PREFIX + os.path.basename(path))
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _unique_entries(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied tensors listed once (safetensors refuses shared storage); no copies."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            out[name] = tensor
+    return out
+
+
+def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: t.detach().contiguous().cpu() for name, t in _unique_entries(model).items()}
+
+
+def _torch_load(path: str) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _describe_mismatch(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing from the checkpoint (e.g. {missing[:2]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in this model (e.g. {unexpected[:2]})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} of another shape (e.g. {mismatched[:2]})")
+    return "; ".join(parts)
+
+
+def drop_records_after(path: str, step: int) -> int:
+    """Remove JSONL records past ``step`` (a resumed run re-does those steps); returns how many went."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", -1) <= step
+        except ValueError:  # a line torn by the kill
+            return False
+
+    kept = [line if line.endswith("\n") else line + "\n" for line in lines if keep(line)]
+    if len(kept) != len(lines):
+        _atomic_write_text(path, "".join(kept))
+    return len(lines) - len(kept)
 
 
 class Checkpointer:
-    """Writes the training state of one step; only the main rank writes files."""
+    """Writes and reads the training state of one step; only the main rank writes files."""
 
     def __init__(self, config: CheckpointingConfig, is_main: bool = True) -> None:
         self.config = config
         self.is_main = is_main
         self.root = os.path.abspath(os.path.expanduser(config.checkpoint_dir))
 
+    # ------------------------------------------------------------------ naming and pointers
     @staticmethod
     def step_dir_name(epoch: int, step: int) -> str:
         return f"epoch_{epoch}_step_{step}"
 
-    def latest(self) -> str | None:
-        pointer = os.path.join(self.root, "LATEST")
-        if not os.path.isfile(pointer):
-            return None
-        with open(pointer, encoding="utf-8") as f:
-            name = f.read().strip()
-        path = os.path.join(self.root, name)
-        return path if os.path.isdir(path) else None
+    def step_dirs(self) -> list[str]:
+        """Complete step directories under the root, oldest step first."""
+        if not os.path.isdir(self.root):
+            return []
+        found = []
+        for name in os.listdir(self.root):
+            match = _STEP_DIR.match(name)
+            if match and os.path.isdir(os.path.join(self.root, name)):
+                found.append((int(match.group(2)), int(match.group(1)), name))
+        return [name for _, _, name in sorted(found)]
 
+    def _pointer(self, name: str) -> str | None:
+        path = os.path.join(self.root, name)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            target = f.read().strip()
+        return target if os.path.isdir(os.path.join(self.root, target)) else None
+
+    def latest(self) -> str | None:
+        """Path of the newest complete checkpoint: ``LATEST``'s target, else the highest step directory."""
+        name = self._pointer(LATEST)
+        if name is None:
+            dirs = self.step_dirs()
+            name = dirs[-1] if dirs else None
+        return os.path.join(self.root, name) if name else None
+
+    def lowest_val(self) -> str | None:
+        name = self._pointer(LOWEST_VAL)
+        return os.path.join(self.root, name) if name else None
+
+    def discard_partial(self) -> list[str]:
+        """Remove ``.tmp_*`` debris of saves that a crash interrupted; returns the names removed."""
+        if not self.is_main or not os.path.isdir(self.root):
+            return []
+        removed = []
+        for name in sorted(os.listdir(self.root)):
+            if name.startswith(_TMP_PREFIX):
+                path = os.path.join(self.root, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                removed.append(name)
+        if removed:
+            logger.info("removed %s left by an interrupted save in %s", ", ".join(removed), self.root)
+        return removed
+
+    def resume_path(self) -> str | None:
+        """The step directory this run continues from (``restore_from``), or None to start fresh."""
+        self.discard_partial()
+        choice = self.config.restore_from
+        if choice is None:
+            return None
+        choice = str(choice)
+        if choice == LATEST:
+            return self.latest() if self.config.enabled else None
+        for path in (os.path.join(self.root, choice), os.path.abspath(os.path.expanduser(choice))):
+            if os.path.isdir(path):
+                if os.path.basename(path).startswith(_TMP_PREFIX):
+                    raise CheckpointError(f"checkpoint.restore_from: {path} is an unfinished save, not a checkpoint")
+                return path
+        available = self.step_dirs()
+        raise CheckpointError(
+            f"checkpoint.restore_from: {choice!r} is neither a step directory in {self.root} nor an existing path"
+            f" (available: {available[-5:] or 'none'}; or use LATEST / none)"
+        )
+
+    # ------------------------------------------------------------------ save
     def save(
         self,
         epoch: int,
@@ -103,8 +235,9 @@ class Checkpointer:
         losses: dict[str, Any] | None = None,
         peft_config: Any = None,
         base_model_name_or_path: str | None = None,
+        val_loss: float | None = None,
     ) -> str | None:
-        """Write one step directory and move ``LATEST`` to it; returns its path."""
+        """Write one step directory, then move ``LATEST`` (and ``LOWEST_VAL``) and prune; returns its path."""
         if not self.config.enabled or not self.is_main:
             return None
         start = time.perf_counter()
@@ -114,6 +247,7 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(os.path.join(tmp, "model"), exist_ok=True)
         self._save_model(os.path.join(tmp, "model"), model, tokenizer, peft_config, base_model_name_or_path)
+        _stall_hook(step, tmp)
         if optimizer is not None:
             os.makedirs(os.path.join(tmp, "optim"))
             torch.save(optimizer.state_dict(), os.path.join(tmp, "optim", "optimizer.pt"))
@@ -130,14 +264,24 @@ class Checkpointer:
         if config is not None:
             with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
-        if losses is not None:
-            with open(os.path.join(tmp, "losses.json"), "w", encoding="utf-8") as f:
-                json.dump(losses, f)
+        losses = dict(losses or {})
+        if val_loss is not None:
+            losses["val_loss"] = val_loss
+        with open(os.path.join(tmp, "losses.json"), "w", encoding="utf-8") as f:
+            json.dump(losses, f)
+
+        # A re-save of an existing step (after resuming from an older one) swaps directories, so the
+        # name always holds a complete checkpoint except for the instant between two renames.
+        replaced = os.path.join(self.root, _TMP_PREFIX + "replaced_" + name)
         if os.path.isdir(final):
-            shutil.rmtree(final)
+            os.replace(final, replaced)
         os.replace(tmp, final)
-        _atomic_write_text(os.path.join(self.root, "LATEST"), name)
+        _atomic_write_text(os.path.join(self.root, LATEST), name)
+        self._update_lowest_val()
+        shutil.rmtree(replaced, ignore_errors=True)
+        self._prune()
         logger.info("checkpoint saved to %s in %.1f s", final, time.perf_counter() - start)
+        _kill_hook(step)
         return final
 
     def _save_model(
@@ -158,3 +302,190 @@ class Checkpointer:
             model.save_pretrained(consolidated, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(consolidated)
+
+    def _val_loss_of(self, name: str) -> float | None:
+        path = os.path.join(self.root, name, "losses.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f).get("val_loss")
+        except (OSError, ValueError):
+            return None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def _update_lowest_val(self) -> None:
+        """Point ``LOWEST_VAL`` at the step directory with the smallest validation loss (earliest on ties)."""
+        scored = [(loss, i, name) for i, name in enumerate(self.step_dirs()) if (loss := self._val_loss_of(name)) is not None]
+        if scored:
+            best = min(scored)[2]
+            if self._pointer(LOWEST_VAL) != best:
+                _atomic_write_text(os.path.join(self.root, LOWEST_VAL), best)
+
+    def _prune(self) -> None:
+        """Keep the newest ``max_recent_checkpoints`` step directories plus the ones the pointers name."""
+        keep_n = self.config.max_recent_checkpoints
+        if keep_n is None:
+            return
+        dirs = self.step_dirs()
+        keep = set(dirs[-keep_n:]) | {self._pointer(LATEST), self._pointer(LOWEST_VAL)}
+        for name in dirs:
+            if name not in keep:
+                # Renamed first: a crash mid-delete leaves debris that the next start removes.
+                doomed = os.path.join(self.root, _TMP_PREFIX + "pruned_" + name)
+                os.replace(os.path.join(self.root, name), doomed)
+                shutil.rmtree(doomed)
+                logger.info("removed old checkpoint %s (max_recent_checkpoints: %d)", name, keep_n)
+
+    # ------------------------------------------------------------------ load
+    def load(
+        self,
+        path: str,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_scheduler: Any = None,
+        step_scheduler: Any = None,
+        dataloader: Any = None,
+        rng: Any = None,
+        peft_config: Any = None,
+    ) -> dict[str, Any]:
+        """Restore everything a checkpoint holds; returns its ``losses.json``.
+
+        Every file is read and checked against this model and optimizer before anything
+        is changed, so a checkpoint of another model is refused with nothing half-loaded.
+        The RNG goes last: building the resumed data iterator draws from it.
+        """
+        start = time.perf_counter()
+        files = {
+            "optimizer": ("optim", "optimizer.pt"),
+            "lr_scheduler": ("optim", "lr_scheduler.pt"),
+            "step_scheduler": ("step_scheduler.pt",),
+            "dataloader": ("dataloader", "dataloader.pt"),
+            "rng": ("rng", "rng.pt"),
+        }
+        wanted = {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "step_scheduler": step_scheduler,
+                  "dataloader": dataloader, "rng": rng}
+        states: dict[str, Any] = {}
+        for key, parts in files.items():
+            if wanted[key] is None:
+                continue
+            file = os.path.join(path, *parts)
+            if not os.path.isfile(file):
+                raise CheckpointError(f"checkpoint.restore_from: {path} is incomplete (no {os.path.join(*parts)})")
+            states[key] = _torch_load(file)
+        load_model = self._check_model(path, model, peft_config)
+        if optimizer is not None:
+            _check_optimizer(path, optimizer, states["optimizer"])
+
+        load_model()
+        if optimizer is not None:
+            optimizer.load_state_dict(states["optimizer"])
+        if lr_scheduler is not None:
+            lr_scheduler.load_state_dict(states["lr_scheduler"])
+        if step_scheduler is not None:
+            # A checkpoint is written once its step is complete; the run goes on with the next one.
+            resumed = dict(states["step_scheduler"])
+            resumed["step"] = int(resumed["step"]) + 1
+            step_scheduler.load_state_dict(resumed)
+        if dataloader is not None:
+            dataloader.load_state_dict(states["dataloader"])
+        if rng is not None:
+            rng.load_state_dict(states["rng"])
+        losses: dict[str, Any] = {}
+        if os.path.isfile(os.path.join(path, "losses.json")):
+            with open(os.path.join(path, "losses.json"), encoding="utf-8") as f:
+                losses = json.load(f)
+        logger.info("resumed from %s in %.1f s", path, time.perf_counter() - start)
+        return losses
+
+    def _check_model(self, path: str, model: torch.nn.Module, peft_config: Any) -> Any:
+        """Compare the saved tensors' names and shapes with ``model``; returns the loader to run once all checks pass."""
+        model_dir = os.path.join(path, "model")
+        adapter = os.path.join(model_dir, "adapter_model.safetensors")
+        full = [f for f in (os.path.join(model_dir, "model.safetensors"), os.path.join(model_dir, "model.pt"))
+                if os.path.isfile(f)]
+        if peft_config is not None:
+            if not os.path.isfile(adapter):
+                raise CheckpointError(
+                    f"checkpoint.restore_from: {path} holds {'full model weights' if full else 'no model'}, "
+                    f"but this run trains a LoRA adapter; {_FRESH_HINT}"
+                )
+            return self._check_adapter(path, adapter, model)
+        if not full:
+            what = "a LoRA adapter" if os.path.isfile(adapter) else "no model weights"
+            raise CheckpointError(
+                f"checkpoint.restore_from: {path} holds {what}, but this run fine-tunes the full model; {_FRESH_HINT}"
+            )
+        file = full[0]
+        if file.endswith(".safetensors"):
+            with safe_open(file, framework="pt") as f:
+                saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        else:
+            loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            saved = {k: tuple(v.shape) for k, v in loaded.items()}
+        expected = {k: tuple(t.shape) for k, t in _unique_entries(model).items()}
+        _refuse_if_different(path, saved, expected)
+
+        def apply() -> None:
+            state = load_file(file) if file.endswith(".safetensors") else _torch_load(file)
+            with torch.no_grad():
+                live = model.state_dict(keep_vars=True)
+                for key, tensor in state.items():
+                    live[key].copy_(tensor)
+
+        return apply
+
+    @staticmethod
+    def _check_adapter(path: str, adapter: str, model: torch.nn.Module) -> Any:
+        from nemo_like.components._peft.adapter_io import load_peft_adapter
+
+        def apply() -> None:
+            try:
+                load_peft_adapter(model, os.path.dirname(adapter))
+            except ValueError as e:  # it checks every tensor before copying any
+                raise CheckpointError(
+                    f"checkpoint.restore_from: {path} was written for another model: {e}; {_FRESH_HINT}"
+                ) from None
+
+        return apply
+
+
+def _refuse_if_different(path: str, saved: dict[str, tuple], expected: dict[str, tuple]) -> None:
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    mismatched = [f"{k}: checkpoint {list(saved[k])} vs model {list(v)}" for k, v in expected.items()
+                  if k in saved and saved[k] != v]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"checkpoint.restore_from: {path} was written for another model "
+            f"({_describe_mismatch(missing, unexpected, mismatched)}); {_FRESH_HINT}"
+        )
+
+
+def _check_optimizer(path: str, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """The saved optimizer must cover the same parameters, group by group, with state of their shapes."""
+    groups = [g["params"] for g in saved.get("param_groups", [])]
+    live = [g["params"] for g in optimizer.param_groups]
+    if [len(g) for g in groups] != [len(g) for g in live]:
+        raise CheckpointError(
+            f"checkpoint.restore_from: {path} was written for another model: its optimizer state covers parameter "
+            f"groups of sizes {[len(g) for g in groups]}, this run trains {[len(g) for g in live]}; {_FRESH_HINT}"
+        )
+    params = dict(zip((i for g in groups for i in g), (p for g in live for p in g)))
+    for index, state in saved.get("state", {}).items():
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != params[index].shape:
+                raise CheckpointError(
+                    f"checkpoint.restore_from: {path} was written for another model: its optimizer state '{name}' "
+                    f"has shape {list(value.shape)} for a parameter of shape {list(params[index].shape)}; {_FRESH_HINT}"
+                )
+
+
+def _stall_hook(step: int, where: str) -> None:
+    if os.environ.get("NEMO_LIKE_TEST_STALL_SAVE") == str(step):
+        print(f"test hook: stalling the save of step {step} in {where}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
+
+
+def _kill_hook(step: int) -> None:
+    if os.environ.get("NEMO_LIKE_TEST_KILL_AFTER_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -7,14 +7,17 @@ import inspect
 import logging
 import math
 import os
+import shlex
 import signal
+import sys
 import time
 from functools import partial
 from typing import Any
 
 import torch
 
-from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointingConfig
+from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointingConfig, drop_records_after
+from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
 from nemo_like.components.datasets.utils import default_collater
 from nemo_like.components.distributed.init import all_reduce_sum, initialize_distributed
 from nemo_like.components.loggers.jsonl import JSONLLogger
@@ -71,7 +74,9 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.dataset = self._build_dataset("dataset")
         self.val_dataset = self._build_dataset("validation_dataset") if "validation_dataset" in cfg else None
         sched = _plain(cfg.step_scheduler)
-        self.dataloader = self._build_dataloader("dataloader", self.dataset, sched["local_batch_size"], train=True)
+        self.dataloader = StepAlignedLoader(
+            self._build_dataloader("dataloader", self.dataset, sched["local_batch_size"], train=True)
+        )
         self.val_dataloader = (
             self._build_dataloader("validation_dataloader", self.val_dataset, sched["local_batch_size"], train=False)
             if self.val_dataset is not None
@@ -97,6 +102,27 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.train_log = JSONLLogger(os.path.join(root, "training.jsonl"), enabled=self.dist.is_main)
         self.val_log = JSONLLogger(os.path.join(root, "validation.jsonl"), enabled=self.dist.is_main)
         self.generation_eval = _plain(_section(cfg, "generation_eval")) or None
+        self.prior_train_losses = self._restore_checkpoint()
+
+    def _restore_checkpoint(self) -> list[float]:
+        """Continue from ``checkpoint.restore_from`` (default: LATEST when there is one); returns the losses so far.
+
+        Weights (or the adapter), optimizer, LR and step schedules, the data position and
+        the RNG come back as they were after the checkpoint's step, so the loss curve goes
+        on exactly; the metric files lose records of steps that will now be re-run.
+        """
+        path = self.checkpointer.resume_path()
+        if path is None:
+            return []
+        losses = self.checkpointer.load(
+            path, self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
+            step_scheduler=self.step_scheduler, dataloader=self.dataloader, rng=self.rng, peft_config=self.peft_config,
+        )
+        done = self.step_scheduler.step - 1
+        if self.dist.is_main:
+            for log in (self.train_log, self.val_log):
+                drop_records_after(log.path, done)
+        return list(losses.get("train", []))[: done + 1]
 
     def _build_tokenizer(self) -> Any:
         if "tokenizer" in self.cfg:
@@ -138,7 +164,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         return loader
 
     def _build_model(self) -> torch.nn.Module:
-        model = self.cfg.model.instantiate()
+        quantized = self.cfg.get("quantization", None) is not None
+        model = self._load_quantized_model() if quantized else self.cfg.model.instantiate()
         self.peft_config = None
         if "peft" in self.cfg:
             from nemo_like.components._peft.lora import apply_lora_to_linear_modules
@@ -146,13 +173,35 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             self.peft_config = self.cfg.peft.instantiate()
             count = apply_lora_to_linear_modules(model, self.peft_config)
             logger.info("LoRA applied to %d linear modules", count)
-        model.to(self.device)
+        if not quantized:  # bitsandbytes places its packed weights while loading
+            model.to(self.device)
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         if self.dist.world_size > 1:
             model = self._shard(model)
         model.train()
+        return model
+
+    def _load_quantized_model(self) -> torch.nn.Module:
+        """QLoRA: load the base through bitsandbytes and make its 4-bit layers safe to train through."""
+        from nemo_like.components.quantization.qlora import create_bnb_config, prepare_model_for_qlora
+        from nemo_like.config.loader import ConfigError
+
+        if "peft" not in self.cfg:
+            raise ConfigError("quantization: needs a peft section; quantized base weights cannot be trained directly")
+        try:
+            bnb_config = create_bnb_config(_plain(self.cfg.quantization))
+        except (ValueError, ImportError) as err:
+            raise ConfigError(str(err)) from err
+        kwargs: dict[str, Any] = {"quantization_config": bnb_config}
+        if self.device.type == "cuda" and "device_map" not in self.cfg.model:
+            kwargs["device_map"] = {"": self.device}
+        model = self.cfg.model.instantiate(**kwargs)
+        # Before any forward: a CPU eval pass would otherwise repack 4-bit weights for inference only.
+        if prepare_model_for_qlora(model) == 0:
+            raise ConfigError(f"quantization: the model target {self.cfg.model.get('_target_')} ignored "
+                              "quantization_config (no bitsandbytes layers); use a from_pretrained target")
         return model
 
     def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -204,8 +253,11 @@ class TrainFinetuneRecipeForNextTokenPrediction:
                 if sched.is_ckpt_step:
                     self._save_checkpoint(epoch, history, last_val)
         progress.close()
+        self._restore_signal_handlers()
+        if sched.sigterm:
+            self._log_how_to_resume()
         result: dict[str, Any] = {"history": history, "val_loss": last_val}
-        if self.generation_eval:
+        if self.generation_eval and not sched.sigterm:
             result["accuracy_before"] = getattr(self, "accuracy_before", None)
             result["accuracy_after"] = self._run_generation_eval("after training")
         return result
@@ -291,16 +343,36 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.checkpointer.save(
             epoch, sched.step, self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler, step_scheduler=sched, rng=self.rng, dataloader=self.dataloader,
-            config=self.cfg.to_dict(), losses={"train": [h["loss"] for h in history], "val_loss": val_loss},
-            peft_config=self.peft_config, base_model_name_or_path=self.model_id,
+            config=self.cfg.to_dict(), losses={"train": self.prior_train_losses + [h["loss"] for h in history]},
+            val_loss=val_loss, peft_config=self.peft_config, base_model_name_or_path=self.model_id,
         )
 
     def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT finish the current step, save, and stop."""
-        def handler(signum: int, frame: Any) -> None:
-            logger.warning("signal %d received: finishing this step and saving a checkpoint", signum)
-            self.step_scheduler.sigterm = True
+        """SIGTERM/SIGINT finish the current step, save, and stop; a second SIGINT interrupts at once."""
+        self._previous_handlers: dict[int, Any] = {}
 
-        if hasattr(signal, "SIGTERM"):
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGTERM, handler)
+        def handler(signum: int, frame: Any) -> None:
+            logger.warning("%s received: finishing this step and saving a checkpoint",
+                           signal.Signals(signum).name)
+            self.step_scheduler.sigterm = True
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, self._previous_handlers.get(signal.SIGINT, signal.default_int_handler))
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # only the main thread may install handlers
+                self._previous_handlers[signum] = signal.signal(signum, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, previous in getattr(self, "_previous_handlers", {}).items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, previous)
+
+    def _log_how_to_resume(self) -> None:
+        latest = self.checkpointer.latest() if self.checkpointer.config.enabled else None
+        if latest is None:
+            logger.warning("stopped by a signal after step %d; checkpointing is off, so there is nothing to resume from",
+                           self.step_scheduler.step - 1)
+            return
+        command = shlex.join([os.path.basename(sys.executable), *sys.argv])
+        logger.warning("stopped by a signal; the last checkpoint is %s. To resume, run the same command again "
+                       "(checkpoint.restore_from defaults to LATEST): %s", latest, command)
