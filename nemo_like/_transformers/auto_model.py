@@ -72,10 +72,7 @@ def _drop_nemo_only_options(kwargs: dict[str, Any]) -> None:
 def _is_gguf_quantized(model: PreTrainedModel) -> bool:
     quantizer = getattr(model, "hf_quantizer", None)
     qconfig = getattr(quantizer, "quantization_config", None) or getattr(model.config, "quantization_config", None)
-    if qconfig is None:
-        return False
-    method = qconfig.get("quant_method") if isinstance(qconfig, dict) else getattr(qconfig, "quant_method", None)
-    return str(getattr(method, "value", method)).lower() == "gguf"
+    return qconfig is not None and _is_gguf_config(qconfig)
 
 
 def drop_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
@@ -127,6 +124,38 @@ def load_dense_gguf(
     return drop_gguf_quantizer(model)
 
 
+def _is_gguf_config(qconfig: Any) -> bool:
+    method = qconfig.get("quant_method") if isinstance(qconfig, dict) else getattr(qconfig, "quant_method", None)
+    return str(getattr(method, "value", method)).lower() == "gguf"
+
+
+def load_gguf_quantized(
+    directory: str,
+    gguf_file: str,
+    quantization_config: Any,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = "sdpa",
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """Load a GGUF file under another quantization (bitsandbytes for QLoRA).
+
+    transformers refuses a quantization config together with a GGUF file, so the GGUF
+    is unpacked to dense weights, written to a temporary safetensors directory and
+    loaded from there with the config; the weights end up in memory, the files go.
+    """
+    import tempfile
+
+    dense = load_dense_gguf(directory, gguf_file, dtype, attn_implementation, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="nemo_like_gguf_") as tmp:
+        dense.save_pretrained(tmp)
+        del dense
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp, dtype=dtype, attn_implementation=attn_implementation, quantization_config=quantization_config, **kwargs
+        )
+    model.name_or_path = model.config._name_or_path = os.path.join(directory, gguf_file)
+    return model
+
+
 def _with_sdpa_fallback(load, attn_implementation: str | None) -> PreTrainedModel:
     """Run ``load(attn)``; fall back to eager attention if the architecture lacks SDPA."""
     try:
@@ -159,12 +188,24 @@ class NeMoAutoModelForCausalLM:
 
         ``torch_dtype="auto"`` keeps the checkpoint's dtype, and float32 for
         GGUF files, whose quantized blocks have no training dtype of their own.
+        A ``quantization_config`` (bitsandbytes, for QLoRA) goes to transformers as
+        is; a GGUF source is unpacked first, since transformers refuses the pair.
         """
         dtype = _pick_dtype(torch_dtype, kwargs)
         _drop_nemo_only_options(kwargs)
         name = os.fspath(pretrained_model_name_or_path)
         path, gguf_file = split_gguf_path(resolve_pretrained_path(name), gguf_file)
 
+        qconfig = kwargs.get("quantization_config")
+        if gguf_file is not None and qconfig is not None and not _is_gguf_config(qconfig):
+            gguf_dtype = torch.float32 if dtype == "auto" else dtype
+            qconfig = kwargs.pop("quantization_config")
+            return _with_sdpa_fallback(
+                lambda attn: load_gguf_quantized(
+                    path, gguf_file, qconfig, gguf_dtype, attn, trust_remote_code=trust_remote_code, **kwargs
+                ),
+                attn_implementation,
+            )
         if gguf_file is not None:
             gguf_dtype = torch.float32 if dtype == "auto" else dtype
             return _with_sdpa_fallback(

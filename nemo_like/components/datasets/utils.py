@@ -33,3 +33,22 @@ def default_collater(
             rows.append(values + [pad] * (max_len - len(values)))
         out[key] = torch.tensor(rows, dtype=torch.long)
     return out
+
+
+def packed_sequence_collater(
+    batch: list[dict[str, Any]], pad_token_id: int = 0, pad_seq_len_divisible: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Stack packed rows and add the 4-D block-diagonal causal ``attention_mask`` ``[B, 1, S, S]``.
+
+    A packed row holds several documents whose ``position_ids`` restart at 0; restarting
+    positions alone does not stop attention across documents, the mask does. Rows of
+    unequal length are padded first (each padding token becomes a block of its own).
+    """
+    from nemo_like.components.datasets.llm.packed_sequence import block_causal_mask
+
+    if any("position_ids" not in sample for sample in batch):
+        raise ValueError("packed_sequence_collater: rows need position_ids (build them with PackedSequence)")
+    plain = [{k: v for k, v in sample.items() if k != "attention_mask"} for sample in batch]
+    out = default_collater(plain, pad_token_id=pad_token_id, pad_seq_len_divisible=pad_seq_len_divisible)
+    out["attention_mask"] = block_causal_mask(out["position_ids"])
+    return out

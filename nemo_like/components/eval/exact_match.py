@@ -77,15 +77,56 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the token prefix shared by every sequence, leaving each at least one own token."""
+    limit = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in seqs):
+        n += 1
+    return n
+
+
 @torch.inference_mode()
 def _generate_batch(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, eos_ids: list[int], pad_id: int
-) -> list[str]:
-    """Greedy-decode one left-padded batch and return only the newly generated text."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    share_prefix: bool,
+) -> list[list[int]]:
+    """Greedy-decode one batch of tokenized prompts; return only the new token ids per row.
+
+    Prompts are left-padded so every row's last prompt token sits in the same column. When the
+    rows share a leading run of tokens (the chat template's system turn, a fixed instruction),
+    that run is encoded once and its key/value cache is copied to every row: on CPU the prompt
+    encoding dominates evaluation time and the shared run is often half of it. The padding then
+    sits between the shared run and each row's own tokens; the attention mask hides it and the
+    position ids (derived from the mask) stay those of the unpadded prompt, so answers are the
+    same as one-at-a-time generation.
+    """
     device = next(model.parameters()).device
-    input_ids = enc["input_ids"].to(device)
-    attention_mask = enc["attention_mask"].to(device)
+    batch = len(prompts)
+    shared = _common_prefix_len(prompts) if share_prefix else 0
+    width = max(len(p) for p in prompts) - shared
+    input_ids = torch.full((batch, shared + width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, shared + width), dtype=torch.long)
+    for i, ids in enumerate(prompts):
+        own = ids[shared:]
+        input_ids[i, :shared] = torch.tensor(ids[:shared], dtype=torch.long)
+        attention_mask[i, :shared] = 1
+        input_ids[i, shared + width - len(own) :] = torch.tensor(own, dtype=torch.long)
+        attention_mask[i, shared + width - len(own) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+
+    extra: dict[str, Any] = {}
+    if shared > 0:
+        out = model(input_ids=input_ids[:1, :shared], use_cache=True)
+        cache = getattr(out, "past_key_values", None)
+        if cache is not None and hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(batch)
+            extra["past_key_values"] = cache
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -97,17 +138,17 @@ def _generate_batch(
         top_k=None,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
+        **extra,
     )
-    new_tokens = out[:, input_ids.shape[1] :].tolist()
-    texts = []
-    for seq in new_tokens:
-        # Cut at the first end-of-turn: tokens after it are padding or a runaway continuation.
-        for i, tok in enumerate(seq):
+    results = []
+    for seq in out[:, input_ids.shape[1] :].tolist():
+        # Cut at the first end-of-turn: what follows is padding or a runaway continuation.
+        for j, tok in enumerate(seq):
             if tok in eos_ids:
-                seq = seq[:i]
+                seq = seq[:j]
                 break
-        texts.append(tokenizer.decode(seq, skip_special_tokens=True))
-    return texts
+        results.append(seq)
+    return results
 
 
 def generation_exact_match(
@@ -119,12 +160,14 @@ def generation_exact_match(
     max_new_tokens: int = 16,
     batch_size: int = 32,
     num_examples: int = 5,
+    share_prefix: bool = True,
 ) -> dict:
     """Greedy-generate an answer for every row and score ``generated.strip() == answer.strip()``.
 
-    Rows are processed in batches sorted by prompt length (less padding, faster on CPU), then
-    scored in their original order. The model is put in eval mode and restored afterwards, and
-    the tokenizer's padding side is restored, so this can be called in the middle of training.
+    Rows are batched in order of prompt length (less padding, faster on CPU) and scored in their
+    original order. The model is switched to eval mode and back, and the tokenizer is never
+    modified, so this can run in the middle of training. ``share_prefix=False`` turns off the
+    shared-prefix cache (see ``_generate_batch``), e.g. to compare timings.
 
     Returns ``{"accuracy", "n", "correct", "examples"}`` where ``examples`` holds the first
     ``num_examples`` rows as ``{"prompt", "expected", "got"}`` for a quick visual check.
@@ -133,32 +176,28 @@ def generation_exact_match(
         return {"accuracy": 0.0, "n": 0, "correct": 0, "examples": []}
     prompts = [build_prompt(r, tokenizer, column_mapping, use_chat_template) for r in rows]
     expected = [_column(r, column_mapping, "answer").strip() for r in rows]
+    # A chat template already writes its special tokens; a plain prompt gets the tokenizer's own.
+    encoded = [
+        tokenizer(p, add_special_tokens=not use_chat_template)["input_ids"] for p in prompts
+    ]
 
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = eos_ids[0] if eos_ids else 0
-    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
     was_training = model.training
     generated: list[str] = [""] * len(rows)
     try:
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
         model.eval()
-        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        order = sorted(range(len(rows)), key=lambda i: lengths[i])
+        order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            texts = _generate_batch(
-                model, tokenizer, [prompts[i] for i in idx], max_new_tokens, eos_ids, pad_id
+            new_ids = _generate_batch(
+                model, [encoded[i] for i in idx], max_new_tokens, eos_ids, pad_id, share_prefix
             )
-            for i, text in zip(idx, texts):
-                generated[i] = text
+            for i, ids in zip(idx, new_ids):
+                generated[i] = tokenizer.decode(ids, skip_special_tokens=True)
     finally:
-        tokenizer.padding_side = old_side
-        if old_pad is None:
-            tokenizer.pad_token = None
         if was_training:
             model.train()
 

@@ -18,7 +18,13 @@ import torch
 
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointingConfig, drop_records_after
 from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
-from nemo_like.components.datasets.utils import default_collater
+from nemo_like.components.datasets.llm.packed_sequence import (
+    PackedSequence,
+    attention_implementation,
+    pack_dataset,
+    prepare_packed_attention,
+)
+from nemo_like.components.datasets.utils import default_collater, packed_sequence_collater
 from nemo_like.components.distributed.init import all_reduce_sum, initialize_distributed
 from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.loggers.progress import ProgressReporter, peak_memory_gib
@@ -135,7 +141,15 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
     def _build_dataset(self, name: str) -> Any:
         node = self.cfg.get(name)
-        return node.instantiate(tokenizer=self.tokenizer)
+        dataset = node.instantiate(tokenizer=self.tokenizer)
+        packing = _plain(_section(self.cfg, "packed_sequence"))
+        if packing:
+            # Packing is a property of the run, not of the data: the same documents, fewer and fuller rows.
+            if packing.get("pad_token_id") is None:
+                pad_id = getattr(dataset, "pad_token_id", None)
+                packing["pad_token_id"] = self.tokenizer.pad_token_id if pad_id is None else pad_id
+            dataset = pack_dataset(dataset, **packing)
+        return dataset
 
     def _build_dataloader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
         node = self.cfg.get(name) if name in self.cfg else ConfigNode(
@@ -144,13 +158,23 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         collate = node.get("collate_fn", None)
         collate = resolve_target(collate, key=f"{name}.collate_fn") if isinstance(collate, str) else collate
         collate = collate or default_collater
+        if isinstance(dataset, PackedSequence) and collate is default_collater:
+            collate = packed_sequence_collater  # packs need the block-diagonal mask, not a padding mask
+        if collate is packed_sequence_collater and not isinstance(dataset, PackedSequence):
+            from nemo_like.config.loader import ConfigError
+
+            raise ConfigError(f"{name}.collate_fn: packed_sequence_collater needs packed data; "
+                              "add packed_sequence.packed_sequence_size (> 0) or use default_collater")
         pad_id = getattr(dataset, "pad_token_id", None)
         if pad_id is None:
             pad_id = self.tokenizer.pad_token_id
         if "pad_token_id" in inspect.signature(collate).parameters and pad_id is not None:
             collate = partial(collate, pad_token_id=pad_id)
         kwargs: dict[str, Any] = {"dataset": dataset, "batch_size": batch_size, "collate_fn": collate}
-        if self.dist.world_size > 1:
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            # A stream orders (and shards over ranks) itself; a sampler or shuffle does not apply.
+            kwargs["shuffle"] = False
+        elif self.dist.world_size > 1:
             from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
             shuffle = bool(node.get("shuffle", False)) and train
@@ -158,6 +182,16 @@ class TrainFinetuneRecipeForNextTokenPrediction:
                 dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=shuffle, seed=self.rng.seed
             )
             kwargs["shuffle"] = None
+        if node.get("group_by_length", False) and train:
+            if "sampler" in kwargs or isinstance(dataset, (PackedSequence, torch.utils.data.IterableDataset)):
+                logger.warning("%s.group_by_length: not applied to packed, streamed or multi-rank data", name)
+            else:
+                from nemo_like.components.datasets.length_grouped_sampler import LengthGroupedSampler, sample_lengths
+
+                kwargs["sampler"] = LengthGroupedSampler(sample_lengths(dataset), batch_size, seed=self.rng.seed)
+                kwargs["shuffle"] = False
+        if "group_by_length" in node:  # ours, not a StatefulDataLoader argument
+            node = ConfigNode({k: v for k, v in node.to_dict().items() if k != "group_by_length"}, path=name)
         if not train:
             kwargs["shuffle"] = False
         loader = node.instantiate(**{k: v for k, v in kwargs.items() if v is not None})
@@ -175,7 +209,9 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             logger.info("LoRA applied to %d linear modules", count)
         if not quantized:  # bitsandbytes places its packed weights while loading
             model.to(self.device)
-        total = sum(p.numel() for p in model.parameters())
+        # transformers' count unpacks 4-bit storage (two weights per byte); a plain sum would not.
+        counter = getattr(model, "num_parameters", None)
+        total = counter() if callable(counter) else sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         if self.dist.world_size > 1:
@@ -190,6 +226,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
         if "peft" not in self.cfg:
             raise ConfigError("quantization: needs a peft section; quantized base weights cannot be trained directly")
+        if self.dist.world_size > 1:
+            raise ConfigError("quantization: FSDP2 cannot shard bitsandbytes layers; run QLoRA as a single process")
         try:
             bnb_config = create_bnb_config(_plain(self.cfg.quantization))
         except (ValueError, ImportError) as err:
@@ -197,11 +235,18 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         kwargs: dict[str, Any] = {"quantization_config": bnb_config}
         if self.device.type == "cuda" and "device_map" not in self.cfg.model:
             kwargs["device_map"] = {"": self.device}
-        model = self.cfg.model.instantiate(**kwargs)
+        target = self.cfg.model.get("_target_")
+        hint = "use nemo_like.NeMoAutoModelForCausalLM.from_pretrained"
+        try:
+            model = self.cfg.model.instantiate(**kwargs)
+        except ConfigError as err:
+            if "quantization_config" not in str(err):
+                raise
+            raise ConfigError(f"quantization: model target {target} does not take quantization_config; {hint}") from err
         # Before any forward: a CPU eval pass would otherwise repack 4-bit weights for inference only.
         if prepare_model_for_qlora(model) == 0:
-            raise ConfigError(f"quantization: the model target {self.cfg.model.get('_target_')} ignored "
-                              "quantization_config (no bitsandbytes layers); use a from_pretrained target")
+            raise ConfigError(f"quantization: model target {target} ignored quantization_config "
+                              f"(no bitsandbytes layers); {hint}")
         return model
 
     def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -273,7 +318,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             labels = batch.pop("labels")
             with self._autocast():
-                logits = self.model(**{k: v for k, v in batch.items() if k in _MODEL_INPUTS}).logits
+                logits = self.model(**self._model_inputs(batch)).logits
             loss = self.loss_fn(logits, labels, num_label_tokens=num_label_tokens)
             # Data-parallel gradients are averaged over ranks; scaling restores the global mean.
             (loss * self.dist.world_size).backward()
@@ -294,6 +339,12 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             "time_s": elapsed,
         }
 
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch fields the model takes; a packed batch's mask is adapted to the attention backend."""
+        inputs = {k: v for k, v in batch.items() if k in _MODEL_INPUTS}
+        dtype = next(self.model.parameters()).dtype
+        return prepare_packed_attention(inputs, attention_implementation(self.model), dtype)
+
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else math.inf
@@ -312,7 +363,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             labels = batch.pop("labels")
             with self._autocast():
-                logits = self.model(**{k: v for k, v in batch.items() if k in _MODEL_INPUTS}).logits
+                logits = self.model(**self._model_inputs(batch)).logits
             total += self.loss_fn(logits, labels).double()
             count += (labels != -100).sum()
         self.model.train()

@@ -11,29 +11,10 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path, read_json_rows, slice_split
+from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.llm.formatting_utils import load_rows, shift_and_pad
 
 _COLUMNS = ("context", "question", "answer")
-
-
-def _load_rows(path_or_dataset_id: str | Sequence[str], split: str | None) -> list[tuple[str, dict[str, Any]]]:
-    """Rows with a location label (``file:line``) from local JSON/JSONL files or a hub dataset."""
-    if is_local_data_path(path_or_dataset_id):
-        paths = [path_or_dataset_id] if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
-        rows = [(f"{p}:{line}", row) for p in paths for line, row in read_json_rows(p)]
-        return slice_split(rows, split)
-    try:
-        import datasets
-    except ImportError as e:  # pragma: no cover - datasets is a core dependency
-        raise DatasetError("loading a hub dataset needs the 'datasets' package") from e
-    try:
-        ds = datasets.load_dataset(path_or_dataset_id, split=split or "train")
-    except Exception as e:
-        raise DatasetError(
-            f"{path_or_dataset_id}: cannot load this dataset ({type(e).__name__}); "
-            "on an offline machine give a local JSON/JSONL path"
-        ) from e
-    return [(f"{path_or_dataset_id}[{i}]", dict(row)) for i, row in enumerate(ds)]
 
 
 def format_prompt(context: str | None, question: str | None) -> str:
@@ -80,10 +61,16 @@ class ColumnMappedTextInstructionDataset(Dataset):
         self.truncate = truncation not in (False, None, "do_not_truncate")
         self.use_hf_chat_template = use_hf_chat_template and getattr(tokenizer, "chat_template", None) is not None
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        rows = _load_rows(path_or_dataset_id, split)
-        if limit_dataset_samples is not None:
-            rows = rows[: int(limit_dataset_samples)]
-        self.samples = [s for where, row in rows if (s := self._tokenize(where, row)) is not None]
+        self._load_samples(path_or_dataset_id, split, limit_dataset_samples)
+
+    def _load_samples(self, path_or_dataset_id: str | Sequence[str], split: str | None, limit: int | None) -> None:
+        """Read and tokenize every row now (the streaming variant overrides this to read lazily)."""
+        rows = load_rows(path_or_dataset_id, split)
+        if limit is not None:
+            rows = rows[: int(limit)]
+        tokenized = [(where, self._tokenize(where, row)) for where, row in rows]
+        self.samples = [s for _, s in tokenized if s is not None]
+        self.locations = [where for where, s in tokenized if s is not None]  # file:line of each sample
         if not self.samples:
             raise DatasetError(f"{path_or_dataset_id}: no usable rows")
 
@@ -137,15 +124,8 @@ class ColumnMappedTextInstructionDataset(Dataset):
             labels = [-100] * len(prompt_ids) + answer_ids
         else:
             labels = list(ids)
-        sample = {"input_ids": ids[:-1], "labels": labels[1:], "attention_mask": [1] * (len(ids) - 1)}
-        if all(label == -100 for label in sample["labels"]):
-            return None
-        if self.pad_to_seq_length and self.seq_length is not None:
-            pad = self.seq_length - len(sample["input_ids"])
-            sample["input_ids"] += [self.pad_token_id] * pad
-            sample["labels"] += [-100] * pad
-            sample["attention_mask"] += [0] * pad
-        return sample
+        pad_to = self.seq_length if self.pad_to_seq_length else None
+        return shift_and_pad(ids, labels, pad_to, self.pad_token_id)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -1,0 +1,321 @@
+"""Conversations (OpenAI ``messages`` or ShareGPT ``conversations``) -> pre-shifted tokens, loss on assistant turns.
+
+How the loss mask is found: the chat template renders the conversation one message
+at a time, and each rendering must extend the previous one. The text an assistant
+message adds after the generation prompt (``<|im_start|>assistant\\n`` in ChatML) is its
+content plus the end-of-turn marker; those tokens carry labels, everything else -100.
+Segments are tokenized one by one, so the first assistant token is tokenized exactly as
+it is generated after the prompt at inference time. Templates that drop earlier turns'
+text (some reasoning templates do) break this and are reported, naming the row.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.llm.formatting_utils import (
+    is_padding_to_max_length,
+    is_truncation_on,
+    load_rows,
+    pad_token_id_of,
+    shift_and_pad,
+)
+
+logger = logging.getLogger("nemo_like")
+
+ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT speaker names -> OpenAI roles.
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
+    "function_call": "assistant",
+    "observation": "tool", "tool": "tool", "function_response": "tool", "function": "tool",
+}
+_PROBE_TOOL, _PROBE_CALL = "nemo_like_probe_tool", "nemo_like_probe_call"
+
+
+def _text(where: str, index: int, content: Any) -> str:
+    """Message content as one string: None -> "", a list of OpenAI text parts joined."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(p.get("text", "")) for p in content)
+    raise DatasetError(f"{where}: message {index}: content must be a string or a list of text parts")
+
+
+def _call_with_object_arguments(where: str, index: int, call: Any) -> dict[str, Any]:
+    """OpenAI sends ``arguments`` as a JSON string; chat templates expect an object (they JSON-encode it)."""
+    fn = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or "name" not in fn:
+        raise DatasetError(f"{where}: message {index}: a tool call needs a function 'name'")
+    arguments = parse_json_field(where, f"message {index} tool call arguments", fn.get("arguments", {}))
+    return {"type": "function", "function": {"name": fn["name"], "arguments": arguments}}
+
+
+def parse_json_field(where: str, name: str, value: Any) -> Any:
+    """Fields such as ``tools`` often arrive as JSON strings; decode them, naming the row when they are not JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where}: '{name}' is not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def sharegpt_to_messages(where: str, turns: Any) -> list[dict[str, Any]]:
+    """ShareGPT ``[{"from": "human", "value": ...}, ...]`` as OpenAI messages."""
+    if not isinstance(turns, list):
+        raise DatasetError(f"{where}: 'conversations' must be a list of turns")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn:
+            raise DatasetError(f"{where}: conversations[{i}] needs a 'from' and a 'value'")
+        speaker = str(turn["from"]).lower()
+        if speaker not in SHAREGPT_ROLES:
+            raise DatasetError(f"{where}: conversations[{i}]: unknown speaker {turn['from']!r}; "
+                               f"use one of {sorted(SHAREGPT_ROLES)}")
+        value = turn.get("value")
+        if speaker == "function_call":
+            call = parse_json_field(where, f"conversations[{i}].value", value)
+            if not isinstance(call, dict) or "name" not in call:
+                raise DatasetError(f"{where}: conversations[{i}]: a function_call value needs a 'name'")
+            messages.append({"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}}]})
+        else:
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+    return messages
+
+
+def inline_tools(messages: list[dict[str, Any]], tools: list[Any] | None) -> list[dict[str, Any]]:
+    """For templates that ignore ``tools`` / ``tool_calls``: put them into the text instead.
+
+    The tool list goes into the system message and each call becomes a
+    ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` line of the assistant's
+    content, so that the model still sees (and learns) the calls.
+    """
+    out = copy.deepcopy(messages)
+    for message in out:
+        calls = message.pop("tool_calls", None)
+        if not calls:
+            continue
+        lines = [message["content"]] if message.get("content") else []
+        for call in calls:
+            fn = call.get("function", call)
+            arguments = fn.get("arguments", {})
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except json.JSONDecodeError:
+                    pass
+            lines.append("<tool_call>" + json.dumps({"name": fn.get("name"), "arguments": arguments}) + "</tool_call>")
+        message["content"] = "\n".join(lines)
+    if tools:
+        listing = "You can call these tools; answer with one <tool_call> line per call:\n" + "\n".join(
+            json.dumps(t) for t in tools
+        )
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{listing}" if out[0]["content"] else listing
+        else:
+            out.insert(0, {"role": "system", "content": listing})
+    return out
+
+
+class ChatDataset(Dataset):
+    """Chat rows with loss on assistant turns only (all of them, or the last with ``mask_history``).
+
+    Rows hold OpenAI ``messages`` (roles system/user/assistant/tool; assistant
+    ``tool_calls``; ``tools`` as a list or a JSON string) or ShareGPT ``conversations``
+    (converted). The tokenizer's chat template renders them, or ``chat_template`` (a
+    Jinja string or a path to a ``.jinja`` file). Each assistant turn's end-of-turn
+    token is supervised even when the tokenizer pads with it. A bad row is an error
+    naming its file and line, or is skipped and counted with ``skip_invalid_samples``.
+    Items hold pre-shifted ``input_ids`` / ``labels`` / ``attention_mask`` lists.
+    """
+
+    def __init__(
+        self,
+        path_or_dataset_id: str | Sequence[str],
+        tokenizer: Any,
+        split: str | None = None,
+        seq_length: int | None = None,
+        padding: str | bool = "do_not_pad",
+        truncation: str | bool = "do_not_truncate",
+        chat_template: str | None = None,
+        mask_history: bool = False,
+        skip_invalid_samples: bool = False,
+        limit_dataset_samples: int | None = None,
+        start_of_turn_token: str | None = None,
+    ) -> None:
+        # start_of_turn_token is accepted for NeMo YAMLs; turns are found by rendering, not by a marker.
+        del start_of_turn_token
+        if tokenizer is None:
+            raise DatasetError("dataset: a tokenizer is required")
+        self.tokenizer = tokenizer
+        self.chat_template = self._template(chat_template)
+        self.seq_length = seq_length
+        self.pad_to_seq_length = is_padding_to_max_length(padding)
+        self.truncate = is_truncation_on(truncation)
+        self.mask_history = mask_history
+        self.pad_token_id = pad_token_id_of(tokenizer)
+        self._renders_tools: bool | None = None
+        rows = load_rows(path_or_dataset_id, split)
+        if limit_dataset_samples is not None:
+            rows = rows[: int(limit_dataset_samples)]
+        self.samples: list[dict[str, list[int]]] = []
+        self.locations: list[str] = []
+        self.skipped = 0
+        first_problem = None
+        for where, row in rows:
+            try:
+                sample = self._tokenize(where, row)
+            except DatasetError as err:
+                if not skip_invalid_samples:
+                    raise
+                self.skipped += 1
+                first_problem = first_problem or str(err)
+                continue
+            self.samples.append(sample)
+            self.locations.append(where)
+        if self.skipped:
+            logger.warning("chat dataset: skipped %d invalid row(s) of %d; the first: %s",
+                           self.skipped, len(rows), first_problem)
+        if not self.samples:
+            why = f" ({self.skipped} skipped)" if self.skipped else ""
+            raise DatasetError(f"{path_or_dataset_id}: no usable rows{why}")
+
+    def _template(self, chat_template: str | None) -> str:
+        template = chat_template
+        if template and "{" not in template and os.path.isfile(os.path.expanduser(template)):
+            with open(os.path.expanduser(template), encoding="utf-8") as f:
+                template = f.read()
+        template = template or getattr(self.tokenizer, "chat_template", None)
+        if not template:
+            raise DatasetError("dataset: the tokenizer has no chat template; set dataset.chat_template")
+        return template
+
+    # ------------------------------------------------------------------ rows -> conversation
+    def conversation(self, where: str, row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any] | None]:
+        """The row's messages and tools; subclasses map other row shapes (see ``xlam``)."""
+        if "messages" in row:
+            messages = row["messages"]
+            if not isinstance(messages, list):
+                raise DatasetError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+        elif "conversations" in row:
+            messages = sharegpt_to_messages(where, row["conversations"])
+            if row.get("system"):
+                messages = [{"role": "system", "content": row["system"]}, *messages]
+        else:
+            raise DatasetError(f"{where}: no 'messages' (or ShareGPT 'conversations'); the row has {sorted(row)}")
+        tools = parse_json_field(where, "tools", row.get("tools"))
+        if tools is not None and not isinstance(tools, list):
+            raise DatasetError(f"{where}: 'tools' must be a list of tool schemas")
+        return messages, tools or None
+
+    def _checked(self, where: str, messages: list[Any]) -> list[dict[str, Any]]:
+        checked = []
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or "role" not in message:
+                raise DatasetError(f"{where}: message {i} needs a 'role' and a 'content'")
+            if message["role"] not in ROLES:
+                raise DatasetError(f"{where}: message {i}: unknown role {message['role']!r}; use one of {list(ROLES)}")
+            clean = dict(message)
+            clean["content"] = _text(where, i, message.get("content"))
+            if clean.get("tool_calls") is None:
+                clean.pop("tool_calls", None)
+            elif clean["role"] != "assistant" or not isinstance(clean["tool_calls"], list):
+                raise DatasetError(f"{where}: message {i}: 'tool_calls' must be a list on an assistant message")
+            else:
+                clean["tool_calls"] = [_call_with_object_arguments(where, i, call) for call in clean["tool_calls"]]
+            checked.append(clean)
+        if not any(m["role"] == "assistant" for m in checked):
+            raise DatasetError(f"{where}: the conversation has no assistant message to learn from")
+        return checked
+
+    # ------------------------------------------------------------------ rendering
+    def _render(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None,
+                add_generation_prompt: bool = False) -> str:
+        if not messages:
+            return ""
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tools=tools, chat_template=self.chat_template, tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except Exception as err:  # jinja raises its own errors, templates call raise_exception
+            raise DatasetError(f"{where}: the chat template rejects this conversation "
+                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+    def _template_renders_tools(self) -> bool:
+        """Whether the template shows ``tools`` and ``tool_calls``; if not they are inlined as text."""
+        if self._renders_tools is None:
+            tool = {"type": "function", "function": {"name": _PROBE_TOOL, "description": "", "parameters": {}}}
+            call = {"type": "function", "function": {"name": _PROBE_CALL, "arguments": {}}}
+            probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+            try:
+                text = self.tokenizer.apply_chat_template(probe, tools=[tool], chat_template=self.chat_template,
+                                                          tokenize=False)
+                self._renders_tools = _PROBE_TOOL in text and _PROBE_CALL in text
+            except Exception:
+                self._renders_tools = False
+        return self._renders_tools
+
+    def _segments(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None) -> list[tuple[str, bool]]:
+        """The rendered conversation cut into (text, supervised) pieces, checked to extend one another."""
+        last_assistant = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        pieces: list[tuple[str, bool]] = []
+        done = ""
+        for i, message in enumerate(messages):
+            bounds = []
+            if message["role"] == "assistant":
+                bounds.append((self._render(where, messages[:i], tools, add_generation_prompt=True), False))
+            supervised = message["role"] == "assistant" and (not self.mask_history or i == last_assistant)
+            bounds.append((self._render(where, messages[: i + 1], tools), supervised))
+            for text, is_supervised in bounds:
+                if not text.startswith(done):
+                    raise DatasetError(
+                        f"{where}: the chat template does not render this conversation turn by turn "
+                        f"(message {i} changes the text before it), so assistant tokens cannot be located"
+                    )
+                pieces.append((text[len(done):], is_supervised))
+                done = text
+        return [(text, flag) for text, flag in pieces if text]
+
+    def _tokenize(self, where: str, row: dict[str, Any]) -> dict[str, list[int]]:
+        messages, tools = self.conversation(where, row)
+        messages = self._checked(where, messages)
+        needs_tools = bool(tools) or any(m.get("tool_calls") for m in messages)
+        if needs_tools and not self._template_renders_tools():
+            messages, tools = inline_tools(messages, tools), None
+        ids: list[int] = []
+        labels: list[int] = []
+        for text, supervised in self._segments(where, messages, tools):
+            piece = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            ids += piece
+            labels += piece if supervised else [-100] * len(piece)
+        limit = None if self.seq_length is None else self.seq_length + 1  # one extra: the pair is shifted
+        if limit is not None and len(ids) > limit:
+            if not self.truncate:
+                raise DatasetError(f"{where}: {len(ids) - 1} tokens exceed seq_length {self.seq_length}; "
+                                   "raise seq_length or set truncation: true")
+            ids, labels = ids[:limit], labels[:limit]
+        sample = shift_and_pad(ids, labels, self.seq_length if self.pad_to_seq_length else None, self.pad_token_id)
+        if sample is None:
+            raise DatasetError(f"{where}: no assistant token is left to learn from (truncated to seq_length?)")
+        return sample
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> dict[str, list[int]]:
+        return self.samples[idx]
