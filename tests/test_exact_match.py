@@ -16,7 +16,15 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from nemo_like.components.eval import build_prompt, generation_exact_match, load_jsonl_rows  # noqa: E402
+from nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset import (  # noqa: E402
+    ColumnMappedTextInstructionDataset,
+)
+from nemo_like.components.eval import (  # noqa: E402
+    build_prompt,
+    encode_prompt,
+    generation_exact_match,
+    load_jsonl_rows,
+)
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -88,6 +96,30 @@ def test_build_prompt_joins_context_and_question() -> None:
     mapped = {"instruction": "Say hi.", "output": "hi"}
     mapping = {"question": "instruction", "answer": "output"}
     assert build_prompt(mapped, tok, column_mapping=mapping).endswith("Say hi.<|im_end|>\n<|im_start|>assistant\n")
+    # As in the dataset, a column that the mapping does not name is not read.
+    with_context = {"context": "IGNORED", "instruction": "Say hi.", "output": "hi"}
+    assert "IGNORED" not in build_prompt(with_context, tok, column_mapping=mapping)
+
+
+def _assert_prompts_match_dataset(tok, tmp_path: Path) -> None:
+    """The evaluation prompt must be token for token the prompt the model was trained on."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"context": "", **r}) for r in ROWS) + "\n", encoding="utf-8")
+    mapping = {"context": "context", "question": "question", "answer": "answer"}
+    for chat in (True, False):
+        ds = ColumnMappedTextInstructionDataset(str(path), mapping, tok, use_hf_chat_template=chat)
+        assert len(ds) == len(ROWS)
+        for row, item in zip(ROWS, ds):
+            n_prompt = next(i for i, lab in enumerate(item["labels"]) if lab != -100) + 1
+            ids = encode_prompt({"context": "", **row}, tok, mapping, use_chat_template=chat)
+            assert ids == item["input_ids"][:n_prompt]
+            if chat:
+                text_ids = tok(build_prompt(row, tok), add_special_tokens=False)["input_ids"]
+                assert text_ids == ids
+
+
+def test_prompts_match_instruction_dataset(tmp_path: Path) -> None:
+    _assert_prompts_match_dataset(_char_tokenizer(), tmp_path)
 
 
 def _check_batching_and_counting(tok, model) -> None:
@@ -156,7 +188,8 @@ def test_load_jsonl_rows(tmp_path: Path) -> None:
     not (SMOLLM2_DIR / "tokenizer_config.json").exists(),
     reason=f"embedded SmolLM2 tokenizer not unpacked yet at {SMOLLM2_DIR}",
 )
-def test_left_padding_with_smollm2_tokenizer() -> None:
+def test_left_padding_with_smollm2_tokenizer(tmp_path: Path) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(str(SMOLLM2_DIR))
+    _assert_prompts_match_dataset(tok, tmp_path)
     model = _tiny_llama(len(tok), tok.eos_token_id)
     _check_batching_and_counting(tok, model)

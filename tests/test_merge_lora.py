@@ -81,8 +81,9 @@ def test_cli_merge_reproduces_our_logits_with_plain_transformers(tiny_model_dir,
     assert set(merged.state_dict()) == base_keys  # the base architecture, no adapter left over
     assert getattr(merged.config, "quantization_config", None) is None
     torch.testing.assert_close(logits(merged, IDS), logits(ours, IDS), atol=1e-4, rtol=0)
-    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    assert tok("What is 3 plus 4?")["input_ids"] == AutoTokenizer.from_pretrained(tiny_model_dir)("What is 3 plus 4?")["input_ids"]
+    text = "What is 3 plus 4?"
+    expected = AutoTokenizer.from_pretrained(tiny_model_dir)(text)["input_ids"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "merged")(text)["input_ids"] == expected
 
 
 def test_qlora_adapter_merges_into_the_full_precision_base(tiny_model_dir, tmp_path) -> None:
@@ -142,8 +143,9 @@ def test_embedded_smollm2_merges_offline(tmp_path) -> None:
         ({"base_model_name_or_path": None}, [], ["names no base_model_name_or_path", "--base"]),
         ({"use_rslora": True}, [], ["use_rslora=True", "cannot apply"]),
         ({"peft_type": "IA3"}, [], ["peft_type 'IA3' is not LORA"]),
+        (None, ["--dtype", "float8"], ["Unknown torch_dtype 'float8'"]),
     ],
-    ids=["missing-dir", "no-base", "rslora", "not-lora"],
+    ids=["missing-dir", "no-base", "rslora", "not-lora", "bad-dtype"],
 )
 def test_mistakes_are_one_error_line(tiny_model_dir, tmp_path, capsys, edit, args, words) -> None:
     adapted(tiny_model_dir, PeftConfig(match_all_linear=True, dim=4, alpha=8), tmp_path / "adapter")

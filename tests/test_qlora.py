@@ -18,7 +18,12 @@ from conftest import REPO, addition_rows, write_jsonl  # noqa: E402
 from nemo_like._transformers import auto_model  # noqa: E402
 from nemo_like._transformers.auto_model import NeMoAutoModelForCausalLM  # noqa: E402
 from nemo_like.components._peft.adapter_io import _adapter_params, save_peft_adapter  # noqa: E402
-from nemo_like.components._peft.lora import PeftConfig, apply_lora_to_linear_modules, lora_modules  # noqa: E402
+from nemo_like.components._peft.lora import (  # noqa: E402
+    PeftConfig,
+    apply_lora_to_linear_modules,
+    lora_modules,
+    merge_lora_weights,
+)
 from nemo_like.components.quantization.qlora import create_bnb_config, prepare_model_for_qlora  # noqa: E402
 from nemo_like.config.loader import load_yaml_config  # noqa: E402
 from nemo_like.recipes.llm.run import main  # noqa: E402
@@ -43,7 +48,8 @@ def one_thread():
 
 
 def quantized(model_dir: str, section: dict | None = None) -> torch.nn.Module:
-    model = NeMoAutoModelForCausalLM.from_pretrained(model_dir, quantization_config=create_bnb_config(section or FOUR_BIT))
+    config = create_bnb_config(section or FOUR_BIT)
+    model = NeMoAutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config)
     prepare_model_for_qlora(model)
     return model
 
@@ -92,7 +98,8 @@ def test_bad_sections_are_one_line_errors(section: dict, words: str) -> None:
 
 def test_missing_bitsandbytes_names_the_qlora_extra(monkeypatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(ImportError, match=r"pip install 'nemo_like\[qlora\]'"):
         create_bnb_config(GUIDE_SECTION)
 
@@ -189,8 +196,6 @@ def test_dora_and_merge_work_over_4bit_layers(tiny_model_dir) -> None:
     ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        from nemo_like.components._peft.lora import merge_lora_weights
-
         merge_lora_weights(model)
         after = model(input_ids=ids).logits
     # The merged q/v layers are dense, the rest still 4-bit: same function up to fp32 rounding.
@@ -260,12 +265,13 @@ def test_eval_pass_breaks_gradients_unless_prepared(tiny_model_dir, avx512bf16_c
 def test_prepare_undoes_a_repack_that_already_happened(tiny_model_dir, double_quant: bool) -> None:
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
-    model = NeMoAutoModelForCausalLM.from_pretrained(
-        tiny_model_dir, quantization_config=create_bnb_config(load_in_4bit=True, bnb_4bit_use_double_quant=double_quant))
+    config = create_bnb_config(load_in_4bit=True, bnb_4bit_use_double_quant=double_quant)
+    model = NeMoAutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=config)
     layer = model.model.layers[0].mlp.up_proj
     x = torch.randn(3, layer.in_features)
     expected = layer(x).detach()
-    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(layer.weight.data, layer.weight.quant_state)
+    weight = layer.weight
+    weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, weight.quant_state)
     assert layer.weight.quant_state.packing_format_for_cpu
 
     assert prepare_model_for_qlora(model) == 14
@@ -339,7 +345,7 @@ def run_and_watch_gradients(recipe: TrainFinetuneRecipeForNextTokenPrediction) -
 
 
 def assert_trains_through_validation(recipe: TrainFinetuneRecipeForNextTokenPrediction, drop: float) -> list[float]:
-    """Loss falls (last 5 steps <= ``drop`` x first 5), every adapter learns at every step, validation breaks nothing."""
+    """Loss falls (last 5 steps <= ``drop`` x first 5), every adapter learns every step, validation breaks nothing."""
     losses, validated_after, seen = run_and_watch_gradients(recipe)
     assert len(losses) == 20 and validated_after[0] == 10  # a validation pass in the middle of the run
     assert sum(losses[-5:]) < drop * sum(losses[:5]), losses

@@ -70,6 +70,9 @@ def peft_config_from_adapter(adapter_dir: str | os.PathLike) -> tuple[PeftConfig
         value = raw.get(key)
         if value and value != neutral:
             raise ValueError(f"merge-lora: adapter_config.json sets {key}={value!r}, which this merge cannot apply")
+    missing = [k for k in ("r", "lora_alpha") if k not in raw]
+    if missing:
+        raise ValueError(f"merge-lora: {path / ADAPTER_CONFIG_NAME} lacks {missing}")
     config = PeftConfig(
         target_modules=_adapted_modules(path),
         dim=int(raw["r"]),
@@ -105,6 +108,7 @@ def merge_lora_checkpoint(
     if output_dir is None:
         raise ValueError("merge-lora: output_dir is required")
     start = time.perf_counter()
+    target = resolve_dtype(dtype)  # a bad dtype fails before the base is loaded
     adapter = find_adapter_dir(adapter_dir)
     peft_config, raw = peft_config_from_adapter(adapter)
     base = base_model or raw.get("base_model_name_or_path")
@@ -112,7 +116,6 @@ def merge_lora_checkpoint(
         raise ValueError(f"merge-lora: {adapter / ADAPTER_CONFIG_NAME} names no base_model_name_or_path; pass --base")
 
     model = NeMoAutoModelForCausalLM.from_pretrained(base, torch_dtype="auto")
-    target = resolve_dtype(dtype)
     target = next(model.parameters()).dtype if target == "auto" else target
     model.float()  # fold in float32 whatever the storage dtype; cast once at the end
     apply_lora_to_linear_modules(model, peft_config)

@@ -22,6 +22,7 @@ at the worst moments, and do nothing when unset):
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -291,6 +292,8 @@ class Checkpointer:
             from nemo_like.components._peft.adapter_io import save_peft_adapter
 
             save_peft_adapter(model, peft_config, model_dir, base_model_name_or_path=base)
+            if self.config.save_consolidated:
+                self._save_merged(model, tokenizer, os.path.join(model_dir, "consolidated"))
             return
         state = _unique_state_dict(model)
         if self.config.model_save_format == "safetensors":
@@ -302,6 +305,19 @@ class Checkpointer:
             model.save_pretrained(consolidated, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(consolidated)
+
+    @staticmethod
+    def _save_merged(model: torch.nn.Module, tokenizer: Any, out_dir: str) -> None:
+        """Adapters folded into a copy of the base, so plain transformers loads the result as is."""
+        if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
+            logger.info("quantized base: no merged consolidated model; use `nemo-like merge-lora` on the adapter")
+            return
+        from nemo_like.components._peft.lora import merge_lora_weights
+
+        merged = merge_lora_weights(copy.deepcopy(model))
+        merged.save_pretrained(out_dir, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
 
     def _val_loss_of(self, name: str) -> float | None:
         path = os.path.join(self.root, name, "losses.json")

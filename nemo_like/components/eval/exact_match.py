@@ -35,10 +35,24 @@ def load_jsonl_rows(path: str | Path, limit: int | None = None) -> list[dict]:
 
 
 def _column(row: dict, column_mapping: dict | None, name: str) -> str:
-    """Fetch a canonical column (context/question/answer) through the optional mapping."""
-    key = (column_mapping or {}).get(name, name)
-    value = row.get(key)
+    """A canonical column (context/question/answer) of a row, "" when absent.
+
+    With a mapping only the mapped columns are read, as the instruction dataset does (an
+    unmapped ``context`` column in the file is ignored); without one the canonical names are used.
+    """
+    key = name if column_mapping is None else column_mapping.get(name)
+    value = None if key is None else row.get(key)
     return "" if value is None else str(value)
+
+
+def _uses_chat_template(tokenizer: Any, use_chat_template: bool) -> bool:
+    """The dataset falls back to the plain prompt when the tokenizer has no template; so do we."""
+    return use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+
+
+def _user_text(row: dict, column_mapping: dict | None) -> str:
+    parts = [_column(row, column_mapping, "context"), _column(row, column_mapping, "question")]
+    return " ".join(p for p in parts if p)
 
 
 def build_prompt(
@@ -47,20 +61,39 @@ def build_prompt(
     column_mapping: dict | None = None,
     use_chat_template: bool = True,
 ) -> str:
-    """Render a row's prompt the same way the instruction dataset does for training.
+    """Render a row's prompt text the same way the instruction dataset does for training.
 
     Matching the training rendering matters: any drift (a missing space, a different system turn)
     changes what the model conditions on and makes the measured accuracy meaningless.
     With a chat template: one user turn holding the non-empty context and question joined by a
-    space, followed by the assistant header. Without one: ``"{context} {question} "``.
+    space, followed by the assistant header. Without one: that text followed by a space.
     """
-    parts = [_column(row, column_mapping, "context"), _column(row, column_mapping, "question")]
-    user_text = " ".join(p for p in parts if p)
-    if use_chat_template:
+    user_text = _user_text(row, column_mapping)
+    if _uses_chat_template(tokenizer, use_chat_template):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False
         )
     return user_text + " "
+
+
+def encode_prompt(
+    row: dict,
+    tokenizer: Any,
+    column_mapping: dict | None = None,
+    use_chat_template: bool = True,
+) -> list[int]:
+    """Token ids of a row's prompt, produced by the same calls the instruction dataset makes.
+
+    Going through the same calls (rather than re-tokenizing rendered text) rules out any
+    difference in special-token handling between training and evaluation.
+    """
+    user_text = _user_text(row, column_mapping)
+    if _uses_chat_template(tokenizer, use_chat_template):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(i) for i in ids]
+    return list(tokenizer(user_text + " ", add_special_tokens=True)["input_ids"])
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -176,10 +209,7 @@ def generation_exact_match(
         return {"accuracy": 0.0, "n": 0, "correct": 0, "examples": []}
     prompts = [build_prompt(r, tokenizer, column_mapping, use_chat_template) for r in rows]
     expected = [_column(r, column_mapping, "answer").strip() for r in rows]
-    # A chat template already writes its special tokens; a plain prompt gets the tokenizer's own.
-    encoded = [
-        tokenizer(p, add_special_tokens=not use_chat_template)["input_ids"] for p in prompts
-    ]
+    encoded = [encode_prompt(r, tokenizer, column_mapping, use_chat_template) for r in rows]
 
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id

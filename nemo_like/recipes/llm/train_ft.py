@@ -39,13 +39,31 @@ logger = logging.getLogger("nemo_like")
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, so a replaced stream (a test's capture) never goes stale."""
+
+    @property
+    def stream(self):  # noqa: ANN201 - the logging API's attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(is_main: bool) -> None:
     """Our lines only: one per step, none of the libraries' per-file progress bars."""
     import warnings
 
     import transformers
 
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s", force=True)
+    log = logging.getLogger("nemo_like")
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    if not any(isinstance(h, _CurrentStderrHandler) for h in log.handlers):
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*set_vital.*")
