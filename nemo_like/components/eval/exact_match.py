@@ -14,9 +14,6 @@ from typing import Any
 
 import torch
 
-_CANONICAL_COLUMNS = ("context", "question", "answer")
-
-
 def load_jsonl_rows(path: str | Path, limit: int | None = None) -> list[dict]:
     """Read a JSONL file into a list of dicts (blank lines skipped); ``limit`` keeps the first N.
 
