@@ -95,3 +95,37 @@ def addition_data(tmp_path) -> dict[str, str]:
         "train": write_jsonl(tmp_path / "data" / "train.jsonl", addition_rows(16)),
         "validation": write_jsonl(tmp_path / "data" / "validation.jsonl", addition_rows(6, offset=5)),
     }
+
+
+def run_quickstart(ckpt_dir: Path, *overrides: str, config: str = "sft_quickstart.yaml") -> dict:
+    """Run a quickstart-style recipe end to end in a subprocess; return its held-out accuracies and paths."""
+    import re
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "examples/llm_finetune/finetune.py", "--config",
+           str(REPO / "recipes" / "smollm2_135m" / config), "--checkpoint.checkpoint_dir", str(ckpt_dir), *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                          timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = dict(re.findall(r"held-out exact match (before|after) training: ([0-9.]+)", proc.stderr))
+    latest = (ckpt_dir / "LATEST").read_text().strip() if (ckpt_dir / "LATEST").exists() else None
+    return {
+        "before": float(found["before"]),
+        "after": float(found["after"]),
+        "stderr": proc.stderr,
+        "checkpoint_dir": ckpt_dir,
+        "last_checkpoint": (ckpt_dir / latest) if latest else None,
+    }
+
+
+# The held-out rows every full quickstart test judges on (the first N of data/quickstart/test.jsonl).
+QUICKSTART_EVAL_ROWS = 50
+
+
+@pytest.fixture(scope="session")
+def quickstart_lora_run(tmp_path_factory) -> dict:
+    """The whole 40-step LoRA quickstart, run once per test session and shared by the tests that judge it."""
+    ckpt = tmp_path_factory.mktemp("quickstart_lora") / "ckpt"
+    return run_quickstart(ckpt, "--generation_eval.limit", str(QUICKSTART_EVAL_ROWS),
+                          "--validation_dataset.limit_dataset_samples", "16")

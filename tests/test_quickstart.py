@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from conftest import REPO
+from conftest import QUICKSTART_EVAL_ROWS, REPO, run_quickstart
 
 QUICKSTART = REPO / "recipes" / "smollm2_135m" / "sft_quickstart.yaml"
 
@@ -49,23 +49,28 @@ def test_short_quickstart_trains_and_its_consolidated_model_loads_with_plain_tra
     assert tok.decode(out[0, prompt["input_ids"].shape[1]:]).strip()
 
 
-def test_full_quickstart_lora_lifts_held_out_accuracy_with_a_small_adapter(tmp_path):
-    """The whole 40-step LoRA quickstart, judged on 50 held-out rows before and after."""
-    import re
-
+def test_full_quickstart_lora_lifts_held_out_accuracy_with_a_small_adapter(quickstart_lora_run):
+    """The whole 40-step LoRA quickstart, judged on the first held-out rows before and after."""
     from nemo_like._transformers.embedded import embedded_model_dir
 
-    ckpt = tmp_path / "ckpt"
-    cmd = [sys.executable, "examples/llm_finetune/finetune.py", "--config", str(QUICKSTART),
-           "--generation_eval.limit", "50", "--validation_dataset.limit_dataset_samples", "16",
-           "--checkpoint.checkpoint_dir", str(ckpt)]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = dict(re.findall(r"held-out exact match (before|after) training: ([0-9.]+)", proc.stderr))
-    before, after = float(found["before"]), float(found["after"])
-    print(f"quickstart held-out exact match: before {before:.2f}, after {after:.2f}")
+    before, after = quickstart_lora_run["before"], quickstart_lora_run["after"]
+    print(f"LoRA quickstart held-out exact match: before {before:.2f}, after {after:.2f}")
     assert after - before >= 0.4, (before, after)
-    adapter = ckpt / "epoch_0_step_39" / "model" / "adapter_model.safetensors"
+    adapter = quickstart_lora_run["last_checkpoint"] / "model" / "adapter_model.safetensors"
     base = os.path.join(embedded_model_dir(), "model.safetensors")
+    print(f"adapter {adapter.stat().st_size / 1e6:.1f} MB = {adapter.stat().st_size / os.path.getsize(base):.2%} of the base")
     assert adapter.stat().st_size < 0.05 * os.path.getsize(base)
+
+
+def test_lora_quickstart_improves_like_the_full_fine_tune(quickstart_lora_run, tmp_path):
+    """Same task, steps, batches and held-out rows: the full fine-tune is the yardstick for the LoRA lift."""
+    full = run_quickstart(tmp_path / "full", "--generation_eval.limit", str(QUICKSTART_EVAL_ROWS),
+                          "--validation_dataset.limit_dataset_samples", "16", "--checkpoint.enabled", "false",
+                          config="sft_full.yaml")
+    lora = quickstart_lora_run
+    lift_full, lift_lora = full["after"] - full["before"], lora["after"] - lora["before"]
+    print(f"held-out exact match, {QUICKSTART_EVAL_ROWS} rows: full {full['before']:.2f} -> {full['after']:.2f}, "
+          f"LoRA {lora['before']:.2f} -> {lora['after']:.2f}")
+    assert full["before"] == lora["before"]  # same base, same rows
+    assert lift_full >= 0.4, full
+    assert lift_lora >= lift_full - 0.1, (lift_lora, lift_full)

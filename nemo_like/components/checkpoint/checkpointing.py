@@ -6,6 +6,11 @@ adapter for PEFT runs), ``model/consolidated/`` (a directory that
 ``step_scheduler.pt``, ``rng/``, ``dataloader/``, ``config.yaml`` and ``losses.json``.
 ``LATEST`` and ``LOWEST_VAL`` at the root name the newest and the best step directory.
 
+With several ranks (FSDP2, tensor parallel, DDP) ``model/`` and ``optim/`` hold sharded
+``torch.distributed.checkpoint`` files instead (see ``dcp.py``), which load into any
+number of ranks, and every rank takes part in a save; ``model/consolidated/`` is still
+one plain Hugging Face directory, written by rank 0.
+
 A step is written under ``.tmp_<name>`` and renamed when complete; the pointers move
 only after that, so a crash mid-save never leaves a half checkpoint behind a pointer,
 and anything named ``.tmp_*`` is debris that the next start removes. Nothing is read
@@ -238,30 +243,46 @@ class Checkpointer:
         base_model_name_or_path: str | None = None,
         val_loss: float | None = None,
     ) -> str | None:
-        """Write one step directory, then move ``LATEST`` (and ``LOWEST_VAL``) and prune; returns its path."""
-        if not self.config.enabled or not self.is_main:
+        """Write one step directory, then move ``LATEST`` (and ``LOWEST_VAL``) and prune; returns its path.
+
+        With several ranks every rank must call this: each writes its model and optimizer
+        shards (see ``dcp``), and rank 0 writes the rest and completes the directory.
+        """
+        from nemo_like.components.checkpoint import dcp
+
+        sharded = dcp.distributed_run()
+        if not self.config.enabled or not (self.is_main or sharded):
             return None
         start = time.perf_counter()
         name = self.step_dir_name(epoch, step)
         final = os.path.join(self.root, name)
         tmp = os.path.join(self.root, _TMP_PREFIX + name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.join(tmp, "model"), exist_ok=True)
-        self._save_model(os.path.join(tmp, "model"), model, tokenizer, peft_config, base_model_name_or_path)
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(os.path.join(tmp, "model"), exist_ok=True)
+        if sharded:
+            model = self._save_shards(tmp, model, optimizer, rng, peft_config)
+            if model is None:  # ranks other than 0 are done
+                return None
+        self._save_model(os.path.join(tmp, "model"), model, tokenizer, peft_config, base_model_name_or_path,
+                         full_weights=not sharded)
         _stall_hook(step, tmp)
         if optimizer is not None:
-            os.makedirs(os.path.join(tmp, "optim"))
-            torch.save(optimizer.state_dict(), os.path.join(tmp, "optim", "optimizer.pt"))
+            os.makedirs(os.path.join(tmp, "optim"), exist_ok=True)
+            if not sharded:
+                torch.save(optimizer.state_dict(), os.path.join(tmp, "optim", "optimizer.pt"))
             if lr_scheduler is not None:
                 torch.save(lr_scheduler.state_dict(), os.path.join(tmp, "optim", "lr_scheduler.pt"))
         if step_scheduler is not None:
             torch.save(step_scheduler.state_dict(), os.path.join(tmp, "step_scheduler.pt"))
         if rng is not None:
-            os.makedirs(os.path.join(tmp, "rng"))
+            os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
             torch.save(rng.state_dict(), os.path.join(tmp, "rng", "rng.pt"))
         if dataloader is not None and hasattr(dataloader, "state_dict"):
             os.makedirs(os.path.join(tmp, "dataloader"))
             torch.save(dataloader.state_dict(), os.path.join(tmp, "dataloader", "dataloader.pt"))
+            if sharded:
+                dcp.save_loader_layout(os.path.join(tmp, "dataloader"), dataloader)
         if config is not None:
             with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
@@ -285,9 +306,31 @@ class Checkpointer:
         _kill_hook(step)
         return final
 
+    def _save_shards(
+        self, tmp: str, model: torch.nn.Module, optimizer: Any, rng: Any, peft_config: Any
+    ) -> torch.nn.Module | None:
+        """Several ranks: each writes its model/optimizer shards and RNG; rank 0 gets back an unsharded
+        copy for the files one writer makes (consolidated model, adapter), the others None."""
+        from nemo_like.components.checkpoint import dcp
+
+        dcp.barrier()  # rank 0 has created the directory
+        dcp.save_model_shards(model, os.path.join(tmp, "model"), trainable_only=peft_config is not None)
+        if optimizer is not None:
+            dcp.save_optimizer_shards(model, optimizer, os.path.join(tmp, "optim"))
+        dcp.save_rank_rng(os.path.join(tmp, "rng"), rng)
+        needs_copy = self.config.save_consolidated or peft_config is not None
+        full = dcp.gather_full_state(model) if needs_copy else {}
+        dcp.barrier()  # every rank's files are written before rank 0 completes the directory
+        if not self.is_main:
+            return None
+        return dcp.plain_copy(model, full, peft_config) if needs_copy else model
+
     def _save_model(
-        self, model_dir: str, model: torch.nn.Module, tokenizer: Any, peft_config: Any, base: str | None
+        self, model_dir: str, model: torch.nn.Module, tokenizer: Any, peft_config: Any, base: str | None,
+        full_weights: bool = True,
     ) -> None:
+        """The adapter (PEFT) or full weights, and the consolidated directory; ``full_weights=False``
+        when the weights are already in the directory as DCP shards."""
         if peft_config is not None:
             from nemo_like.components._peft.adapter_io import save_peft_adapter
 
@@ -295,11 +338,12 @@ class Checkpointer:
             if self.config.save_consolidated:
                 self._save_merged(model, tokenizer, os.path.join(model_dir, "consolidated"))
             return
-        state = _unique_state_dict(model)
-        if self.config.model_save_format == "safetensors":
-            save_file(state, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
-        else:
-            torch.save(state, os.path.join(model_dir, "model.pt"))
+        if full_weights:
+            state = _unique_state_dict(model)
+            if self.config.model_save_format == "safetensors":
+                save_file(state, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+            else:
+                torch.save(state, os.path.join(model_dir, "model.pt"))
         if self.config.save_consolidated:
             consolidated = os.path.join(model_dir, "consolidated")
             model.save_pretrained(consolidated, safe_serialization=True)
@@ -377,22 +421,37 @@ class Checkpointer:
             "dataloader": ("dataloader", "dataloader.pt"),
             "rng": ("rng", "rng.pt"),
         }
+        from nemo_like.components.checkpoint import dcp
+
         wanted = {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "step_scheduler": step_scheduler,
                   "dataloader": dataloader, "rng": rng}
+        optim_shards = optimizer is not None and dcp.is_sharded_checkpoint(os.path.join(path, "optim"))
+        own_rng = dcp.rng_file(os.path.join(path, "rng"))  # rank > 0: its own stream, if the saved run had it
         states: dict[str, Any] = {}
         for key, parts in files.items():
-            if wanted[key] is None:
+            if wanted[key] is None or (key == "optimizer" and optim_shards) or (key == "rng" and own_rng is None):
                 continue
+            if key == "rng":
+                parts = ("rng", os.path.basename(own_rng))
             file = os.path.join(path, *parts)
             if not os.path.isfile(file):
                 raise CheckpointError(f"checkpoint.restore_from: {path} is incomplete (no {os.path.join(*parts)})")
             states[key] = _torch_load(file)
         load_model = self._check_model(path, model, peft_config)
-        if optimizer is not None:
+        if optim_shards:
+            mismatches = dcp.optimizer_shape_mismatches(os.path.join(path, "optim"), model)
+            if mismatches:
+                raise CheckpointError(f"checkpoint.restore_from: {path} was written for another model: its optimizer "
+                                      f"state {mismatches[0]}; {_FRESH_HINT}")
+        elif optimizer is not None:
             _check_optimizer(path, optimizer, states["optimizer"])
 
         load_model()
-        if optimizer is not None:
+        if optim_shards:
+            dcp.load_optimizer_shards(model, optimizer, os.path.join(path, "optim"))
+        elif optimizer is not None and dcp.has_sharded_parameters(model):
+            dcp.load_full_optimizer_state(model, optimizer, states["optimizer"])
+        elif optimizer is not None:
             optimizer.load_state_dict(states["optimizer"])
         if lr_scheduler is not None:
             lr_scheduler.load_state_dict(states["lr_scheduler"])
@@ -402,8 +461,11 @@ class Checkpointer:
             resumed["step"] = int(resumed["step"]) + 1
             step_scheduler.load_state_dict(resumed)
         if dataloader is not None:
-            dataloader.load_state_dict(states["dataloader"])
-        if rng is not None:
+            # Rescaled when the checkpoint had another number of data-parallel ranks.
+            dataloader.load_state_dict(
+                dcp.reshard_loader_state(states["dataloader"], os.path.join(path, "dataloader"), dataloader)
+            )
+        if rng is not None and "rng" in states:
             rng.load_state_dict(states["rng"])
         losses: dict[str, Any] = {}
         if os.path.isfile(os.path.join(path, "losses.json")):
@@ -414,7 +476,14 @@ class Checkpointer:
 
     def _check_model(self, path: str, model: torch.nn.Module, peft_config: Any) -> Any:
         """Compare the saved tensors' names and shapes with ``model``; returns the loader to run once all checks pass."""
+        from nemo_like.components.checkpoint import dcp
+
         model_dir = os.path.join(path, "model")
+        if dcp.is_sharded_checkpoint(model_dir):  # written by several ranks: any layout reads it
+            trainable_only = peft_config is not None
+            saved = dcp.saved_shapes(model_dir)
+            _refuse_if_different(path, saved, dcp.expected_model_shapes(model, trainable_only))
+            return lambda: dcp.load_model_shards(model, model_dir, trainable_only)
         adapter = os.path.join(model_dir, "adapter_model.safetensors")
         full = [f for f in (os.path.join(model_dir, "model.safetensors"), os.path.join(model_dir, "model.pt"))
                 if os.path.isfile(f)]
@@ -424,6 +493,9 @@ class Checkpointer:
                     f"checkpoint.restore_from: {path} holds {'full model weights' if full else 'no model'}, "
                     f"but this run trains a LoRA adapter; {_FRESH_HINT}"
                 )
+            if dcp.has_sharded_parameters(model):
+                raise CheckpointError(f"checkpoint.restore_from: {path} holds a single-process LoRA adapter, which a "
+                                      f"sharded run cannot resume; resume it with one process, or {_FRESH_HINT}")
             return self._check_adapter(path, adapter, model)
         if not full:
             what = "a LoRA adapter" if os.path.isfile(adapter) else "no model weights"
@@ -437,11 +509,15 @@ class Checkpointer:
         else:
             loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             saved = {k: tuple(v.shape) for k, v in loaded.items()}
-        expected = {k: tuple(t.shape) for k, t in _unique_entries(model).items()}
+        expected = (dcp.unique_shapes(model) if dcp.has_sharded_parameters(model)
+                    else {k: tuple(t.shape) for k, t in _unique_entries(model).items()})
         _refuse_if_different(path, saved, expected)
 
         def apply() -> None:
             state = load_file(file) if file.endswith(".safetensors") else _torch_load(file)
+            if dcp.has_sharded_parameters(model):  # a single-process checkpoint into a sharded run
+                dcp.load_full_model_state(model, state)
+                return
             with torch.no_grad():
                 live = model.state_dict(keep_vars=True)
                 for key, tensor in state.items():

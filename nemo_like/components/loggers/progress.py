@@ -27,12 +27,36 @@ def format_step_line(m: dict[str, Any]) -> str:
 
 
 class ProgressReporter:
-    """Logs each step; draws a tqdm bar only on a terminal (a log file gets the lines alone)."""
+    """Logs each step; draws a live bar (tqdm or rich) only when stdout and stderr are terminals.
 
-    def __init__(self, total_steps: int, initial: int = 0, enabled: bool = True, disable_progress_bar: bool = False) -> None:
+    A log file or a pipe gets the step lines alone. The bar shows loss, learning rate and
+    tokens per second.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        initial: int = 0,
+        enabled: bool = True,
+        disable_progress_bar: bool = False,
+        backend: str = "tqdm",
+    ) -> None:
         self.enabled = enabled
         self.bar = None
-        if enabled and not disable_progress_bar and sys.stderr.isatty():
+        self.rich = None
+        if not (enabled and not disable_progress_bar and sys.stdout.isatty() and sys.stderr.isatty()):
+            return
+        if backend == "rich":
+            from nemo_like.components.loggers.optional import import_optional
+
+            progress = import_optional("rich.progress", "rich", "ProgressBar.backend")
+            self.rich = progress.Progress(
+                progress.TextColumn("[bold]step"), progress.MofNCompleteColumn(), progress.BarColumn(),
+                progress.TextColumn("{task.fields[stats]}"), progress.TimeRemainingColumn(), transient=False,
+            )
+            self.rich_task = self.rich.add_task("train", total=total_steps, completed=initial, stats="")
+            self.rich.start()
+        else:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial, unit="step", dynamic_ncols=True)
@@ -40,10 +64,15 @@ class ProgressReporter:
     def update(self, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        stats = dict(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.1e}", tok_s=f"{metrics['tps']:.0f}")
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.1e}", tps=f"{metrics['tps']:.0f}")
+            self.bar.set_postfix(stats)
             self.bar.update(1)
             self.bar.write(format_step_line(metrics))
+        elif self.rich is not None:
+            text = f"loss {stats['loss']} | lr {stats['lr']} | {stats['tok_s']} tok/s"
+            self.rich.update(self.rich_task, advance=1, stats=text)
+            self.rich.console.print(format_step_line(metrics), highlight=False)
         else:
             logger.info(format_step_line(metrics))
 
@@ -52,9 +81,13 @@ class ProgressReporter:
             return
         if self.bar is not None:
             self.bar.write(line)
+        elif self.rich is not None:
+            self.rich.console.print(line, highlight=False)
         else:
             logger.info(line)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.rich is not None:
+            self.rich.stop()

@@ -2,6 +2,11 @@
 
 Steps are 0-based: while the loop body runs, ``step`` is the index of the optimizer
 step being taken, so ``max_steps: 10`` ends with step 9 (``epoch_0_step_9``).
+
+A streamed dataset (an ``IterableDataset``) has no length, so nothing says how many steps
+an epoch holds: such a run needs ``max_steps``, an epoch is one pass over the stream
+(it ends when the data loader does), and without ``num_epochs`` the passes go on until
+``max_steps``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from nemo_like.config.loader import ConfigError
+
+
+def _epoch_len(dataloader: Iterable | None, grad_acc_steps: int) -> int | None:
+    """Optimizer steps in one pass over the loader, or None for a stream (no ``len``)."""
+    if dataloader is None:
+        return None
+    try:
+        batches = len(dataloader)  # type: ignore[arg-type]
+    except (TypeError, NotImplementedError):
+        return None
+    return math.ceil(batches / grad_acc_steps)
 
 
 class StepScheduler:
@@ -23,14 +41,14 @@ class StepScheduler:
         val_every_steps: int | None = None,
         start_step: int = 0,
         start_epoch: int = 0,
-        num_epochs: int = 10,
+        num_epochs: int | None = None,
         max_steps: int | None = None,
         dataloader: Iterable | None = None,
     ) -> None:
         if global_batch_size <= 0 or local_batch_size <= 0 or dp_size <= 0:
-            raise ValueError("step_scheduler: global_batch_size, local_batch_size and dp_size must be positive")
+            raise ConfigError("step_scheduler: global_batch_size, local_batch_size and dp_size must be positive")
         if global_batch_size % (local_batch_size * dp_size) != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"step_scheduler.global_batch_size: {global_batch_size} is not divisible by "
                 f"local_batch_size * dp_size = {local_batch_size} * {dp_size}"
             )
@@ -39,12 +57,19 @@ class StepScheduler:
         self.dp_size = dp_size
         self.grad_acc_steps = global_batch_size // (local_batch_size * dp_size)
         self.dataloader = dataloader
-        self.num_epochs = num_epochs
-        self.epoch_len = math.ceil(len(dataloader) / self.grad_acc_steps) if dataloader is not None else None
+        self.epoch_len = _epoch_len(dataloader, self.grad_acc_steps)
         if max_steps is None:
             if self.epoch_len is None:
-                raise ValueError("step_scheduler: max_steps is required when the dataloader has no length")
-            max_steps = num_epochs * self.epoch_len
+                raise ConfigError(
+                    "step_scheduler.max_steps: required when the dataset is streamed "
+                    "(an IterableDataset has no length to count epochs in)"
+                )
+            max_steps = (10 if num_epochs is None else num_epochs) * self.epoch_len
+        if int(max_steps) <= 0:
+            raise ConfigError(f"step_scheduler.max_steps: must be > 0, got {max_steps}")
+        if num_epochs is None:  # a stream runs pass after pass until max_steps
+            num_epochs = 10 if self.epoch_len is not None else math.inf
+        self.num_epochs = num_epochs
         self.max_steps = int(max_steps)
         self.ckpt_every_steps = ckpt_every_steps or self.epoch_len or self.max_steps
         self.val_every_steps = val_every_steps

@@ -27,7 +27,7 @@ from nemo_like.components.datasets.llm.packed_sequence import (
 from nemo_like.components.datasets.utils import default_collater, packed_sequence_collater
 from nemo_like.components.distributed.init import all_reduce_sum, initialize_distributed
 from nemo_like.components.loggers.jsonl import JSONLLogger
-from nemo_like.components.loggers.progress import ProgressReporter, peak_memory_gib
+from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.optim.scheduler import build_lr_scheduler
 from nemo_like.components.training.rng import StatefulRNG
@@ -87,7 +87,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
     def setup(self) -> None:
         cfg = self.cfg
         dist_env = _plain(_section(cfg, "dist_env"))
-        self.dist = initialize_distributed(dist_env.get("backend"), dist_env.get("timeout_minutes", 1))
+        self.dist = initialize_distributed(dist_env.get("backend"), dist_env.get("timeout_minutes", 1),
+                                           distributed=_plain(_section(cfg, "distributed")))
         setup_logging(self.dist.is_main)
         self.device = self.dist.device
         self.rng = cfg.rng.instantiate() if "rng" in cfg else StatefulRNG(seed=42, ranked=True)
@@ -106,7 +107,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             if self.val_dataset is not None
             else None
         )
-        self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.world_size, dataloader=self.dataloader)
+        self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
 
         self.model = self._build_model()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -125,6 +126,12 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         root = self.checkpointer.root
         self.train_log = JSONLLogger(os.path.join(root, "training.jsonl"), enabled=self.dist.is_main)
         self.val_log = JSONLLogger(os.path.join(root, "validation.jsonl"), enabled=self.dist.is_main)
+        self.callbacks = self._build_callbacks()
+        self.evaluation = self._evaluation_section()
+        from nemo_like.components.loggers.metric_loggers import build_metric_loggers
+
+        self.metric_loggers = build_metric_loggers(cfg, root, enabled=self.dist.is_main)  # W&B, MLflow, TensorBoard
+        self.metric_loggers.log_params(cfg)
         self.generation_eval = _plain(_section(cfg, "generation_eval")) or None
         self.prior_train_losses = self._restore_checkpoint()
 
@@ -158,9 +165,16 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         return build_tokenizer(self.model_id)
 
     def _build_dataset(self, name: str) -> Any:
+        from nemo_like.components.datasets.mixture import instantiate_dataset
+
         node = self.cfg.get(name)
-        dataset = node.instantiate(tokenizer=self.tokenizer)
+        dataset = instantiate_dataset(node, tokenizer=self.tokenizer)  # a mixture's members get the tokenizer too
         packing = _plain(_section(self.cfg, "packed_sequence"))
+        if packing and isinstance(dataset, torch.utils.data.IterableDataset) and packing.get("packed_sequence_size"):
+            from nemo_like.config.loader import ConfigError
+
+            raise ConfigError(f"packed_sequence.packed_sequence_size: packing needs a map-style {name}, and "
+                              f"{type(dataset).__name__} is streamed; use its map-style variant or turn packing off")
         if packing:
             # Packing is a property of the run, not of the data: the same documents, fewer and fuller rows.
             if packing.get("pad_token_id") is None:
@@ -192,12 +206,17 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         if isinstance(dataset, torch.utils.data.IterableDataset):
             # A stream orders (and shards over ranks) itself; a sampler or shuffle does not apply.
             kwargs["shuffle"] = False
+            if getattr(dataset, "repeat_on_exhaustion", False):
+                dataset.repeat_on_exhaustion = False  # the loop repeats the data: one pass is one epoch
         elif self.dist.world_size > 1:
             from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
             shuffle = bool(node.get("shuffle", False)) and train
+            # One sample order for all ranks (a ranked RNG's seed differs per rank); tensor- and
+            # context-parallel peers share a data-parallel rank, so they read the same samples.
+            seed = self.rng.seed - (self.dist.rank if getattr(self.rng, "ranked", False) else 0)
             kwargs["sampler"] = StatefulDistributedSampler(
-                dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=shuffle, seed=self.rng.seed
+                dataset, num_replicas=self.dist.dp_size, rank=self.dist.dp_rank, shuffle=shuffle, seed=seed
             )
             kwargs["shuffle"] = None
         if node.get("group_by_length", False) and train:
@@ -268,14 +287,15 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         return model
 
     def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
-        """FSDP2: shard each decoder layer, then the root, over all ranks."""
-        from torch.distributed.fsdp import fully_shard
+        """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
+        from nemo_like.components.distributed.config import DistributedConfig, FSDP2Config
+        from nemo_like.components.distributed.parallelizer import parallelize_model
 
-        layers = getattr(getattr(model, "model", model), "layers", [])
-        for layer in layers:
-            fully_shard(layer)
-        fully_shard(model)
-        return model
+        strategy = self.cfg.distributed_config.instantiate() if "distributed_config" in self.cfg else FSDP2Config()
+        layout = DistributedConfig.from_section(_plain(_section(self.cfg, "distributed")))
+        self._sequence_parallel = self.dist.tp_size > 1 and (layout.sequence_parallel or
+                                                              bool(getattr(strategy, "sequence_parallel", False)))
+        return parallelize_model(model, self.dist.mesh, strategy, sequence_parallel=self._sequence_parallel)
 
     def _autocast_dtype(self) -> torch.dtype | None:
         name = self.cfg.get("autocast.dtype", None) if self.cfg.get("autocast.enabled", True) else None
@@ -297,49 +317,181 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self._install_signal_handlers()
         if self.generation_eval and self.generation_eval.get("before_training", True):
             self.accuracy_before = self._run_generation_eval("before training")
-        progress = ProgressReporter(sched.max_steps, initial=sched.step, enabled=self.dist.is_main,
-                                    disable_progress_bar=bool(self.cfg.get("disable_progress_bar", False)))
+        state = self._start_callbacks()  # the progress bar is one of them
         last_val: float | None = None
         history: list[dict[str, Any]] = []
-        for epoch in sched.epochs:
-            sched.set_epoch(epoch)
-            for batches in sched:
-                metrics = self._run_train_optim_step(batches)
-                metrics.update(step=sched.step, epoch=epoch)
-                history.append(metrics)
-                self.train_log.log(metrics)
-                progress.update(metrics)
-                if sched.is_val_step and self.val_dataloader is not None:
-                    last_val = self._run_validation_epoch()
-                    self.val_log.log({"step": sched.step, "epoch": epoch, "val_loss": last_val})
-                    progress.write(f"validation | step {sched.step} | val_loss {last_val:.4f}")
-                if sched.is_ckpt_step:
-                    self._save_checkpoint(epoch, history, last_val)
-        progress.close()
-        self._restore_signal_handlers()
+        try:
+            for epoch in sched.epochs:
+                sched.set_epoch(epoch)
+                for batches in sched:
+                    metrics = self._run_train_optim_step(batches)
+                    metrics.update(step=sched.step, epoch=epoch)
+                    history.append(metrics)
+                    self.train_log.log(metrics)
+                    self.metric_loggers.log_train(metrics)
+                    self.callbacks.on_train_step_end(state, metrics)
+                    if sched.is_val_step and self.val_dataloader is not None:
+                        last_val = self._run_validation_epoch()
+                        record = {"step": sched.step, "epoch": epoch, "val_loss": last_val}
+                        self.val_log.log(record)
+                        self.metric_loggers.log_validation(record)
+                        self.callbacks.on_validation_end(state, record)  # early stopping decides here
+                    if sched.is_ckpt_step or state.should_stop:  # an early stop leaves a checkpoint too
+                        self._save_checkpoint(epoch, history, last_val)
+                    if state.should_stop:
+                        break
+                if state.should_stop:
+                    break
+        except BaseException:
+            self.metric_loggers.finish("failed")
+            raise
+        finally:
+            self.callbacks.on_train_end(state)
+            self._restore_signal_handlers()
         if sched.sigterm:
             self._log_how_to_resume()
-        result: dict[str, Any] = {"history": history, "val_loss": last_val}
+        result: dict[str, Any] = {"history": history, "val_loss": last_val, "stop_reason": state.stop_reason}
         if self.generation_eval and not sched.sigterm:
             result["accuracy_before"] = getattr(self, "accuracy_before", None)
             result["accuracy_after"] = self._run_generation_eval("after training")
+        self._finish_run(result, status="killed" if sched.sigterm else "success")
         return result
+
+    # ------------------------------------------------------------------ observing the run
+    def _build_callbacks(self) -> Any:
+        """The ``callbacks:`` list (``_target_`` entries); a default progress bar when none is listed."""
+        from nemo_like.components.callbacks import CallbackList, ProgressBar
+        from nemo_like.config.loader import ConfigError
+
+        nodes = self.cfg.get("callbacks", None) or []
+        if not isinstance(nodes, list):
+            raise ConfigError("callbacks: expects a list of entries with a _target_ "
+                              "(e.g. nemo_like.components.callbacks.EarlyStopping)")
+        callbacks = []
+        for index, node in enumerate(nodes):
+            if isinstance(node, str):
+                node = ConfigNode({"_target_": node}, path=f"callbacks.{index}")
+            if not hasattr(node, "instantiate"):
+                raise ConfigError(f"callbacks.{index}: {node!r} is not a mapping with a _target_")
+            callbacks.append(node.instantiate())
+        if not any(isinstance(cb, ProgressBar) for cb in callbacks):
+            callbacks.insert(0, ProgressBar())
+        if self.cfg.get("disable_progress_bar", False):
+            for cb in callbacks:
+                if isinstance(cb, ProgressBar):
+                    cb.disable = True
+        return CallbackList(callbacks)
+
+    def _start_callbacks(self) -> Any:
+        """The state callbacks see, with the records of a resumed run, then ``on_train_start``."""
+        from nemo_like.components.callbacks import TrainState
+
+        sched = self.step_scheduler
+        state = TrainState(max_steps=sched.max_steps, run_dir=self.checkpointer.root, is_main=self.dist.is_main,
+                           step=sched.step, epoch=sched.epoch, train_history=self.train_log.read(),
+                           val_history=self.val_log.read())
+        self.callbacks.on_train_start(state)
+        return state
+
+    def _finish_run(self, result: dict[str, Any], status: str) -> None:
+        """After the loop: lm-eval (``evaluation:``), the loss plot, the trackers' last metrics and close."""
+        try:
+            if result.get("accuracy_after") is not None:
+                accuracy = {"generation_eval/accuracy_after": result["accuracy_after"]}
+                if result.get("accuracy_before") is not None:
+                    accuracy["generation_eval/accuracy_before"] = result["accuracy_before"]
+                self.metric_loggers.log_metrics(accuracy, max(self.step_scheduler.step - 1, 0))
+            if self.evaluation and status == "success":
+                result["evaluation"] = self._run_lm_evaluation()
+            if self.dist.is_main and os.path.isfile(self.train_log.path):
+                self._plot_loss_curves()
+        except BaseException:
+            self.metric_loggers.finish("failed")
+            raise
+        self.metric_loggers.finish(status)
+
+    def _plot_loss_curves(self) -> None:
+        """``loss_curves.png`` (and the plotted data) in the run dir; a plot never fails a finished run."""
+        from nemo_like.components.plotting import plot_run
+
+        try:
+            plot = plot_run(self.checkpointer.root, require_png=False)
+        except (ValueError, OSError) as err:
+            logger.warning("loss curves: not drawn (%s)", err)
+            return
+        logger.info("loss curves: %s", plot["png"] or f"{plot['data']} (pip install 'nemo_like[plot]' for the PNG)")
+
+    def _evaluation_section(self) -> dict[str, Any] | None:
+        """``evaluation:`` checked at set-up, so a typo or a missing lm-eval fails before training, not after."""
+        from nemo_like.components.loggers.optional import import_optional
+        from nemo_like.config.loader import ConfigError
+
+        ev = _plain(_section(self.cfg, "evaluation")) or None
+        if ev is None:
+            return None
+        allowed = {"tasks", "limit", "batch_size", "apply_chat_template", "include_path", "num_fewshot", "output",
+                   "log_samples"}
+        unknown = sorted(set(ev) - allowed)
+        if unknown:
+            raise ConfigError(f"evaluation.{unknown[0]}: not an evaluation key (known: {', '.join(sorted(allowed))})")
+        if not ev.get("tasks"):
+            raise ConfigError("evaluation.tasks: required (e.g. [nemo_like_quickstart])")
+        import_optional("lm_eval", "eval", "evaluation")
+        return ev
+
+    def _run_lm_evaluation(self) -> dict[str, Any] | None:
+        """The ``evaluation:`` section: lm-eval on the trained model (in memory; from LATEST under torchrun)."""
+        from nemo_like.components.eval.lm_eval_harness import (
+            evaluate_checkpoint, format_table, run_lm_eval, summarize, write_results, write_samples,
+        )
+
+        ev = self.evaluation
+        if not self.dist.is_main:
+            return None
+        kwargs = {k: ev[k] for k in ("limit", "apply_chat_template", "include_path", "num_fewshot", "log_samples")
+                  if k in ev}
+        latest = self.checkpointer.latest() if self.checkpointer.config.enabled else None
+        latest_dir = os.path.join(self.checkpointer.root, latest) if latest else None
+        start = time.perf_counter()
+        if self.dist.world_size > 1:  # the weights are sharded over ranks: score the saved merged model
+            if latest_dir is None:
+                logger.warning("evaluation: skipped; under torchrun it scores the last checkpoint and none was saved")
+                return None
+            out = evaluate_checkpoint(latest_dir, ev["tasks"], batch_size=ev.get("batch_size", 8),
+                                      output=ev.get("output"), **kwargs)
+            results, path = out["results"], out["path"]
+        else:
+            with self._autocast():
+                results = run_lm_eval(self.model, ev["tasks"], batch_size=ev.get("batch_size", 8),
+                                      tokenizer=self.tokenizer, **kwargs)
+            self.model.train()
+            path = ev.get("output") or os.path.join(latest_dir or self.checkpointer.root, "lm_eval_results.json")
+            write_results(results, path, {"checkpoint": latest_dir, "tasks": ev["tasks"], "limit": ev.get("limit")})
+            if "samples" in results:
+                write_samples(results, path.removesuffix(".json") + ".samples.jsonl")
+        logger.info("lm-eval after training (%.1f s):\n%s\nresults: %s", time.perf_counter() - start,
+                    format_table(results), path)
+        summary = summarize(results)
+        metrics = {f"eval/{task}/{name.replace(',', '/')}": value  # "exact_match,strict-match": no commas in MLflow
+                   for task, values in summary.items() for name, value in values.items()}
+        self.metric_loggers.log_metrics(metrics, max(self.step_scheduler.step - 1, 0))
+        return summary
 
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: loss = sum of token losses over all micro-batches / global label tokens."""
+        self._apply_step_options()
         start = time.perf_counter()
+        batches = [self._split_sequence(b) for b in batches]
         num_label_tokens = all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).to(self.device))
         num_tokens = sum(int(b["input_ids"].numel()) for b in batches)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
         for batch in batches:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with self._autocast():
-                logits = self.model(**self._model_inputs(batch)).logits
-            loss = self.loss_fn(logits, labels, num_label_tokens=num_label_tokens)
+            labels = batch["labels"]  # left on the host: picking the labelled positions there needs no device sync
+            inputs = self._model_inputs({k: v.to(self.device) for k, v in batch.items() if k != "labels"})
+            loss = self._forward_loss(inputs, labels, num_label_tokens=num_label_tokens)
             # Data-parallel gradients are averaged over ranks; scaling restores the global mean.
-            (loss * self.dist.world_size).backward()
+            (loss * self.dist.dp_cp_size).backward()
             step_loss += loss.detach()
         grad_norm = self._clip_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -352,7 +504,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             "grad_norm": grad_norm,
             "lr": lr,
             "mem_gib": peak_memory_gib(),
-            "tps": num_tokens * self.dist.world_size / elapsed,
+            "tps": num_tokens * self.dist.dp_cp_size / elapsed,
             "num_label_tokens": int(num_label_tokens),
             "time_s": elapsed,
         }
@@ -363,13 +515,84 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         dtype = next(self.model.parameters()).dtype
         return prepare_packed_attention(inputs, attention_implementation(self.model), dtype)
 
+    def _forward_loss(
+        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, num_label_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Forward one micro-batch; its summed token loss, divided by ``num_label_tokens`` when given.
+
+        A fused linear cross-entropy takes the output layer's place for this forward, so the
+        model's full ``[tokens, vocab]`` logits never exist (see ``_fused_output_layer``).
+        """
+        from nemo_like.components.loss.linear_ce import FusedLinearCrossEntropy
+
+        scale = {} if num_label_tokens is None else {"num_label_tokens": num_label_tokens}
+        with self._autocast():
+            if isinstance(self.loss_fn, FusedLinearCrossEntropy):
+                with self._fused_output_layer(labels, scale):
+                    return self.model(**inputs, **self._forward_options()).logits
+            logits = self.model(**inputs, **self._forward_options()).logits
+        return self.loss_fn(logits, labels, **scale)
+
+    def _forward_options(self) -> dict[str, Any]:
+        """``use_cache=False`` when the model takes it: training never reads the key/value cache, and a
+        block that recomputes its activations (activation checkpointing) would append to it twice."""
+        if not hasattr(self, "_forward_parameters"):
+            self._forward_parameters = set(inspect.signature(self.model.forward).parameters)
+        return {"use_cache": False} if "use_cache" in self._forward_parameters else {}
+
+    @contextlib.contextmanager
+    def _fused_output_layer(self, labels: torch.Tensor, scale: dict[str, Any]) -> Any:
+        """For one forward, the output layer returns the fused loss of its input instead of logits.
+
+        The loss is computed inside the model's own forward, where the output layer's weight is
+        what the forward uses (gathered by FSDP2, and its gradient reduced by FSDP2 as for
+        logits), and the model hands it back as ``logits``: a 0-d tensor, nothing of vocabulary size.
+        """
+        from nemo_like.config.loader import ConfigError
+
+        head = self.model.get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear):
+            raise ConfigError(f"loss_fn: FusedLinearCrossEntropy needs a plain linear output layer; this model's is "
+                              f"{type(head).__name__} (an adapter on lm_head?); use MaskedCrossEntropy")
+        if getattr(self.model.config, "final_logit_softcapping", None):
+            raise ConfigError("loss_fn: this model caps its logits after the output layer "
+                              "(final_logit_softcapping); use MaskedCrossEntropy")
+
+        def project_and_score(hidden: torch.Tensor) -> torch.Tensor:
+            weight, bias = head.weight, head.bias
+            if hasattr(weight, "full_tensor"):  # tensor parallel: a DTensor shard, gathered differentiably
+                weight = weight.full_tensor()
+                bias = bias.full_tensor() if bias is not None else None
+            return self.loss_fn(hidden, labels, weight, lm_bias=bias, **scale)
+
+        head.forward = project_and_score
+        try:
+            yield
+        finally:
+            del head.forward  # back to the class's forward
+
+    def _apply_step_options(self) -> None:
+        """Once, before the first step: ``distributed_config.activation_checkpointing`` for a single process.
+
+        With several ranks the parallelizer applies it while sharding; one process is not
+        sharded, so it is applied here: each decoder block recomputes its activations in
+        backward instead of keeping them (less memory, about a third more compute).
+        """
+        if getattr(self, "_step_options_applied", False):
+            return
+        self._step_options_applied = True
+        if self.dist.world_size == 1 and self.cfg.get("distributed_config.activation_checkpointing", False):
+            from nemo_like.components.distributed.parallelizer import apply_activation_checkpointing
+
+            blocks = apply_activation_checkpointing(self.model)
+            logger.info("activation checkpointing: %d decoder blocks recompute their activations in backward", blocks)
+
     def _clip_gradients(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        """Clip to ``clip_grad_norm.max_norm`` (only measure when unset); works on sharded (DTensor) gradients."""
+        from nemo_like.components.distributed.grad_clip import clip_grad_norm
+
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        return float(norm)
+        return float(clip_grad_norm(self.model.parameters(), max_norm))
 
     @torch.no_grad()
     def _run_validation_epoch(self) -> float:
@@ -378,18 +601,35 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         for batch in self.val_dataloader:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with self._autocast():
-                logits = self.model(**self._model_inputs(batch)).logits
-            total += self.loss_fn(logits, labels).double()
-            count += (labels != -100).sum()
+            batch = self._split_sequence(batch)
+            labels = batch["labels"]
+            inputs = self._model_inputs({k: v.to(self.device) for k, v in batch.items() if k != "labels"})
+            total += self._forward_loss(inputs, labels).double()
+            count += (labels != -100).sum().to(self.device)
         self.model.train()
         return float(all_reduce_sum(total) / all_reduce_sum(count).clamp(min=1))
 
+    def _split_sequence(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's share of the sequence under context parallel, padded to split evenly over
+        tensor-parallel ranks under sequence parallel; the batch itself otherwise."""
+        multiple = self.dist.tp_size if getattr(self, "_sequence_parallel", False) else 1
+        if self.dist.cp_size == 1 and multiple == 1:
+            return batch
+        from nemo_like.components.distributed.context_parallel import shard_batch
+
+        return shard_batch(batch, self.dist.cp_size, self.dist.cp_rank, multiple=multiple)
+
     def _run_generation_eval(self, when: str) -> float | None:
-        if not self.dist.is_main:
+        """Held-out exact match. Under torchrun every rank generates the same rows (sharded weights are
+        gathered collectively, so a rank that sat out would stall the others); rank 0 logs."""
+        if self.dist.cp_size > 1:
+            logger.warning("generation_eval %s: skipped; context parallel splits sequences over ranks, "
+                           "which token-by-token generation cannot use", when)
             return None
+        if self.dist.world_size > 1:
+            from nemo_like.components.distributed.parallelizer import prepare_for_inference_mode
+
+            prepare_for_inference_mode(self.model)
         from nemo_like.components.eval.exact_match import generation_exact_match, load_jsonl_rows
 
         ev = self.generation_eval

@@ -2,17 +2,24 @@
 
 Every row is tokenized and checked when the dataset is built, so a bad row stops the
 run at set-up, naming its file and line, before anything is trained or written.
+
+The prompt and the completion can also be written from the row's columns, as in
+prompt/completion fine-tuning configs: ``prompt_template`` (``"Summarize:\n{dialogue}\n"``,
+a ``str.format`` template) or ``prompt_func`` (a function of the row, given as
+``pkg.module.fn`` or ``path/file.py:fn``), and likewise ``completion_template`` /
+``completion_func``. The loss stays on the completion.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.formatting_utils import load_rows, shift_and_pad
+from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
 
 _COLUMNS = ("context", "question", "answer")
 
@@ -34,8 +41,8 @@ class ColumnMappedTextInstructionDataset(Dataset):
     def __init__(
         self,
         path_or_dataset_id: str | Sequence[str],
-        column_mapping: dict[str, str],
-        tokenizer: Any,
+        column_mapping: dict[str, str] | None = None,
+        tokenizer: Any = None,
         split: str | None = None,
         answer_only_loss_mask: bool = True,
         seq_length: int | None = None,
@@ -44,6 +51,10 @@ class ColumnMappedTextInstructionDataset(Dataset):
         limit_dataset_samples: int | None = None,
         use_hf_chat_template: bool = False,
         start_of_turn_token: str | None = None,
+        prompt_template: str | None = None,
+        prompt_func: str | Callable[[dict[str, Any]], str] | None = None,
+        completion_template: str | None = None,
+        completion_func: str | Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         if tokenizer is None:
             raise DatasetError("dataset: a tokenizer is required")
@@ -51,8 +62,13 @@ class ColumnMappedTextInstructionDataset(Dataset):
         unknown = set(column_mapping) - set(_COLUMNS)
         if unknown:
             raise DatasetError(f"dataset.column_mapping: unknown key(s) {sorted(unknown)}; use {list(_COLUMNS)}")
-        if "answer" not in column_mapping:
-            raise DatasetError("dataset.column_mapping: 'answer' is required")
+        self.prompt_format: RowFormatter | None = row_formatter("prompt", prompt_template, prompt_func)
+        self.completion_format: RowFormatter | None = row_formatter(
+            "completion", completion_template, completion_func
+        )
+        if "answer" not in column_mapping and self.completion_format is None:
+            raise DatasetError("dataset.column_mapping: 'answer' is required "
+                               "(or give completion_template / completion_func)")
         self.tokenizer = tokenizer
         self.column_mapping = column_mapping
         self.answer_only_loss_mask = answer_only_loss_mask
@@ -85,6 +101,22 @@ class ColumnMappedTextInstructionDataset(Dataset):
         value = row[name]
         return None if value is None else str(value)
 
+    def _prompt_text(self, where: str, row: dict[str, Any]) -> str:
+        if self.prompt_format is not None:
+            return self.prompt_format(where, row)
+        return format_prompt(self._column(where, row, "context"), self._column(where, row, "question"))
+
+    def _answer_text(self, where: str, row: dict[str, Any]) -> str:
+        if self.completion_format is not None:
+            answer = self.completion_format(where, row)
+            if not answer.strip():
+                raise DatasetError(f"{where}: empty completion (dataset.{self.completion_format.key})")
+            return answer
+        answer = self._column(where, row, "answer")
+        if answer is None or not answer.strip():
+            raise DatasetError(f"{where}: empty answer (column '{self.column_mapping['answer']}')")
+        return answer
+
     def _prompt_and_answer_ids(self, prompt_text: str, answer: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
         if self.use_hf_chat_template:
@@ -96,15 +128,15 @@ class ColumnMappedTextInstructionDataset(Dataset):
             if full_ids[: len(prompt_ids)] != prompt_ids:
                 raise DatasetError("the chat template does not render the prompt as a prefix of the conversation")
             return list(prompt_ids), list(full_ids[len(prompt_ids) :])
-        prompt_ids = tok(prompt_text + " ", add_special_tokens=True)["input_ids"]
+        # A written prompt ends as its template or function says; the column prompt gets one space.
+        separator = "" if self.prompt_format is not None else " "
+        prompt_ids = tok(prompt_text + separator, add_special_tokens=True)["input_ids"]
         answer_ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         return list(prompt_ids), list(answer_ids)
 
     def _tokenize(self, where: str, row: dict[str, Any]) -> dict[str, list[int]] | None:
-        answer = self._column(where, row, "answer")
-        if answer is None or not answer.strip():
-            raise DatasetError(f"{where}: empty answer (column '{self.column_mapping['answer']}')")
-        prompt_text = format_prompt(self._column(where, row, "context"), self._column(where, row, "question"))
+        answer = self._answer_text(where, row)
+        prompt_text = self._prompt_text(where, row)
         prompt_ids, answer_ids = self._prompt_and_answer_ids(prompt_text, answer)
         # One extra token because the pair is shifted: seq_length counts model inputs.
         limit = None if self.seq_length is None else self.seq_length + 1

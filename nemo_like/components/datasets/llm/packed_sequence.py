@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.llm import packed_attention  # noqa: F401  registers attn "packed_sdpa"
 
 logger = logging.getLogger("nemo_like")
 
@@ -308,6 +309,8 @@ def prepare_packed_attention(
     """Adapt a packed batch's 4-D boolean mask to the attention backend; other batches pass through.
 
     * ``sdpa``: the boolean mask as is.
+    * ``packed_sdpa``: the boolean mask as is; the attention finds the documents from ``position_ids``
+      and computes each one alone (see :mod:`nemo_like.components.datasets.llm.packed_attention`).
     * ``eager`` / ``flex_attention``: these add the mask to the scores, so 0 / most-negative floats.
     * ``flash_attention_*``: no dense mask; transformers cuts documents (``cu_seqlens``) where
       ``position_ids`` restart, which is what the packs carry.

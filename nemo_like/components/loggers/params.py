@@ -1,0 +1,46 @@
+"""The run's resolved config as flat ``section.key`` params, the shape every experiment tracker takes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Config keys whose values must never leave the machine in a tracker's params.
+_SECRET = re.compile(r"(^|_)(secret|password|passwd|api_key|apikey|access_token|auth_token|hf_token)$|^token$")
+REDACTED = "***"
+
+
+def flatten_params(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 1e-5}}`` -> ``{"optimizer.lr": 1e-5}``; list items get their index.
+
+    Scalars (str, int, float, bool, None) are kept as they are; secrets are replaced by ``***``.
+    """
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    flat: dict[str, Any] = {}
+    if isinstance(config, dict):
+        items = [(str(k), v) for k, v in config.items()]
+    elif isinstance(config, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(config)]
+    else:
+        return {prefix: config} if prefix else {}
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, (dict, list, tuple)) or hasattr(value, "to_dict"):
+            nested = flatten_params(value, name)
+            flat.update(nested if nested else {name: str(value)})
+        elif _SECRET.search(key.lower()) and value is not None:
+            flat[name] = REDACTED
+        else:
+            flat[name] = value
+    return flat
+
+
+def numeric_metrics(record: dict[str, Any], prefix: str, skip: tuple[str, ...] = ("step", "epoch")) -> dict[str, float]:
+    """The numbers of one metrics record, keys prefixed for a tracker (``train/loss``)."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key in skip or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out[f"{prefix}/{key}"] = float(value)
+    return out
