@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from workload import Workload, read_tokens
+from workload import Workload, heldout_loss, read_tokens
 
 RUNNERS = ("nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned")
 LABELS = {
@@ -99,7 +99,8 @@ def run_nemo_like(w: Workload, packed: bool) -> dict[str, Any]:
     local = w.packs_per_micro_batch if packed else w.docs_per_step
     raw: dict[str, Any] = {
         "model": {"_target_": "nemo_like.NeMoAutoModelForCausalLM.from_pretrained",
-                  "pretrained_model_name_or_path": w.model_dir, "torch_dtype": "float32"},
+                  "pretrained_model_name_or_path": w.model_dir, "torch_dtype": "float32",
+                  "fused_swiglu": w.extra.get("nemo_like_fused_swiglu", True)},
         "peft": {"_target_": "nemo_like.components._peft.lora.PeftConfig", "match_all_linear": True,
                  "dim": w.lora_r, "alpha": w.lora_alpha, "dropout": 0.0, "lora_A_init": "kaiming"},
         "step_scheduler": {"global_batch_size": rows, "local_batch_size": local, "max_steps": w.steps,
@@ -115,14 +116,17 @@ def run_nemo_like(w: Workload, packed: bool) -> dict[str, Any]:
         "checkpoint": {"enabled": False},
         "rng": {"_target_": "nemo_like.components.training.rng.StatefulRNG", "seed": w.seed, "ranked": True},
         "disable_progress_bar": True,
+        "contiguous_grads": w.extra.get("nemo_like_contiguous_grads", True),
+        "trim_cpu_heap": w.extra.get("nemo_like_trim_cpu_heap", True),
     }
     if packed:
         raw["packed_sequence"] = {"packed_sequence_size": w.pack_size}
+        raw["model"]["attn_implementation"] = w.extra.get("nemo_like_packed_attn", "packed_sdpa")
     recipe = TimedRecipe(ConfigNode(raw))
     recipe.setup()
     log.start = time.perf_counter()
     recipe.run_train_validation_loop()
-    return log.record()
+    return dict(log.record(), heldout_loss=heldout_loss(recipe.model, w.heldout_path))
 
 
 # ---------------------------------------------------------------- (c), (d), (e): transformers and TRL
@@ -190,7 +194,7 @@ def run_hf_trainer(w: Workload) -> dict[str, Any]:
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                           data_collator=_recording(collate, log), callbacks=[_timed_callback(log)])
         trainer.train()
-    return log.record()
+    return dict(log.record(), heldout_loss=heldout_loss(trainer.model, w.heldout_path))
 
 
 def run_trl(w: Workload, tuned: bool) -> dict[str, Any]:
@@ -219,7 +223,7 @@ def run_trl(w: Workload, tuned: bool) -> dict[str, Any]:
                              peft_config=_lora_config(w), callbacks=[_timed_callback(log)])
         trainer.data_collator = _recording(trainer.data_collator, log)
         trainer.train()
-    return log.record()
+    return dict(log.record(), heldout_loss=heldout_loss(trainer.model, w.heldout_path))
 
 
 def _require(*modules: str) -> None:

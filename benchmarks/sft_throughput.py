@@ -13,7 +13,7 @@ steps:
 
 Each run is its own process (its peak resident set is the process's), and runs alternate
 (a b c d e a b c d e ...) so a change in machine load hits all of them alike. Reported per
-run: label and total tokens/s, seconds/step, peak RSS, final loss, model-FLOPs utilisation
+run: label and total tokens/s, seconds/step, peak RSS, held-out loss, model-FLOPs utilisation
 against a matmul ceiling measured at the model's shapes; then the ratios against (c), (d)
 and (e) as median and min-max over the repeats, ending with one ``ratio`` line each.
 
@@ -125,7 +125,8 @@ def run_metrics(record: dict[str, Any], w: Workload, config: Any, ceiling_gflops
         "tokens_per_s": tokens / elapsed,
         "s_per_step": elapsed / (w.steps - first),
         "peak_rss": record["peak_rss_mib"],
-        "final_loss": statistics.mean(tail) if tail else float("nan"),
+        "final_loss": record["heldout_loss"],
+        "train_loss_tail": statistics.mean(tail) if tail else float("nan"),
         "losses": losses,
         "last_loss": losses[-1] if losses else float("nan"),
         "first_loss": losses[0] if losses else float("nan"),
@@ -191,7 +192,7 @@ def markdown(result: dict[str, Any]) -> str:
     if ceiling:
         per = ", ".join(f"{k} {v['ceiling_gflops']:.1f}" for k, v in ceiling["dtypes"].items())
         lines += [f"Matmul ceiling at the model's shapes ({ceiling['tokens']} rows): {per} GFLOP/s.", ""]
-    lines += ["| run | label tok/s | tok/s | s/step | peak RSS MiB | final loss | MFU |",
+    lines += ["| run | label tok/s | tok/s | s/step | peak RSS MiB | held-out loss | MFU |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in summary.items():
         mfu = s.get("mfu")
@@ -200,7 +201,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{s['tokens_per_s']['median']:.0f} | {s['s_per_step']['median']:.2f} | "
                      f"{s['peak_rss']['median']:.0f} | {s['final_loss']['median']:.3f} | {mfu_text} |")
     lines += ["", "Ratios, median (min-max) over the rounds:", "",
-              "| run | vs | label tok/s | tok/s | peak RSS | final loss |", "|---|---|---:|---:|---:|---:|"]
+              "| run | vs | label tok/s | tok/s | peak RSS | held-out loss |", "|---|---|---:|---:|---:|---:|"]
     for contender, baselines in result["ratios"].items():
         for baseline, m in baselines.items():
             cells = [f"{m[k]['median']:.2f} ({m[k]['min']:.2f}-{m[k]['max']:.2f})"
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
               "the figures will be low and noisy", file=sys.stderr)
 
     from nemo_like._transformers.embedded import embedded_model_dir
-    from workload import model_config, tiny_model_dir, write_tokens
+    from workload import HELDOUT_DOCS, HELDOUT_JSONL, model_config, tiny_model_dir, write_tokens
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="sft_throughput_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -278,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = smollm2 if settings["model"] == "smollm2" else tiny_model_dir(work, smollm2)
     tokens_path = work / "tokens.jsonl"
     data_stats = write_tokens(model_dir, tokens_path)
+    heldout_path = work / "heldout.jsonl"
+    write_tokens(model_dir, heldout_path, limit=HELDOUT_DOCS, source=HELDOUT_JSONL)
     w = Workload(model=settings["model"], model_dir=model_dir, tokens_path=str(tokens_path),
+                 heldout_path=str(heldout_path),
                  steps=settings["steps"], warmup_steps=settings["warmup_steps"],
                  docs_per_step=settings["docs_per_step"], pack_size=settings["pack_size"],
                  packs_per_step=settings["packs_per_step"], packs_per_micro_batch=settings["packs_per_micro_batch"],
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             index += 1
             print(f"[{round_}] {name:18s} label tok/s {metrics['label_tokens_per_s']:8.1f}  tok/s "
                   f"{metrics['tokens_per_s']:8.1f}  s/step {metrics['s_per_step']:7.2f}  peak RSS "
-                  f"{metrics['peak_rss']:6.0f} MiB  final loss {metrics['final_loss']:.4f}", flush=True)
+                  f"{metrics['peak_rss']:6.0f} MiB  held-out loss {metrics['final_loss']:.4f}", flush=True)
 
     summary = {}
     for name in names:

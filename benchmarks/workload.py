@@ -17,6 +17,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JSONL = REPO / "data" / "quickstart" / "train.jsonl"
+HELDOUT_JSONL = REPO / "data" / "quickstart" / "validation.jsonl"
+HELDOUT_DOCS = 32  # the held-out loss every run is scored by after its steps
 COLUMNS = {"question": "question", "answer": "answer"}
 
 
@@ -27,6 +29,7 @@ class Workload:
     model: str  # "smollm2" (the embedded SmolLM2-135M-Instruct) or "tiny" (a 2-layer Llama, SmolLM2's vocabulary)
     model_dir: str
     tokens_path: str  # JSONL of {"input_ids", "labels"} (unshifted, -100 outside the answer), in file order
+    heldout_path: str  # the same for the held-out documents (the task's validation split)
     steps: int
     warmup_steps: int
     docs_per_step: int  # padded contenders: documents per optimizer step
@@ -69,15 +72,15 @@ def tiny_model_dir(work_dir: Path, tokenizer_dir: str) -> str:
     return str(out)
 
 
-def write_tokens(model_dir: str, out: Path, limit: int | None = None) -> dict[str, float]:
-    """Tokenize the task data with the library's dataset; write unshifted ids + labels; return length stats."""
+def write_tokens(model_dir: str, out: Path, limit: int | None = None, source: Path = TRAIN_JSONL) -> dict[str, float]:
+    """Tokenize task data with the library's dataset; write unshifted ids + labels; return length stats."""
     from nemo_like._transformers.tokenizer import build_tokenizer
     from nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset import (
         ColumnMappedTextInstructionDataset,
     )
 
     tokenizer = build_tokenizer(model_dir)
-    dataset = ColumnMappedTextInstructionDataset(str(TRAIN_JSONL), COLUMNS, tokenizer, use_hf_chat_template=True,
+    dataset = ColumnMappedTextInstructionDataset(str(source), COLUMNS, tokenizer, use_hf_chat_template=True,
                                                  limit_dataset_samples=limit)
     lengths, labelled = [], []
     with out.open("w") as handle:
@@ -95,6 +98,27 @@ def write_tokens(model_dir: str, out: Path, limit: int | None = None) -> dict[st
 def read_tokens(path: str) -> list[dict[str, list[int]]]:
     with open(path) as handle:
         return [json.loads(line) for line in handle]
+
+
+def heldout_loss(model: Any, path: str) -> float:
+    """Mean answer-token cross-entropy of ``model`` on the held-out documents, one document per forward.
+
+    Every contender is scored by this same function after its steps, so the figure compares
+    what the runs learned, whatever batches, packs or document order each trained on.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in read_tokens(path):
+            ids = torch.tensor([row["input_ids"]])
+            labels = torch.tensor(row["labels"][1:])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            total += float(F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    return total / count
 
 
 # ---------------------------------------------------------------- FLOPs

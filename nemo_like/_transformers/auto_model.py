@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from nemo_like._transformers.fused_swiglu import apply_fused_swiglu
 from nemo_like._transformers.embedded import hub_load_error, resolve_pretrained_path, split_gguf_path
 
 logger = logging.getLogger("nemo_like")
@@ -167,6 +168,13 @@ def _with_sdpa_fallback(load, attn_implementation: str | None) -> PreTrainedMode
         return load("eager")
 
 
+def _with_fused_swiglu(model: PreTrainedModel, fused: bool) -> PreTrainedModel:
+    if fused and apply_fused_swiglu(model) == 0:
+        logger.warning("fused_swiglu: %s has no SwiGLU MLP (gate/up/down with SiLU); left as it is.",
+                       type(model).__name__)
+    return model
+
+
 class NeMoAutoModelForCausalLM:
     """Entry point named like NeMo AutoModel's; returns plain transformers models."""
 
@@ -182,6 +190,7 @@ class NeMoAutoModelForCausalLM:
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
+        fused_swiglu: bool = False,
         **kwargs: Any,
     ) -> PreTrainedModel:
         """Load a causal LM from a local directory, a ``.gguf`` file or a hub id.
@@ -190,7 +199,26 @@ class NeMoAutoModelForCausalLM:
         GGUF files, whose quantized blocks have no training dtype of their own.
         A ``quantization_config`` (bitsandbytes, for QLoRA) goes to transformers as
         is; a GGUF source is unpacked first, since transformers refuses the pair.
+        ``fused_swiglu`` routes the MLPs through ``SwiGLUFunction`` (half the MLP
+        activations kept for the backward; see ``fused_swiglu.py``).
         """
+        model = cls._load_pretrained(
+            pretrained_model_name_or_path, *model_args, torch_dtype=torch_dtype,
+            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, gguf_file=gguf_file, **kwargs
+        )
+        return _with_fused_swiglu(model, fused_swiglu)
+
+    @classmethod
+    def _load_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args: Any,
+        torch_dtype: DTypeLike,
+        attn_implementation: str | None,
+        trust_remote_code: bool,
+        gguf_file: str | None,
+        **kwargs: Any,
+    ) -> PreTrainedModel:
         dtype = _pick_dtype(torch_dtype, kwargs)
         _drop_nemo_only_options(kwargs)
         name = os.fspath(pretrained_model_name_or_path)
@@ -236,11 +264,13 @@ class NeMoAutoModelForCausalLM:
         torch_dtype: DTypeLike = "auto",
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
+        fused_swiglu: bool = False,
         **kwargs: Any,
     ) -> PreTrainedModel:
         """Build a randomly initialised causal LM from a config object, a dict or a config directory.
 
         ``torch_dtype="auto"`` uses the config's dtype when it names one, else float32.
+        ``fused_swiglu`` as in ``from_pretrained``.
         """
         dtype = _pick_dtype(torch_dtype, kwargs)
         _drop_nemo_only_options(kwargs)
@@ -258,7 +288,7 @@ class NeMoAutoModelForCausalLM:
                 **kwargs,
             )
 
-        return _with_sdpa_fallback(build, attn_implementation)
+        return _with_fused_swiglu(_with_sdpa_fallback(build, attn_implementation), fused_swiglu)
 
 
 def _as_config(config: ConfigLike, trust_remote_code: bool) -> PretrainedConfig:

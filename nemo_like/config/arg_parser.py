@@ -27,7 +27,8 @@ KNOWN_SECTIONS: frozenset[str] = frozenset({
     "dataloader", "validation_dataloader", "step_scheduler", "optimizer", "lr_scheduler",
     "clip_grad_norm", "loss_fn", "distributed", "distributed_config", "checkpoint", "rng",
     "dist_env", "wandb", "mlflow", "tensorboard", "callbacks", "evaluation", "tokenizer",
-    "generation_eval", "autocast", "disable_progress_bar", "benchmark", "seed",
+    "generation_eval", "autocast", "disable_progress_bar", "benchmark", "seed", "contiguous_grads",
+    "trim_cpu_heap",
 })
 # Flags that launchers append for their own use; they are not recipe fields.
 _LAUNCHER_FLAGS = ("local_rank", "local-rank")

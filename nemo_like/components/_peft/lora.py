@@ -34,7 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
+from nemo_like.components._peft.lora_addmm import lora_addmm
 from nemo_like.components._peft.module_matcher import ModuleMatcher
 from nemo_like.components.quantization.qlora import dequantize_bnb_weight, is_bnb_linear
 
@@ -266,11 +268,25 @@ class LinearLoRA(nn.Module):
             _warn_triton_fallback(reason, stacklevel=3)
         return reason is None
 
+    def _addmm_applies(self, x: torch.Tensor) -> bool:
+        """The one-node torch path: plain LoRA, dense base, dropout (if any) before the adapter, one dtype, no autocast."""
+        return (
+            not self.use_dora
+            and not self.quantized
+            and (self.dropout_position == "pre" or not (self.training and self.dropout_p > 0))
+            and x.dtype == self.weight.dtype == self.lora_A.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+            and not any(isinstance(t, DTensor) for t in (self.weight, self.lora_A.weight))
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_triton and self._kernel_applies(x):
             from nemo_like.components._peft.lora_kernel import lora_linear
 
             return lora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.scale)
+        if self._addmm_applies(x):
+            x_lora = self.dropout(x) if self.training and self.dropout_p > 0 else None
+            return lora_addmm(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.scale, x_lora)
         result = self._base_forward(x)
         x_lora = x.to(self.lora_A.weight.dtype)
         if self.dropout_position == "pre":

@@ -30,6 +30,8 @@ from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.optim.scheduler import build_lr_scheduler
+from nemo_like.components.training.cpu_heap import trim_cpu_heap
+from nemo_like.components.training.grad_buffer import ContiguousGrads
 from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigNode, resolve_target
@@ -112,6 +114,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.model = self._build_model()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = cfg.optimizer.instantiate(params=trainable)
+        self.grad_buffer = self._contiguous_grads(trainable)
+        self.trim_cpu_heap = bool(cfg.get("trim_cpu_heap", False)) and self.device.type == "cpu"
         self.lr_scheduler = (
             build_lr_scheduler(self.optimizer, self.step_scheduler.max_steps, **_plain(cfg.lr_scheduler))
             if "lr_scheduler" in cfg
@@ -134,6 +138,16 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.metric_loggers.log_params(cfg)
         self.generation_eval = _plain(_section(cfg, "generation_eval")) or None
         self.prior_train_losses = self._restore_checkpoint()
+
+    def _contiguous_grads(self, trainable: list[torch.nn.Parameter]) -> ContiguousGrads | None:
+        """``contiguous_grads: true``: gradients in one buffer made now (see ``grad_buffer.py``); one process only."""
+        if not self.cfg.get("contiguous_grads", False):
+            return None
+        if self.dist.world_size > 1:
+            logger.info("contiguous_grads: ignored with %d ranks (DDP/FSDP2 keep their own gradient storage)",
+                        self.dist.world_size)
+            return None
+        return ContiguousGrads(trainable)
 
     def _restore_checkpoint(self) -> list[float]:
         """Continue from ``checkpoint.restore_from`` (default: LATEST when there is one); returns the losses so far.
@@ -484,9 +498,14 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         batches = [self._split_sequence(b) for b in batches]
         num_label_tokens = all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).to(self.device))
         num_tokens = sum(int(b["input_ids"].numel()) for b in batches)
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_buffer is not None:
+            self.grad_buffer.zero_()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
         for batch in batches:
+            if self.trim_cpu_heap:
+                trim_cpu_heap()  # the last backward's freed pages go back to the OS first
             labels = batch["labels"]  # left on the host: picking the labelled positions there needs no device sync
             inputs = self._model_inputs({k: v.to(self.device) for k, v in batch.items() if k != "labels"})
             loss = self._forward_loss(inputs, labels, num_label_tokens=num_label_tokens)
