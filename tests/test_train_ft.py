@@ -164,3 +164,20 @@ def test_torchrun_single_process_end_to_end(env):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nccl" not in proc.stderr  # gloo picked for CPU without a warning when nothing was asked
     assert [r["step"] for r in _jsonl(env["ckpt"] / "training.jsonl")] == [0, 1]
+
+
+def test_adamw_is_fused_on_cuda_unless_the_yaml_chooses(env):
+    """The decision only (no GPU here): CUDA + torch AdamW -> fused; CPU, or a YAML that picks, -> as given."""
+    from nemo_like.config.loader import load_yaml_config
+
+    cfg = load_yaml_config(TINY)
+    recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
+    recipe.device = torch.device("cuda")
+    assert recipe._optimizer_defaults() == {"fused": True}
+    recipe.device = torch.device("cpu")
+    assert recipe._optimizer_defaults() == {}
+    cfg.set_by_path("optimizer.foreach", True)
+    recipe.device = torch.device("cuda")
+    assert recipe._optimizer_defaults() == {}
+    cfg.set_by_path("optimizer._target_", "torch.optim.SGD")
+    assert recipe._optimizer_defaults() == {}
