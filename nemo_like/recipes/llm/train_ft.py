@@ -387,27 +387,9 @@ class TrainFinetuneRecipeForNextTokenPrediction:
     # ------------------------------------------------------------------ observing the run
     def _build_callbacks(self) -> Any:
         """The ``callbacks:`` list (``_target_`` entries); a default progress bar when none is listed."""
-        from nemo_like.components.callbacks import CallbackList, ProgressBar
-        from nemo_like.config.loader import ConfigError
+        from nemo_like.components.callbacks.from_config import build_callbacks
 
-        nodes = self.cfg.get("callbacks", None) or []
-        if not isinstance(nodes, list):
-            raise ConfigError("callbacks: expects a list of entries with a _target_ "
-                              "(e.g. nemo_like.components.callbacks.EarlyStopping)")
-        callbacks = []
-        for index, node in enumerate(nodes):
-            if isinstance(node, str):
-                node = ConfigNode({"_target_": node}, path=f"callbacks.{index}")
-            if not hasattr(node, "instantiate"):
-                raise ConfigError(f"callbacks.{index}: {node!r} is not a mapping with a _target_")
-            callbacks.append(node.instantiate())
-        if not any(isinstance(cb, ProgressBar) for cb in callbacks):
-            callbacks.insert(0, ProgressBar())
-        if self.cfg.get("disable_progress_bar", False):
-            for cb in callbacks:
-                if isinstance(cb, ProgressBar):
-                    cb.disable = True
-        return CallbackList(callbacks)
+        return build_callbacks(self.cfg.get("callbacks", None), self.cfg.get("disable_progress_bar", False))
 
     def _start_callbacks(self) -> Any:
         """The state callbacks see, with the records of a resumed run, then ``on_train_start``."""
@@ -450,57 +432,25 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
     def _evaluation_section(self) -> dict[str, Any] | None:
         """``evaluation:`` checked at set-up, so a typo or a missing lm-eval fails before training, not after."""
-        from nemo_like.components.loggers.optional import import_optional
-        from nemo_like.config.loader import ConfigError
+        from nemo_like.components.eval.after_training import evaluation_section
 
-        ev = _plain(_section(self.cfg, "evaluation")) or None
-        if ev is None:
-            return None
-        allowed = {"tasks", "limit", "batch_size", "apply_chat_template", "include_path", "num_fewshot", "output",
-                   "log_samples"}
-        unknown = sorted(set(ev) - allowed)
-        if unknown:
-            raise ConfigError(f"evaluation.{unknown[0]}: not an evaluation key (known: {', '.join(sorted(allowed))})")
-        if not ev.get("tasks"):
-            raise ConfigError("evaluation.tasks: required (e.g. [nemo_like_quickstart])")
-        import_optional("lm_eval", "eval", "evaluation")
-        return ev
+        return evaluation_section(_plain(_section(self.cfg, "evaluation")) or None)
 
     def _run_lm_evaluation(self) -> dict[str, Any] | None:
         """The ``evaluation:`` section: lm-eval on the trained model (in memory; from LATEST under torchrun)."""
-        from nemo_like.components.eval.lm_eval_harness import (
-            evaluate_checkpoint, format_table, run_lm_eval, summarize, write_results, write_samples,
-        )
+        from nemo_like.components.eval.after_training import run_lm_evaluation
 
-        ev = self.evaluation
         if not self.dist.is_main:
             return None
-        kwargs = {k: ev[k] for k in ("limit", "apply_chat_template", "include_path", "num_fewshot", "log_samples")
-                  if k in ev}
         latest = self.checkpointer.latest() if self.checkpointer.config.enabled else None
-        latest_dir = os.path.join(self.checkpointer.root, latest) if latest else None
-        start = time.perf_counter()
-        if self.dist.world_size > 1:  # the weights are sharded over ranks: score the saved merged model
-            if latest_dir is None:
-                logger.warning("evaluation: skipped; under torchrun it scores the last checkpoint and none was saved")
-                return None
-            out = evaluate_checkpoint(latest_dir, ev["tasks"], batch_size=ev.get("batch_size", 8),
-                                      output=ev.get("output"), **kwargs)
-            results, path = out["results"], out["path"]
-        else:
-            with self._autocast():
-                results = run_lm_eval(self.model, ev["tasks"], batch_size=ev.get("batch_size", 8),
-                                      tokenizer=self.tokenizer, **kwargs)
-            self.model.train()
-            path = ev.get("output") or os.path.join(latest_dir or self.checkpointer.root, "lm_eval_results.json")
-            write_results(results, path, {"checkpoint": latest_dir, "tasks": ev["tasks"], "limit": ev.get("limit")})
-            if "samples" in results:
-                write_samples(results, path.removesuffix(".json") + ".samples.jsonl")
-        logger.info("lm-eval after training (%.1f s):\n%s\nresults: %s", time.perf_counter() - start,
-                    format_table(results), path)
-        summary = summarize(results)
-        metrics = {f"eval/{task}/{name.replace(',', '/')}": value  # "exact_match,strict-match": no commas in MLflow
-                   for task, values in summary.items() for name, value in values.items()}
+        out = run_lm_evaluation(
+            self.evaluation, self.model, self.tokenizer, run_dir=self.checkpointer.root,
+            latest_dir=os.path.join(self.checkpointer.root, latest) if latest else None,
+            world_size=self.dist.world_size, autocast=self._autocast(),
+        )
+        if out is None:
+            return None
+        summary, metrics = out
         self.metric_loggers.log_metrics(metrics, max(self.step_scheduler.step - 1, 0))
         return summary
 
