@@ -1,7 +1,7 @@
 """LoRA SFT throughput: nemo_like against transformers.Trainer and TRL on the same work.
 
-Five contenders train the same model on the same tokens (data/quickstart/train.jsonl, file
-order, answer-only labels), with the same LoRA (r=8, every linear layer but the output
+Five contenders train the same model on the same tokens (the 2000 short rows that open
+data/quickstart/train.jsonl, file order, answer-only labels), with the same LoRA (r=8, every linear layer but the output
 layer), learning rate, clipping and tokens per optimizer step, for the same number of
 steps:
 

@@ -84,10 +84,11 @@ class PackedSequence(Dataset):
 
     Strategies (``packing_strategy``):
 
-    * ``max_fill`` (default): pack after pack, take the remaining documents that fill it
-      the most (an exact subset sum over their lengths; longer ones first, earlier rows
-      first among equal lengths). On short, near-uniform chat rows this is what reaches
-      ~99% where the online strategies stop at ~95%. Very large datasets fall back to
+    * ``max_fill`` (default): pack after pack, the longest remaining document opens it and
+      the remaining documents that fill the rest the most join it (an exact subset sum over
+      their lengths; longer ones first, earlier rows first among equal lengths). On short,
+      near-uniform chat rows this reaches ~99% where the online strategies stop at ~95%; on
+      short rows with a long tail, long rows are not left to the last, half-empty packs. Very large datasets fall back to
       ``best_fit`` (logged), since the cost grows with packs x distinct lengths.
     * ``best_fit``: each document, in dataset order, goes into the open pack with the
       least room that still holds it (fast, near-optimal on varied lengths).
@@ -243,9 +244,14 @@ class PackedSequence(Dataset):
         for order, doc in rest:
             by_length.setdefault(len(doc[0]), collections.deque()).append((order, doc))
         while by_length:
+            # The longest document left opens the pack and the fullest subset of the rest fills it:
+            # long documents are spent while short ones remain to fill around them.
+            longest = max(by_length)
+            chosen: list[tuple[int, Document]] = [by_length[longest].popleft()]
+            if not by_length[longest]:
+                del by_length[longest]
             counts = {n: len(by_length[n]) for n in sorted(by_length, reverse=True)}
-            chosen: list[tuple[int, Document]] = []
-            for length, take in fullest_subset(counts, self.packed_sequence_size).items():
+            for length, take in fullest_subset(counts, self.packed_sequence_size - longest).items():
                 queue = by_length[length]
                 chosen += [queue.popleft() for _ in range(take)]
                 if not queue:
