@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from nemo_like.config import ConfigError, ConfigNode, load_yaml_config, parse_args_and_load_config
-from nemo_like.config import loader
+from nemo_like.config import loader, target_gate
 from nemo_like.config.arg_parser import apply_overrides, parse_cli
 from nemo_like.config.loader import parse_literal, resolve_target
 
@@ -329,7 +329,7 @@ def test_allow_list_can_be_extended(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(loader.USER_MODULES_ENV, raising=False)
     with pytest.raises(ConfigError):
         resolve_target("json.dumps")
-    monkeypatch.setattr(loader, "ALLOWED_MODULE_PREFIXES", loader.ALLOWED_MODULE_PREFIXES + ("json",))
+    monkeypatch.setattr(target_gate, "ALLOWED_MODULE_PREFIXES", target_gate.ALLOWED_MODULE_PREFIXES + ("json",))
     assert resolve_target("json.dumps")([1]) == "[1]"
 
 

@@ -91,12 +91,13 @@ DDP = "nemo_like.components.distributed.config.DDPConfig"
         (2, {}, 1e-6),
         (2, {"distributed_config": {"_target_": DDP}}, 1e-6),
         (2, {"distributed_config.activation_checkpointing": True}, 1e-6),
+        (2, {"distributed_config.defer_fsdp_grad_sync": False}, 1e-6),
         (2, {"distributed.tp_size": 2}, 1e-5),
         (2, {"distributed.cp_size": 2}, 1e-5),
         (4, {"distributed.tp_size": 2}, 1e-5),
         (4, {"distributed.dp_replicate_size": 2}, 1e-6),
     ],
-    ids=["fsdp2", "ddp", "fsdp2-activation-ckpt", "tp2", "cp2", "fsdp2x-tp2", "hsdp2x2"],
+    ids=["fsdp2", "ddp", "fsdp2-activation-ckpt", "fsdp2-sync-every-micro-batch", "tp2", "cp2", "fsdp2x-tp2", "hsdp2x2"],
 )
 def test_ranks_match_one_process(dist_env, single, world, overrides, tol):
     ranks = run_on_ranks(train, world, dist_env, overrides)
@@ -120,3 +121,37 @@ def test_ranks_match_one_process(dist_env, single, world, overrides, tol):
         assert got["block_calls_per_microbatch"] == 2.0  # forward, then the recompute in backward
     else:
         assert got["block_calls_per_microbatch"] == 1.0
+
+
+def grads_before_each_micro_batch(env: dict[str, str], overrides: dict) -> list[bool]:
+    """One rank, two optimizer steps of two micro-batches: whether any sharded gradient exists as each
+    micro-batch starts (the optimizer step clears them, so the first of a step always sees none)."""
+    os.environ.update(env)
+    from nemo_like.config.loader import load_yaml_config
+    from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
+
+    cfg = load_yaml_config(DIST_YAML)
+    for key, value in {"checkpoint.enabled": False, "step_scheduler.max_steps": 2,
+                       "step_scheduler.val_every_steps": None, **overrides}.items():
+        cfg.set_by_path(key, value)
+    recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
+    recipe.setup()
+    seen: list[bool] = []
+    forward = recipe._forward_loss
+
+    def note_then_forward(*args, **kwargs):
+        seen.append(any(p.grad is not None for p in recipe.model.parameters() if p.requires_grad))
+        return forward(*args, **kwargs)
+
+    recipe._forward_loss = note_then_forward
+    recipe.run_train_validation_loop()
+    return seen
+
+
+def test_deferred_fsdp_grad_sync_reduces_once_per_step(dist_env):
+    """defer_fsdp_grad_sync (the default, as in NeMo AutoModel): no reduce-scatter until the last micro-batch."""
+    deferred = run_on_ranks(grads_before_each_micro_batch, 2, dist_env, {})[0]
+    every = run_on_ranks(grads_before_each_micro_batch, 2, dist_env,
+                         {"distributed_config.defer_fsdp_grad_sync": False})[0]
+    assert deferred == [False, False, False, False]
+    assert every == [False, True, False, True]

@@ -3,9 +3,9 @@
 The runs are the quickstart recipe (LoRA r8 on all linear layers of the embedded
 SmolLM2-135M-Instruct, data/quickstart, rows of 50-59 tokens with a 13% tail of 120-340):
 ``padded`` = the recipe with packing off, micro-batches of 8 rows in random order padded to
-the longest row by ``default_collater`` (plain SDPA); ``packed`` = the recipe as shipped, one 512-token pack a step under
-``packed_sdpa``. Steps alternate between the runs so that a change in machine load hits all
-alike; only tokens of real documents count.
+the longest row by ``default_collater`` (plain SDPA); ``packed`` = the recipe as shipped,
+one 512-token pack a step under ``packed_sdpa``. Steps alternate between the runs so that a
+change in machine load hits both alike; only tokens of real documents count.
 
 Why packing wins here: most padded batches hold a long row, so about 60% of a padded step's
 tokens are padding; the pack is ~99% real tokens and computes each document's attention alone.

@@ -10,14 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from nemo_like.config.loader import (
-    ConfigError,
-    ConfigNode,
-    _did_you_mean,
-    interpolate_env,
-    load_yaml_config,
-    parse_literal,
-)
+from nemo_like.config.errors import did_you_mean as _did_you_mean
+from nemo_like.config.loader import ConfigError, ConfigNode, interpolate_env, load_yaml_config, parse_literal
 
 __all__ = ["KNOWN_SECTIONS", "apply_overrides", "parse_args_and_load_config", "parse_cli"]
 

@@ -11,20 +11,14 @@ import shlex
 import signal
 import sys
 import time
-from functools import partial
 from typing import Any
 
 import torch
 
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointingConfig, drop_records_after
 from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
-from nemo_like.components.datasets.llm.packed_sequence import (
-    PackedSequence,
-    attention_implementation,
-    pack_dataset,
-    prepare_packed_attention,
-)
-from nemo_like.components.datasets.utils import default_collater, packed_sequence_collater
+from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
+from nemo_like.components.datasets.from_config import build_dataloader, build_dataset
 from nemo_like.components.distributed.init import all_reduce_sum, initialize_distributed
 from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.loggers.progress import peak_memory_gib
@@ -84,6 +78,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
     def __init__(self, cfg: ConfigNode) -> None:
         self.cfg = cfg
+        self.defer_grad_sync = False  # set by _shard from distributed_config.defer_fsdp_grad_sync
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -98,14 +93,18 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.model_id = cfg.get("model.pretrained_model_name_or_path")
         self.tokenizer = self._build_tokenizer()
         # Data before the model: a bad row stops the run in seconds, before anything is written.
-        self.dataset = self._build_dataset("dataset")
-        self.val_dataset = self._build_dataset("validation_dataset") if "validation_dataset" in cfg else None
+        self.dataset = build_dataset(cfg, "dataset", self.tokenizer)
+        has_val = "validation_dataset" in cfg
+        self.val_dataset = build_dataset(cfg, "validation_dataset", self.tokenizer) if has_val else None
         sched = _plain(cfg.step_scheduler)
+        loader_args = {"tokenizer": self.tokenizer, "dist": self.dist, "seed": self.rng.seed,
+                       "ranked": bool(getattr(self.rng, "ranked", False))}
         self.dataloader = StepAlignedLoader(
-            self._build_dataloader("dataloader", self.dataset, sched["local_batch_size"], train=True)
+            build_dataloader(cfg, "dataloader", self.dataset, sched["local_batch_size"], train=True, **loader_args)
         )
         self.val_dataloader = (
-            self._build_dataloader("validation_dataloader", self.val_dataset, sched["local_batch_size"], train=False)
+            build_dataloader(cfg, "validation_dataloader", self.val_dataset, sched["local_batch_size"], train=False,
+                             **loader_args)
             if self.val_dataset is not None
             else None
         )
@@ -191,76 +190,6 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             raise ValueError("model.pretrained_model_name_or_path: needed to build the tokenizer (or add a tokenizer section)")
         return build_tokenizer(self.model_id)
 
-    def _build_dataset(self, name: str) -> Any:
-        from nemo_like.components.datasets.mixture import instantiate_dataset
-
-        node = self.cfg.get(name)
-        dataset = instantiate_dataset(node, tokenizer=self.tokenizer)  # a mixture's members get the tokenizer too
-        packing = _plain(_section(self.cfg, "packed_sequence"))
-        if packing and isinstance(dataset, torch.utils.data.IterableDataset) and packing.get("packed_sequence_size"):
-            from nemo_like.config.loader import ConfigError
-
-            raise ConfigError(f"packed_sequence.packed_sequence_size: packing needs a map-style {name}, and "
-                              f"{type(dataset).__name__} is streamed; use its map-style variant or turn packing off")
-        if packing:
-            # Packing is a property of the run, not of the data: the same documents, fewer and fuller rows.
-            if packing.get("pad_token_id") is None:
-                pad_id = getattr(dataset, "pad_token_id", None)
-                packing["pad_token_id"] = self.tokenizer.pad_token_id if pad_id is None else pad_id
-            dataset = pack_dataset(dataset, **packing)
-        return dataset
-
-    def _build_dataloader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
-        node = self.cfg.get(name) if name in self.cfg else ConfigNode(
-            {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}
-        )
-        collate = node.get("collate_fn", None)
-        collate = resolve_target(collate, key=f"{name}.collate_fn") if isinstance(collate, str) else collate
-        collate = collate or default_collater
-        if isinstance(dataset, PackedSequence) and collate is default_collater:
-            collate = packed_sequence_collater  # packs need the block-diagonal mask, not a padding mask
-        if collate is packed_sequence_collater and not isinstance(dataset, PackedSequence):
-            from nemo_like.config.loader import ConfigError
-
-            raise ConfigError(f"{name}.collate_fn: packed_sequence_collater needs packed data; "
-                              "add packed_sequence.packed_sequence_size (> 0) or use default_collater")
-        pad_id = getattr(dataset, "pad_token_id", None)
-        if pad_id is None:
-            pad_id = self.tokenizer.pad_token_id
-        if "pad_token_id" in inspect.signature(collate).parameters and pad_id is not None:
-            collate = partial(collate, pad_token_id=pad_id)
-        kwargs: dict[str, Any] = {"dataset": dataset, "batch_size": batch_size, "collate_fn": collate}
-        if isinstance(dataset, torch.utils.data.IterableDataset):
-            # A stream orders (and shards over ranks) itself; a sampler or shuffle does not apply.
-            kwargs["shuffle"] = False
-            if getattr(dataset, "repeat_on_exhaustion", False):
-                dataset.repeat_on_exhaustion = False  # the loop repeats the data: one pass is one epoch
-        elif self.dist.world_size > 1:
-            from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
-
-            shuffle = bool(node.get("shuffle", False)) and train
-            # One sample order for all ranks (a ranked RNG's seed differs per rank); tensor- and
-            # context-parallel peers share a data-parallel rank, so they read the same samples.
-            seed = self.rng.seed - (self.dist.rank if getattr(self.rng, "ranked", False) else 0)
-            kwargs["sampler"] = StatefulDistributedSampler(
-                dataset, num_replicas=self.dist.dp_size, rank=self.dist.dp_rank, shuffle=shuffle, seed=seed
-            )
-            kwargs["shuffle"] = None
-        if node.get("group_by_length", False) and train:
-            if "sampler" in kwargs or isinstance(dataset, (PackedSequence, torch.utils.data.IterableDataset)):
-                logger.warning("%s.group_by_length: not applied to packed, streamed or multi-rank data", name)
-            else:
-                from nemo_like.components.datasets.length_grouped_sampler import LengthGroupedSampler, sample_lengths
-
-                kwargs["sampler"] = LengthGroupedSampler(sample_lengths(dataset), batch_size, seed=self.rng.seed)
-                kwargs["shuffle"] = False
-        if "group_by_length" in node:  # ours, not a StatefulDataLoader argument
-            node = ConfigNode({k: v for k, v in node.to_dict().items() if k != "group_by_length"}, path=name)
-        if not train:
-            kwargs["shuffle"] = False
-        loader = node.instantiate(**{k: v for k, v in kwargs.items() if v is not None})
-        return loader
-
     def _build_model(self) -> torch.nn.Module:
         quantized = self.cfg.get("quantization", None) is not None
         model = self._load_quantized_model() if quantized else self.cfg.model.instantiate()
@@ -322,6 +251,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         layout = DistributedConfig.from_section(_plain(_section(self.cfg, "distributed")))
         self._sequence_parallel = self.dist.tp_size > 1 and (layout.sequence_parallel or
                                                               bool(getattr(strategy, "sequence_parallel", False)))
+        self.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))
         return parallelize_model(model, self.dist.mesh, strategy, sequence_parallel=self._sequence_parallel)
 
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -466,7 +396,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         else:
             self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            self._set_gradient_sync(last_micro_batch=index == len(batches) - 1)
             if self.trim_cpu_heap:
                 trim_cpu_heap()  # the last backward's freed pages go back to the OS first
             labels = batch["labels"]  # left on the host: picking the labelled positions there needs no device sync
@@ -490,6 +421,13 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             "num_label_tokens": int(num_label_tokens),
             "time_s": elapsed,
         }
+
+    def _set_gradient_sync(self, last_micro_batch: bool) -> None:
+        """With ``defer_fsdp_grad_sync``, FSDP2 keeps the micro-batches' gradients unsharded and
+        reduce-scatters them once, after the last one: one collective per step instead of one per
+        micro-batch, for the memory of the unsharded gradients of every trainable parameter."""
+        if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(last_micro_batch)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch fields the model takes; a packed batch's mask is adapted to the attention backend."""

@@ -88,8 +88,9 @@ class PackedSequence(Dataset):
       the remaining documents that fill the rest the most join it (an exact subset sum over
       their lengths; longer ones first, earlier rows first among equal lengths). On short,
       near-uniform chat rows this reaches ~99% where the online strategies stop at ~95%; on
-      short rows with a long tail, long rows are not left to the last, half-empty packs. Very large datasets fall back to
-      ``best_fit`` (logged), since the cost grows with packs x distinct lengths.
+      short rows with a long tail, long rows are not left to the last, half-empty packs.
+      Very large datasets fall back to ``best_fit`` (logged), since the cost grows with
+      packs x distinct lengths.
     * ``best_fit``: each document, in dataset order, goes into the open pack with the
       least room that still holds it (fast, near-optimal on varied lengths).
     * ``sequential``: append to the current pack while it fits; the next document that
