@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from workload import Workload, heldout_loss, read_tokens
+from workload import TRAIN_DOCS, Workload, heldout_loss, read_tokens
 
 RUNNERS = ("nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned")
 LABELS = {
@@ -110,7 +110,8 @@ def run_nemo_like(w: Workload, packed: bool) -> dict[str, Any]:
         "clip_grad_norm": {"max_norm": w.max_grad_norm},
         "dataset": {"_target_": "nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset."
                                 "ColumnMappedTextInstructionDataset",
-                    "path_or_dataset_id": w.train_jsonl, "use_hf_chat_template": True, "column_mapping": COLUMNS},
+                    "path_or_dataset_id": w.train_jsonl, "use_hf_chat_template": True, "column_mapping": COLUMNS,
+                    "limit_dataset_samples": TRAIN_DOCS},
         "dataloader": {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader", "shuffle": False},
         "loss_fn": {"_target_": w.extra.get("nemo_like_loss", "nemo_like.components.loss.linear_ce.FusedLinearCrossEntropy")},
         "checkpoint": {"enabled": False},
