@@ -95,6 +95,16 @@ def finetune_main(argv: list[str]) -> int:
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         import subprocess
 
+        from nemo_like.config.arg_parser import parse_args_and_load_config
+        from nemo_like.config.errors import ConfigError
+        from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, check_sft_config
+
+        try:  # a mistake is reported once, here, not by each of the N processes
+            check_sft_config(parse_args_and_load_config(rest, known_sections=SFT_SCHEMA.override_names), nproc)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "nemo_like.cli", "finetune", *rest]
         return subprocess.call(cmd)

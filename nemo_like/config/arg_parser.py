@@ -21,8 +21,8 @@ KNOWN_SECTIONS: frozenset[str] = frozenset({
     "dataloader", "validation_dataloader", "step_scheduler", "optimizer", "lr_scheduler",
     "clip_grad_norm", "loss_fn", "distributed", "distributed_config", "checkpoint", "rng",
     "dist_env", "wandb", "mlflow", "tensorboard", "callbacks", "evaluation", "tokenizer",
-    "generation_eval", "autocast", "disable_progress_bar", "benchmark", "seed", "contiguous_grads",
-    "trim_cpu_heap",
+    "generation_eval", "autocast", "disable_progress_bar", "contiguous_grads", "trim_cpu_heap", "nan_policy",
+    "benchmark", "seed",  # refused by the recipe's check, with the reason
 })
 # Flags that launchers append for their own use; they are not recipe fields.
 _LAUNCHER_FLAGS = ("local_rank", "local-rank")
@@ -82,34 +82,38 @@ def _is_option(token: str) -> bool:
     return token.startswith("--") or token.partition("=")[0] in ("-c", "-h")
 
 
-def apply_overrides(cfg: ConfigNode, overrides: list[tuple[str, Any]]) -> ConfigNode:
-    """Set each override on `cfg` in place (creating missing keys) and return it."""
+def apply_overrides(
+    cfg: ConfigNode, overrides: list[tuple[str, Any]], known_sections: frozenset[str] = KNOWN_SECTIONS
+) -> ConfigNode:
+    """Set each override on `cfg` in place (creating missing keys of `known_sections`) and return it."""
     targeted = {
         key.split(".")[0] for key, _ in overrides
         if key.count(".") == 1 and key.endswith("._target_")
     }
     for key, value in overrides:
         top = key.split(".")[0]
-        if top not in cfg and top not in KNOWN_SECTIONS and top not in targeted:
-            hint = _suggest(cfg, key)
+        if top not in cfg and top not in known_sections and top not in targeted:
+            hint = _suggest(cfg, key, known_sections)
             create = f"set --{top}._target_ to create a new section"
             raise ConfigError(
                 f"--{key}: no section '{top}' in the config"
                 + (f"{hint} (or {create})" if hint else f"; {create}")
             )
-        if isinstance(value, str):
+        if isinstance(value, str) and interpolate_env(value, key) != value:
             value = interpolate_env(value, key)
+            cfg.env_paths.add(key)
         try:
             cfg.set_by_path(key, value)
         except ConfigError as err:
             raise ConfigError(f"--{err}") from err
+        cfg.sources[key] = f"--{key}"
     return cfg
 
 
-def _suggest(cfg: ConfigNode, key: str) -> str:
+def _suggest(cfg: ConfigNode, key: str, known_sections: frozenset[str]) -> str:
     """A top-level name close to the typo, else an existing key with the same last part."""
     top, leaf = key.split(".")[0], key.split(".")[-1]
-    hint = _did_you_mean(top, sorted({*map(str, cfg.keys()), *KNOWN_SECTIONS}))
+    hint = _did_you_mean(top, sorted({*map(str, cfg.keys()), *known_sections}))
     if hint:
         return hint
     if "." not in key:
@@ -130,7 +134,8 @@ def _leaf_paths(node: ConfigNode, prefix: str) -> list[str]:
 
 
 def parse_args_and_load_config(
-    argv: list[str] | None = None, default_config: str | None = None
+    argv: list[str] | None = None, default_config: str | None = None,
+    known_sections: frozenset[str] = KNOWN_SECTIONS,
 ) -> ConfigNode:
     """The entry point of every recipe script: read `--config`, load it, apply overrides."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -141,4 +146,4 @@ def parse_args_and_load_config(
     config_path = config_path or default_config
     if not config_path:
         raise ConfigError("no config file given; pass --config path/to/recipe.yaml")
-    return apply_overrides(load_yaml_config(config_path), overrides)
+    return apply_overrides(load_yaml_config(config_path), overrides, known_sections)

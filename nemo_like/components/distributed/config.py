@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from nemo_like.config.errors import ConfigError
 
-from nemo_like.config.loader import ConfigError
+if TYPE_CHECKING:
+    import torch
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+# torch is imported on first use: the ``distributed`` section is checked before anything heavy loads.
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
 
 
 def resolve_dtype(value: str | torch.dtype | None, key: str) -> torch.dtype | None:
     """``"bf16"``/``"torch.bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
+    import torch
+
     if value is None or isinstance(value, torch.dtype):
         return value
     text = str(value).strip().lower().removeprefix("torch.")
@@ -22,7 +26,7 @@ def resolve_dtype(value: str | torch.dtype | None, key: str) -> torch.dtype | No
         return None
     if text not in _DTYPES:
         raise ConfigError(f"{key}: {value!r} is not a dtype (use float32, bfloat16 or float16)")
-    return _DTYPES[text]
+    return getattr(torch, _DTYPES[text])
 
 
 @dataclass
@@ -36,7 +40,7 @@ class DistributedConfig:
     each tensor-parallel group.
     """
 
-    dp_size: int | None = None
+    dp_size: int | str | None = None  # "auto"/"none": every rank that tp and cp leave over
     dp_replicate_size: int = 1
     tp_size: int = 1
     cp_size: int = 1
@@ -49,17 +53,18 @@ class DistributedConfig:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ConfigError(f"distributed.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-        cfg = cls(**section)
+        return cls(**section)
+
+    def __post_init__(self) -> None:
         for name in ("dp_size", "dp_replicate_size", "tp_size", "cp_size"):
-            value = getattr(cfg, name)
+            value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in ("none", "null", "auto"):
                 value = None
             if value is None and name == "dp_size":
-                setattr(cfg, name, None)
+                self.dp_size = None
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"distributed.{name}: must be a positive integer, got {value!r}")
-        return cfg
 
 
 @dataclass

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-# Config keys whose values must never leave the machine in a tracker's params.
-_SECRET = re.compile(r"(^|_)(secret|password|passwd|api_key|apikey|access_token|auth_token|hf_token)$|^token$")
-REDACTED = "***"
+from nemo_like.config.secrets import REDACTED, is_secret_key
 
 
 def flatten_params(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -29,7 +26,7 @@ def flatten_params(config: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, (dict, list, tuple)) or hasattr(value, "to_dict"):
             nested = flatten_params(value, name)
             flat.update(nested if nested else {name: str(value)})
-        elif _SECRET.search(key.lower()) and value is not None:
+        elif is_secret_key(key) and value is not None:
             flat[name] = REDACTED
         else:
             flat[name] = value

@@ -1,28 +1,59 @@
-"""Shared entry: parse ``--config`` and overrides, run the recipe, turn user errors into one line."""
+"""Shared entry: parse ``--config`` and overrides, check every section, then run the recipe.
+
+The whole config is checked before torch or transformers are imported, so a mistake in it is
+one line within a second. User errors (config, data, checkpoint, a missing file) are one line
+and exit 2; a non-finite loss stops the run with one line and exit 3; a run stopped by SIGTERM/SIGINT saves and exits 128 + the signal (143 / 130), as a
+scheduler expects of a preempted job; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import sys
 
 from nemo_like.components.datasets.json_rows import DatasetError
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3  # a non-finite loss or gradient norm stopped the run (nan_policy: error)
 
 
 def main(argv: list[str] | None = None, default_config: str | None = None) -> int:
     from nemo_like.config.arg_parser import parse_args_and_load_config
-    from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
+    from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, check_sft_config
 
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = parse_args_and_load_config(argv, default_config=default_config)
+        cfg = parse_args_and_load_config(argv, default_config=default_config, known_sections=SFT_SCHEMA.override_names)
+        check_sft_config(cfg)
+    except ConfigError as e:
+        return _user_error(e)
+    try:
+        from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
+
         recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
         recipe.setup()
-        recipe.run_train_validation_loop()
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        from nemo_like.components.distributed.init import destroy_distributed
+        result = recipe.run_train_validation_loop()
+    except (ConfigError, DatasetError, OSError) as e:
+        return _user_error(e)
+    except RuntimeError as e:
+        from nemo_like.components.training.nan_policy import NonFiniteLossError
 
-        destroy_distributed()
-    return 0
+        if not isinstance(e, NonFiniteLossError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    finally:
+        if "torch" in sys.modules:
+            from nemo_like.components.distributed.init import destroy_distributed
+
+            destroy_distributed()
+    signum = result.get("stopped_by_signal")
+    return 128 + signum if signum else 0
+
+
+def _user_error(err: BaseException) -> int:
+    text = " ".join(str(err).split("\n"))
+    if isinstance(err, OSError) and not isinstance(err, (ConfigError, DatasetError)) and err.filename:
+        text = f"{err.filename}: {err.strerror or text}"
+    print(f"error: {text}", file=sys.stderr)
+    return EXIT_USER_ERROR

@@ -1,0 +1,109 @@
+"""The sections of the SFT (and pretraining) recipe: what its YAML may hold, each with a type.
+
+``check_sft_config`` runs before torch or transformers are imported, so a typo, a wrong type,
+an unknown or missing section or an impossible batch layout is reported within a second.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from nemo_like.components.checkpoint.config import CheckpointingConfig
+from nemo_like.components.distributed.config import DistributedConfig
+from nemo_like.config.errors import ConfigError
+from nemo_like.config.typed_sections import RecipeSchema, check_recipe, located
+from nemo_like.recipes.sections import (
+    AutocastSection, ClipGradNormSection, DistEnvSection, GenerationEvalSection, LRSchedulerSection,
+    PackedSequenceSection, StepSchedulerSection,
+)
+
+__all__ = ["SFT_SCHEMA", "SFTSections", "check_sft_config"]
+
+SFT_SCHEMA = RecipeSchema(
+    name="SFT",
+    built=frozenset({"model", "dataset", "validation_dataset", "optimizer", "loss_fn", "peft", "rng", "tokenizer",
+                     "distributed_config", "dataloader", "validation_dataloader"}),
+    required=frozenset({"model", "dataset", "optimizer", "step_scheduler"}),
+    typed={"step_scheduler": StepSchedulerSection, "checkpoint": CheckpointingConfig,
+           "lr_scheduler": LRSchedulerSection, "clip_grad_norm": ClipGradNormSection, "dist_env": DistEnvSection,
+           "distributed": DistributedConfig, "packed_sequence": PackedSequenceSection, "autocast": AutocastSection,
+           "generation_eval": GenerationEvalSection},
+    scalars={"contiguous_grads": (bool, False), "trim_cpu_heap": (bool, False),
+             "disable_progress_bar": (bool, False), "nan_policy": (Literal["error", "skip"], "error")},
+    open=frozenset({"quantization", "evaluation", "wandb", "mlflow", "tensorboard"}),
+    lists=frozenset({"callbacks"}),
+    defaulted=frozenset({"checkpoint", "clip_grad_norm", "dist_env", "distributed", "autocast"}),
+    extra_keys={"dataloader": frozenset({"group_by_length"}), "validation_dataloader": frozenset({"group_by_length"})},
+    refused={
+        "seed": "not read by this recipe; seed the run with rng: {_target_: "
+                "nemo_like.components.training.rng.StatefulRNG, seed: 42}",
+        "benchmark": "not a section of the training recipe; speed is measured by benchmarks/sft_throughput.py",
+    },
+)
+
+
+@dataclass
+class SFTSections:
+    """The typed plain sections of an SFT recipe; the built ones stay ConfigNodes with a ``_target_``."""
+
+    step_scheduler: StepSchedulerSection
+    checkpoint: CheckpointingConfig
+    lr_scheduler: LRSchedulerSection | None
+    clip_grad_norm: ClipGradNormSection
+    dist_env: DistEnvSection
+    distributed: DistributedConfig
+    packed_sequence: PackedSequenceSection | None
+    autocast: AutocastSection
+    generation_eval: GenerationEvalSection | None
+    contiguous_grads: bool
+    trim_cpu_heap: bool
+    disable_progress_bar: bool
+    nan_policy: str
+
+
+def check_sft_config(cfg: Any, world_size: int | None = None) -> SFTSections:
+    """Every section of ``cfg`` checked; with ``world_size`` (default: ``$WORLD_SIZE``) the batch layout too."""
+    typed = check_recipe(cfg, SFT_SCHEMA)
+    sections = SFTSections(**typed)
+    _check_local_paths(cfg)
+    known_world = world_size is not None or "WORLD_SIZE" in os.environ
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
+    layout = sections.distributed
+    model_parallel = layout.tp_size * layout.cp_size
+    dp = layout.dp_size or max(world // model_parallel, 1)
+    if known_world and dp * model_parallel != world:
+        raise ConfigError(
+            f"{located('distributed', cfg.sources)}: dp_size x tp_size x cp_size = {dp} x {layout.tp_size} x "
+            f"{layout.cp_size} does not match the {world} ranks launched"
+        )
+    if dp * model_parallel == world:
+        try:
+            sections.step_scheduler.check_layout(dp)
+        except ConfigError as err:
+            where = located("step_scheduler.global_batch_size", cfg.sources)
+            raise ConfigError(where + ":" + str(err).split(":", 1)[1]) from None
+    return sections
+
+
+_LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".gguf", ".safetensors")
+_PATH_KEYS = ("model.pretrained_model_name_or_path", "tokenizer.pretrained_model_name_or_path",
+              "dataset.path_or_dataset_id", "validation_dataset.path_or_dataset_id",
+              "generation_eval.path_or_dataset_id")
+
+
+def _check_local_paths(cfg: Any) -> None:
+    """A model or data path that is plainly local (absolute, ``./``, ``~``, a data-file suffix) must exist.
+
+    Hub ids (``org/name``) are left to the loaders; a missing local file is said now, not after imports.
+    """
+    for key in _PATH_KEYS:
+        value = cfg.get(key)
+        for i, path in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+            if not isinstance(path, str) or not path.strip():
+                continue
+            local = path.startswith(("/", "./", "../", "~")) or path.lower().endswith(_LOCAL_SUFFIXES)
+            if local and not os.path.exists(os.path.expanduser(path)):
+                where = located(key if not isinstance(value, (list, tuple)) else f"{key}.{i}", cfg.sources)
+                raise ConfigError(f"{where}: '{path}' not found")
