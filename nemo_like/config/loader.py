@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import yaml
 
 from nemo_like.config.errors import ConfigError, ConfigKeyError
+from nemo_like.config.secrets import is_secret_key
 from nemo_like.config.errors import did_you_mean as _did_you_mean
 from nemo_like.config.target_gate import (
     ALLOWED_MODULE_PREFIXES,
@@ -41,7 +42,6 @@ __all__ = [
     "resolve_target",
 ]
 
-_SECRET_WORDS = ("token", "key", "secret", "password", "api")
 _REDACTED = "'***'"
 _ENV_PATTERN = re.compile(r"\$\{oc\.env:([^,}]*)(?:,([^}]*))?\}")
 
@@ -124,17 +124,19 @@ class _RecipeLoader(yaml.SafeLoader):
 _RecipeLoader.add_constructor("tag:yaml.org,2002:str", _RecipeLoader.construct_yaml_str)
 
 
-def _type_plain(value: Any, path: str, interpolate: bool = True) -> Any:
-    """Walk freshly loaded YAML: interpolate env vars, type unquoted literals, plain keys."""
+def _type_plain(value: Any, path: str, interpolate: bool = True, env_paths: set[str] | None = None) -> Any:
+    """Walk freshly loaded YAML: interpolate env vars (recording where), type unquoted literals, plain keys."""
     if isinstance(value, dict):
         return {
-            (str(k) if isinstance(k, str) else k): _type_plain(v, _join(path, k), interpolate)
+            (str(k) if isinstance(k, str) else k): _type_plain(v, _join(path, k), interpolate, env_paths)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_type_plain(v, _join(path, i), interpolate) for i, v in enumerate(value)]
+        return [_type_plain(v, _join(path, i), interpolate, env_paths) for i, v in enumerate(value)]
     if isinstance(value, str):
         plain = isinstance(value, _PlainStr)
+        if interpolate and env_paths is not None and _ENV_PATTERN.search(value):
+            env_paths.add(path)
         text = interpolate_env(str(value), path) if interpolate else str(value)
         return parse_literal(text) if plain else text
     return value
@@ -151,6 +153,8 @@ def load_yaml_config(path: str | os.PathLike[str]) -> "ConfigNode":
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file '{file}' does not exist") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file '{file}' is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})") from None
     except OSError as err:
         raise ConfigError(f"config file '{file}' cannot be read: {err}") from err
     try:
@@ -166,7 +170,39 @@ def load_yaml_config(path: str | os.PathLike[str]) -> "ConfigNode":
         raise ConfigError(
             f"config file '{file}' must hold a mapping of sections, got a {type(data).__name__}"
         )
-    return ConfigNode(_type_plain(data, ""))
+    env_paths: set[str] = set()
+    root = ConfigNode(_type_plain(data, "", env_paths=env_paths))
+    root.env_paths.update(env_paths)
+    root.sources.update({key: f"{file}:{line}" for key, line in _key_lines(text).items()})
+    return root
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """The 1-based line of every dotted key in a YAML text, for errors that point at the file."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and not key_node.tag.endswith(":merge"):
+                    key = _join(path, key_node.value)
+                    lines.setdefault(key, key_node.start_mark.line + 1)
+                    walk(value_node, key)
+                else:
+                    walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                key = _join(path, index)
+                lines.setdefault(key, item.start_mark.line + 1)
+                walk(item, key)
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
 
 
 # --------------------------------------------------------------------------- the node
@@ -176,6 +212,8 @@ class ConfigNode:
     def __init__(self, data: dict | None = None, path: str = "") -> None:
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_data", {})
+        object.__setattr__(self, "_sources", {})
+        object.__setattr__(self, "_env_paths", set())
         for key, value in (data or {}).items():
             self._data[key] = _wrap(value, _join(path, key))
 
@@ -189,7 +227,7 @@ class ConfigNode:
         raise ConfigKeyError(self._missing(name))
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_path", "_data"):
+        if name in ("_path", "_data", "_sources", "_env_paths"):
             object.__setattr__(self, name, value)
         else:
             self[name] = value
@@ -235,6 +273,16 @@ class ConfigNode:
 
     def items(self):  # noqa: ANN201
         return self._data.items()
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each dotted key was written: ``recipe.yaml:12`` or ``--optimizer.lr`` (root node only)."""
+        return self._sources
+
+    @property
+    def env_paths(self) -> set[str]:
+        """Dotted keys whose values were read from the environment (``${oc.env:VAR}``): never written out."""
+        return self._env_paths
 
     @property
     def node_path(self) -> str:
@@ -405,10 +453,6 @@ def _signature(target: Any) -> str:
         return f"{_describe(target)}(<signature unavailable>)"
 
 
-def _is_secret(name: object) -> bool:
-    return any(word in str(name).lower() for word in _SECRET_WORDS)
-
-
 def _brief(value: Any, depth: int = 0) -> str:
     """A short, cheap rendering of an argument (never the repr of a model or tensor)."""
     if value is None or isinstance(value, (bool, int, float)):
@@ -423,7 +467,7 @@ def _brief(value: Any, depth: int = 0) -> str:
         return f"<{type(value).__name__} of {len(value)}>"
     if isinstance(value, dict) and depth < 2:
         items = (
-            f"{k!r}: {_REDACTED if _is_secret(k) else _brief(v, depth + 1)}"
+            f"{k!r}: {_REDACTED if is_secret_key(k) else _brief(v, depth + 1)}"
             for k, v in value.items()
         )
         return "{" + ", ".join(items) + "}"
@@ -432,5 +476,5 @@ def _brief(value: Any, depth: int = 0) -> str:
 
 def _brief_call(args: tuple, kwargs: dict) -> str:
     parts = [_brief(a) for a in args]
-    parts += [f"{k}={_REDACTED if _is_secret(k) else _brief(v)}" for k, v in kwargs.items()]
+    parts += [f"{k}={_REDACTED if is_secret_key(k) else _brief(v)}" for k, v in kwargs.items()]
     return "(" + ", ".join(parts) + ")"

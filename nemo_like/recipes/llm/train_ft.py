@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointingConfig, drop_records_after
+from nemo_like.components.checkpoint.checkpointing import Checkpointer, drop_records_after
 from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
 from nemo_like.components.datasets.from_config import build_dataloader, build_dataset
@@ -26,9 +26,12 @@ from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.optim.scheduler import build_lr_scheduler
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
 from nemo_like.components.training.grad_buffer import ContiguousGrads
+from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.components.training.step_scheduler import StepScheduler
-from nemo_like.config.loader import ConfigNode, resolve_target
+from nemo_like.config.loader import ConfigError, ConfigNode, resolve_target
+from nemo_like.config.secrets import redact_config
+from nemo_like.recipes.llm.sft_config import check_sft_config
 
 logger = logging.getLogger("nemo_like")
 
@@ -78,16 +81,21 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
     def __init__(self, cfg: ConfigNode) -> None:
         self.cfg = cfg
+        self.sections = check_sft_config(cfg)  # every section typed and checked before anything loads
         self.defer_grad_sync = False  # set by _shard from distributed_config.defer_fsdp_grad_sync
+        self.stopped_by_signal: int | None = None
+        self.skipped_steps = 0  # optimizer steps dropped by nan_policy: skip
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        cfg = self.cfg
-        dist_env = _plain(_section(cfg, "dist_env"))
-        self.dist = initialize_distributed(dist_env.get("backend"), dist_env.get("timeout_minutes", 1),
-                                           distributed=_plain(_section(cfg, "distributed")))
+        cfg, sections = self.cfg, self.sections
+        self.dist = initialize_distributed(sections.dist_env.backend, sections.dist_env.timeout_minutes,
+                                           distributed=sections.distributed)
         setup_logging(self.dist.is_main)
         self.device = self.dist.device
+        # The checkpoint to resume is found (and its manifest checked) before data or model load.
+        self.checkpointer = Checkpointer(sections.checkpoint, is_main=self.dist.is_main)
+        self.resume_from = self.checkpointer.resume_path()
         self.rng = cfg.rng.instantiate() if "rng" in cfg else StatefulRNG(seed=42, ranked=True)
 
         self.model_id = cfg.get("model.pretrained_model_name_or_path")
@@ -96,7 +104,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.dataset = build_dataset(cfg, "dataset", self.tokenizer)
         has_val = "validation_dataset" in cfg
         self.val_dataset = build_dataset(cfg, "validation_dataset", self.tokenizer) if has_val else None
-        sched = _plain(cfg.step_scheduler)
+        sched = vars(sections.step_scheduler)
         loader_args = {"tokenizer": self.tokenizer, "dist": self.dist, "seed": self.rng.seed,
                        "ranked": bool(getattr(self.rng, "ranked", False))}
         self.dataloader = StepAlignedLoader(
@@ -114,18 +122,16 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = cfg.optimizer.instantiate(params=trainable, **self._optimizer_defaults())
         self.grad_buffer = self._contiguous_grads(trainable)
-        self.trim_cpu_heap = bool(cfg.get("trim_cpu_heap", False)) and self.device.type == "cpu"
+        self.trim_cpu_heap = sections.trim_cpu_heap and self.device.type == "cpu"
         self.lr_scheduler = (
-            build_lr_scheduler(self.optimizer, self.step_scheduler.max_steps, **_plain(cfg.lr_scheduler))
-            if "lr_scheduler" in cfg
+            build_lr_scheduler(self.optimizer, self.step_scheduler.max_steps, **sections.lr_scheduler.kwargs())
+            if sections.lr_scheduler is not None
             else None
         )
         self.loss_fn = cfg.loss_fn.instantiate() if "loss_fn" in cfg else MaskedCrossEntropy()
-        self.max_grad_norm = cfg.get("clip_grad_norm.max_norm", None)
+        self.max_grad_norm = sections.clip_grad_norm.max_norm
         self.autocast_dtype = self._autocast_dtype()
 
-        ckpt = CheckpointingConfig(**_plain(_section(cfg, "checkpoint")))
-        self.checkpointer = Checkpointer(ckpt, is_main=self.dist.is_main)
         root = self.checkpointer.root
         self.train_log = JSONLLogger(os.path.join(root, "training.jsonl"), enabled=self.dist.is_main)
         self.val_log = JSONLLogger(os.path.join(root, "validation.jsonl"), enabled=self.dist.is_main)
@@ -134,8 +140,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         from nemo_like.components.loggers.metric_loggers import build_metric_loggers
 
         self.metric_loggers = build_metric_loggers(cfg, root, enabled=self.dist.is_main)  # W&B, MLflow, TensorBoard
-        self.metric_loggers.log_params(cfg)
-        self.generation_eval = _plain(_section(cfg, "generation_eval")) or None
+        self.metric_loggers.log_params(redact_config(cfg))
+        self.generation_eval = sections.generation_eval
         self.prior_train_losses = self._restore_checkpoint()
 
     def _optimizer_defaults(self) -> dict[str, Any]:
@@ -153,7 +159,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
     def _contiguous_grads(self, trainable: list[torch.nn.Parameter]) -> ContiguousGrads | None:
         """``contiguous_grads: true``: gradients in one buffer made now (see ``grad_buffer.py``); one process only."""
-        if not self.cfg.get("contiguous_grads", False):
+        if not self.sections.contiguous_grads:
             return None
         if self.dist.world_size > 1:
             logger.info("contiguous_grads: ignored with %d ranks (DDP/FSDP2 keep their own gradient storage)",
@@ -168,7 +174,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         the RNG come back as they were after the checkpoint's step, so the loss curve goes
         on exactly; the metric files lose records of steps that will now be re-run.
         """
-        path = self.checkpointer.resume_path()
+        path = self.resume_from
         if path is None:
             return []
         losses = self.checkpointer.load(
@@ -244,24 +250,21 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
     def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
         """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
-        from nemo_like.components.distributed.config import DistributedConfig, FSDP2Config
+        from nemo_like.components.distributed.config import FSDP2Config
         from nemo_like.components.distributed.parallelizer import parallelize_model
 
         strategy = self.cfg.distributed_config.instantiate() if "distributed_config" in self.cfg else FSDP2Config()
-        layout = DistributedConfig.from_section(_plain(_section(self.cfg, "distributed")))
+        layout = self.sections.distributed
         self._sequence_parallel = self.dist.tp_size > 1 and (layout.sequence_parallel or
                                                               bool(getattr(strategy, "sequence_parallel", False)))
         self.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))
         return parallelize_model(model, self.dist.mesh, strategy, sequence_parallel=self._sequence_parallel)
 
     def _autocast_dtype(self) -> torch.dtype | None:
-        name = self.cfg.get("autocast.dtype", None) if self.cfg.get("autocast.enabled", True) else None
-        if name is None:
-            return None
-        dtype = getattr(torch, str(name).replace("torch.", ""), None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"autocast.dtype: {name!r} is not a torch dtype (try bfloat16)")
-        return dtype
+        from nemo_like.components.distributed.config import resolve_dtype
+
+        autocast = self.sections.autocast
+        return resolve_dtype(autocast.dtype, "autocast.dtype") if autocast.enabled else None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -272,7 +275,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
     def run_train_validation_loop(self) -> dict[str, Any]:
         sched = self.step_scheduler
         self._install_signal_handlers()
-        if self.generation_eval and self.generation_eval.get("before_training", True):
+        if self.generation_eval and self.generation_eval.before_training:
             self.accuracy_before = self._run_generation_eval("before training")
         state = self._start_callbacks()  # the progress bar is one of them
         last_val: float | None = None
@@ -307,7 +310,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             self._restore_signal_handlers()
         if sched.sigterm:
             self._log_how_to_resume()
-        result: dict[str, Any] = {"history": history, "val_loss": last_val, "stop_reason": state.stop_reason}
+        result: dict[str, Any] = {"history": history, "val_loss": last_val, "stop_reason": state.stop_reason,
+                                  "stopped_by_signal": self.stopped_by_signal}
         if self.generation_eval and not sched.sigterm:
             result["accuracy_before"] = getattr(self, "accuracy_before", None)
             result["accuracy_after"] = self._run_generation_eval("after training")
@@ -319,7 +323,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         """The ``callbacks:`` list (``_target_`` entries); a default progress bar when none is listed."""
         from nemo_like.components.callbacks.from_config import build_callbacks
 
-        return build_callbacks(self.cfg.get("callbacks", None), self.cfg.get("disable_progress_bar", False))
+        return build_callbacks(self.cfg.get("callbacks", None), self.sections.disable_progress_bar)
 
     def _start_callbacks(self) -> Any:
         """The state callbacks see, with the records of a resumed run, then ``on_train_start``."""
@@ -408,18 +412,25 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             step_loss += loss.detach()
         grad_norm = self._clip_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        loss_value = float(all_reduce_sum(step_loss))
+        if should_skip_update(self.step_scheduler.step, loss_value, grad_norm, self.sections.nan_policy):
+            self.skipped_steps += 1
+            logger.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d so far, nan_policy: skip)",
+                           self.step_scheduler.step, loss_value, grad_norm, self.skipped_steps)
+        else:
+            self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step(1)
         elapsed = time.perf_counter() - start
         return {
-            "loss": float(all_reduce_sum(step_loss)),
+            "loss": loss_value,
             "grad_norm": grad_norm,
             "lr": lr,
             "mem_gib": peak_memory_gib(),
             "tps": num_tokens * self.dist.dp_cp_size / elapsed,
             "num_label_tokens": int(num_label_tokens),
             "time_s": elapsed,
+            **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
         }
 
     def _set_gradient_sync(self, last_micro_batch: bool) -> None:
@@ -553,15 +564,12 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         from nemo_like.components.eval.exact_match import generation_exact_match, load_jsonl_rows
 
         ev = self.generation_eval
-        rows = load_jsonl_rows(ev["path_or_dataset_id"], limit=ev.get("limit"))
+        rows = load_jsonl_rows(ev.path_or_dataset_id, limit=ev.limit)
         start = time.perf_counter()
         with self._autocast():
             result = generation_exact_match(
-                self.model, self.tokenizer, rows,
-                column_mapping=ev.get("column_mapping"),
-                use_chat_template=ev.get("use_hf_chat_template", True),
-                max_new_tokens=ev.get("max_new_tokens", 16),
-                batch_size=ev.get("batch_size", 32),
+                self.model, self.tokenizer, rows, column_mapping=ev.column_mapping,
+                use_chat_template=ev.use_hf_chat_template, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
             )
         logger.info("held-out exact match %s: %.3f (%d rows, %.1f s)", when, result["accuracy"], result["n"],
                     time.perf_counter() - start)
@@ -572,7 +580,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.checkpointer.save(
             epoch, sched.step, self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler, step_scheduler=sched, rng=self.rng, dataloader=self.dataloader,
-            config=self.cfg.to_dict(), losses={"train": self.prior_train_losses + [h["loss"] for h in history]},
+            config=redact_config(self.cfg), losses={"train": self.prior_train_losses + [h["loss"] for h in history]},
             val_loss=val_loss, peft_config=self.peft_config, base_model_name_or_path=self.model_id,
         )
 
@@ -583,6 +591,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         def handler(signum: int, frame: Any) -> None:
             logger.warning("%s received: finishing this step and saving a checkpoint",
                            signal.Signals(signum).name)
+            self.stopped_by_signal = self.stopped_by_signal or signum
             self.step_scheduler.sigterm = True
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, self._previous_handlers.get(signal.SIGINT, signal.default_int_handler))
@@ -604,4 +613,5 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             return
         command = shlex.join([os.path.basename(sys.executable), *sys.argv])
         logger.warning("stopped by a signal; the last checkpoint is %s. To resume, run the same command again "
-                       "(checkpoint.restore_from defaults to LATEST): %s", latest, command)
+                       "(checkpoint.restore_from defaults to LATEST): %s (exit code %d)", latest, command,
+                       128 + (self.stopped_by_signal or signal.SIGTERM))
