@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, addition_rows, write_jsonl
+from conftest import REPO, addition_rows, write_jsonl
 
 DATASET = "nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset"
 
@@ -219,3 +219,205 @@ def test_the_base_config_is_valid(config_case_results, tiny_model_dir, tmp_path)
 
     train = write_jsonl(tmp_path / "t.jsonl", addition_rows(4))
     check_sft_config(ConfigNode(base_config(tiny_model_dir, train, train, str(tmp_path / "c"))), world_size=1)
+
+
+# --------------------------------------------------------------------------- data, model, checkpoint
+CHAT = "nemo_like.components.datasets.llm.chat_dataset.ChatDataset"
+
+
+def _run(tmp: Path, base: dict, edits: dict, argv: list[str], capsys) -> tuple[int, str]:
+    from nemo_like.recipes.llm.run import main
+
+    cfg = json.loads(json.dumps(base))
+    for key, value in edits.items():
+        _set(cfg, key, value)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    capsys.readouterr()
+    rc = main(["--config", str(path), *argv])
+    return rc, capsys.readouterr().err
+
+
+def _nothing_half_written(ckpt: Path, steps_before: list[str]) -> None:
+    if ckpt.exists():
+        names = sorted(p.name for p in ckpt.iterdir())
+        assert not [n for n in names if n.startswith(".tmp")], names
+        assert sorted(n for n in names if n.startswith("epoch_")) == steps_before, names
+
+
+def _data_cases(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
+    """Each case's edits of the base recipe and the words its one line must hold."""
+    rows = addition_rows(6)
+    good = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    (tmp / "latin1.jsonl").write_bytes((good.splitlines()[0] + "\n" + good.splitlines()[1] + "\n").encode()
+                                       + '{"instruction": "caf\xe9", "input": "x", "response": "1"}\n'.encode("latin-1"))
+    (tmp / "malformed.jsonl").write_text(good.splitlines()[0] + "\n{not json\n")
+    (tmp / "no_column.jsonl").write_text(json.dumps({"instruction": "a", "input": "b"}) + "\n")
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "array.json").write_text(json.dumps([1, 2, 3]))
+    (tmp / "a_directory.jsonl").mkdir(exist_ok=True)
+    long_row = {"instruction": "Add.", "input": " ".join(str(i % 10) for i in range(1500)), "response": "7"}
+    (tmp / "too_long.jsonl").write_text(good + json.dumps(long_row) + "\n")
+    chat = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}]
+    (tmp / "chat_no_content.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat))
+    bad_role = [{"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    (tmp / "chat_bad_role.jsonl").write_text(json.dumps(bad_role[0]) + "\n")
+    chat_ds = {"_target_": CHAT, "path_or_dataset_id": None}
+    return {
+        "data-binary": ({"dataset.path_or_dataset_id": str(tmp / "binary.jsonl")}, ["binary.jsonl:1"]),
+        "data-latin1": ({"dataset.path_or_dataset_id": str(tmp / "latin1.jsonl")}, ["latin1.jsonl:3", "UTF-8"]),
+        "data-malformed-json": ({"dataset.path_or_dataset_id": str(tmp / "malformed.jsonl")}, ["malformed.jsonl:2"]),
+        "data-missing-column": ({"dataset.path_or_dataset_id": str(tmp / "no_column.jsonl")},
+                                ["no_column.jsonl:1", "response"]),
+        "data-empty-file": ({"dataset.path_or_dataset_id": str(tmp / "empty.jsonl")}, ["empty.jsonl"]),
+        "data-array-of-numbers": ({"dataset.path_or_dataset_id": str(tmp / "array.json")}, ["array.json"]),
+        "data-directory": ({"dataset.path_or_dataset_id": str(tmp / "a_directory.jsonl")}, ["a_directory.jsonl"]),
+        "data-row-over-context": ({"dataset.path_or_dataset_id": str(tmp / "too_long.jsonl")},
+                                  ["too_long.jsonl:7", "256"]),
+        "data-val-row-over-context": ({"validation_dataset.path_or_dataset_id": str(tmp / "too_long.jsonl")},
+                                      ["too_long.jsonl:7", "256"]),
+        "data-chat-no-content": ({"dataset": {**chat_ds, "path_or_dataset_id": str(tmp / "chat_no_content.jsonl")}},
+                                 ["chat_no_content.jsonl:1", "content"]),
+        "data-chat-bad-role": ({"dataset": {**chat_ds, "path_or_dataset_id": str(tmp / "chat_bad_role.jsonl")}},
+                               ["chat_bad_role.jsonl:1", "wizard"]),
+        "data-seq-length-too-short": ({"dataset.seq_length": 4}, ["train.jsonl:1", "seq_length"]),
+        "data-pack-over-context": ({"packed_sequence": {"packed_sequence_size": 4096}}, ["packed_sequence_size", "256"]),
+    }
+
+
+def _model_cases(tmp: Path, model_dir: str) -> dict[str, tuple[dict, list[str]]]:
+    import shutil
+
+    def copy(name: str) -> Path:
+        target = tmp / name
+        if not target.exists():
+            shutil.copytree(model_dir, target)
+        return target
+
+    no_config = copy("no_config")
+    (no_config / "config.json").unlink(missing_ok=True)
+    bad_config = copy("bad_config")
+    (bad_config / "config.json").write_text("{ this is not json")
+    truncated = copy("truncated_weights")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    no_tokenizer = copy("no_tokenizer")
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
+    path_key = "model.pretrained_model_name_or_path"
+    return {
+        "model-no-config": ({path_key: str(no_config)}, ["no_config"]),
+        "model-bad-config-json": ({path_key: str(bad_config)}, ["bad_config"]),
+        "model-truncated-weights": ({path_key: str(truncated)}, ["truncated_weights"]),
+        "model-no-tokenizer": ({path_key: str(no_tokenizer)}, ["no_tokenizer", "tokenizer"]),
+        "model-bad-dtype": ({"model.torch_dtype": "float33"}, ["model", "float33"]),
+        "model-bad-attention": ({"model.attn_implementation": "flash_attention_9"}, ["model", "flash_attention_9"]),
+        "model-target-typo": ({"model._target_": "nemo_like.NeMoAutoModelForCausalLMM.from_pretrained"},
+                              ["model._target_", "NeMoAutoModelForCausalLM"]),
+        "model-quantized-without-peft": ({"quantization": {"load_in_4bit": True}}, ["quantization", "peft"]),
+        "model-fused-ce-on-lora-head": ({"loss_fn": {"_target_": "nemo_like.components.loss.linear_ce.FusedLinearCrossEntropy"},
+                                         "peft": {"_target_": "nemo_like.components._peft.lora.PeftConfig",
+                                                  "target_modules": ["lm_head"], "dim": 4}},
+                                        ["loss_fn", "FusedLinearCrossEntropy"]),
+    }
+
+
+@pytest.fixture()
+def bad_env(tmp_path, tiny_model_dir):
+    train = write_jsonl(tmp_path / "train.jsonl", addition_rows(8))
+    val = write_jsonl(tmp_path / "val.jsonl", addition_rows(4))
+    ckpt = tmp_path / "ckpt"
+    return tmp_path, base_config(tiny_model_dir, train, val, str(ckpt)), ckpt
+
+
+def test_data_and_model_mistakes_are_one_line_and_write_nothing(bad_env, tiny_model_dir, capsys):
+    tmp, base, _ = bad_env
+    cases = {**_data_cases(tmp), **_model_cases(tmp, tiny_model_dir)}
+    failures = []
+    for case_id, (edits, words) in cases.items():
+        ckpt = tmp / f"ckpt_{case_id}"  # each case its own run directory
+        try:
+            rc, err = _run(tmp, base, {**edits, "checkpoint.checkpoint_dir": str(ckpt)}, [], capsys)
+        except Exception as exc:  # a traceback instead of a line: recorded with the rest
+            failures.append(f"{case_id}: raised {type(exc).__name__}: {exc}")
+            continue
+        try:
+            assert rc == 2, rc
+            line = _one_line_naming(err, words)
+            if case_id.startswith("data-"):
+                assert "parameters:" not in err  # data is checked before the model loads
+            _nothing_half_written(ckpt, [])
+        except AssertionError as failure:
+            failures.append(f"{case_id}: {failure} | {err.strip().splitlines()[-1:] if err.strip() else err!r}")
+            continue
+        print(f"{case_id}: {line}", file=sys.__stdout__)  # the table of messages, past the capture
+    assert not failures, "\n".join(failures)
+
+
+def test_checkpoint_mistakes_are_one_line_and_leave_the_checkpoints_alone(bad_env, capsys):
+    from nemo_like.recipes.llm.run import main as run_main  # noqa: F401 - imported for the side effect of timing
+
+    tmp, base, ckpt = bad_env
+    rc, err = _run(tmp, base, {"checkpoint.save_consolidated": False}, [], capsys)
+    assert rc == 0, err
+    step = (ckpt / "LATEST").read_text().strip()
+    step_dir = ckpt / step
+    before = sorted(p.name for p in ckpt.iterdir() if p.name.startswith("epoch_"))
+    weights = step_dir / "model" / "model.safetensors"
+    optim = next(p for p in (step_dir / "optim").rglob("*") if p.is_file())
+    originals = {p: p.read_bytes() for p in (weights, optim, ckpt / "LATEST")}
+
+    def restore() -> None:
+        for p, data in originals.items():
+            p.write_bytes(data)
+
+    cases = {
+        "ckpt-latest-garbage": (lambda: (ckpt / "LATEST").write_bytes(b"\x00\xff garbage \n"), {}, ["LATEST"]),
+        "ckpt-latest-missing-dir": (lambda: (ckpt / "LATEST").write_text("epoch_9_step_99"), {},
+                                    ["LATEST", "epoch_9_step_99"]),
+        "ckpt-truncated-weights": (lambda: weights.write_bytes(originals[weights][:100]), {}, ["model.safetensors"]),
+        "ckpt-truncated-optimizer": (lambda: optim.write_bytes(originals[optim][:10]), {}, [optim.name]),
+        "ckpt-flipped-byte": (lambda: weights.write_bytes(originals[weights][:-1] + b"\x00"), {},
+                              ["model.safetensors"]),
+        "ckpt-restore-missing": (lambda: None, {"checkpoint.restore_from": "epoch_7_step_7"}, ["epoch_7_step_7"]),
+        "ckpt-other-model": (lambda: None, {"model.pretrained_model_name_or_path": _other_model(tmp)}, [step]),
+        "ckpt-dir-is-a-file": (lambda: None, {"checkpoint.checkpoint_dir": str(weights)}, ["model.safetensors"]),
+    }
+    failures = []
+    for case_id, (corrupt, edits, words) in cases.items():
+        corrupt()
+        try:
+            rc, err = _run(tmp, base, {"checkpoint.save_consolidated": False, **edits}, [], capsys)
+        except Exception as exc:
+            failures.append(f"{case_id}: raised {type(exc).__name__}: {exc}")
+            continue
+        finally:
+            restore()
+        try:
+            assert rc == 2, rc
+            line = _one_line_naming(err, words)
+            _nothing_half_written(ckpt, before)
+        except AssertionError as failure:
+            failures.append(f"{case_id}: {failure} | {err.strip().splitlines()[-1:] if err.strip() else err!r}")
+            continue
+        print(f"{case_id}: {line}", file=sys.__stdout__)  # the table of messages, past the capture
+    assert not failures, "\n".join(failures)
+
+
+def _other_model(tmp: Path) -> str:
+    """A tiny model of another shape: its checkpoint must be refused, not half-loaded."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from conftest import build_tiny_tokenizer, tiny_llama_config
+
+    path = tmp / "other_model"
+    if not path.exists():
+        tokenizer = build_tiny_tokenizer()
+        config = tiny_llama_config(len(tokenizer))
+        config.hidden_size, config.intermediate_size = 32, 64
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return str(path)

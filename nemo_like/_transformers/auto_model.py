@@ -248,12 +248,17 @@ class NeMoAutoModelForCausalLM:
                 path, *model_args, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **kwargs
             )
 
+        from safetensors import SafetensorError
+
         try:
             model = _with_sdpa_fallback(load, attn_implementation)
         except OSError as err:
             if os.path.exists(path):
                 raise
             raise hub_load_error(name, err) from err
+        except SafetensorError as err:  # a truncated or corrupted weights file: name the directory holding it
+            raise ValueError(f"{name}: the weights cannot be read ({err}); the *.safetensors files there are "
+                             f"damaged or incomplete") from err
         return drop_gguf_quantizer(model)
 
     @classmethod

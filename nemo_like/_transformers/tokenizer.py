@@ -30,10 +30,12 @@ def build_tokenizer(
         kwargs["gguf_file"] = gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, *args, trust_remote_code=trust_remote_code, **kwargs)
-    except OSError as err:
-        if os.path.exists(path):
-            raise
-        raise hub_load_error(name, err) from err
+    except (OSError, ValueError) as err:
+        if not os.path.exists(path):
+            raise hub_load_error(name, err) from err
+        # A local directory without usable tokenizer files: say which, in one line.
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ValueError(f"{name}: no tokenizer could be loaded from this directory ({first})") from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

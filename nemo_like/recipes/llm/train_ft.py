@@ -193,8 +193,11 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         from nemo_like._transformers.tokenizer import build_tokenizer
 
         if self.model_id is None:
-            raise ValueError("model.pretrained_model_name_or_path: needed to build the tokenizer (or add a tokenizer section)")
-        return build_tokenizer(self.model_id)
+            raise ConfigError("model.pretrained_model_name_or_path: needed to build the tokenizer (or add a tokenizer section)")
+        try:
+            return build_tokenizer(self.model_id)
+        except ValueError as err:
+            raise ConfigError(f"model.pretrained_model_name_or_path: {err}") from err
 
     def _build_model(self) -> torch.nn.Module:
         quantized = self.cfg.get("quantization", None) is not None
@@ -346,8 +349,8 @@ class TrainFinetuneRecipeForNextTokenPrediction:
                 self.metric_loggers.log_metrics(accuracy, max(self.step_scheduler.step - 1, 0))
             if self.evaluation and status == "success":
                 result["evaluation"] = self._run_lm_evaluation()
-            if self.dist.is_main and os.path.isfile(self.train_log.path):
-                self._plot_loss_curves()
+            if self.dist.is_main and os.path.isfile(self.train_log.path) and status == "success":
+                self._plot_loss_curves()  # not on the way out of a preempted run: the grace period is short
         except BaseException:
             self.metric_loggers.finish("failed")
             raise
