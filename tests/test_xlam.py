@@ -63,10 +63,10 @@ def test_shipped_data_is_what_the_generator_makes_and_loads(tmp_path, tiny_token
 @pytest.mark.parametrize(
     "bad, pattern",
     [
-        ({**ROW, "answers": "[{'name': 'get_weather'}]"}, r"xlam\.json:2: 'answers' is not valid JSON"),
-        ({**ROW, "tools": "not json"}, r"xlam\.json:2: 'tools' is not valid JSON"),
-        ({"query": "q", "answers": "[]"}, r"xlam\.json:2: an xLAM row needs \['tools'\]"),
-        ({**ROW, "answers": json.dumps([{"arguments": {}}])}, r"xlam\.json:2: answers\[0\] needs a 'name'"),
+        ({**ROW, "answers": "[{'name': 'get_weather'}]"}, r"xlam\.json\[1\]: 'answers' is not valid JSON"),
+        ({**ROW, "tools": "not json"}, r"xlam\.json\[1\]: 'tools' is not valid JSON"),
+        ({"query": "q", "answers": "[]"}, r"xlam\.json\[1\]: an xLAM row needs \['tools'\]"),
+        ({**ROW, "answers": json.dumps([{"arguments": {}}])}, r"xlam\.json\[1\]: answers\[0\] needs a 'name'"),
     ],
     ids=["answer-not-json", "tools-not-json", "missing-tools", "call-without-name"],
 )

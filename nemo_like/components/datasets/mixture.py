@@ -336,23 +336,30 @@ def _takes(target: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def instantiate_dataset(node: ConfigNode, **runtime: Any) -> Any:
+def instantiate_dataset(node: ConfigNode, defaults: dict[str, Any] | None = None, **runtime: Any) -> Any:
     """Build a ``dataset:`` section; datasets nested in it (a mixture's members) get the runtime arguments too.
 
-    A member may carry ``mixture_proportion`` next to its own keys; it is taken off the
-    member and handed to the mixture as the list of proportions, in member order.
+    ``defaults`` are arguments the YAML may override (the model's context ``max_length``):
+    each goes to a dataset that takes it and does not set it. A member may carry
+    ``mixture_proportion`` next to its own keys; it is taken off the member and handed to
+    the mixture as the list of proportions, in member order.
     """
+    defaults = dict(defaults or {})
     members = node.get("datasets")
     if not (isinstance(members, list) and members and all(isinstance(m, ConfigNode) and "_target_" in m
                                                           for m in members)):
-        return node.instantiate(**runtime)
+        extra = {}
+        if defaults and "_target_" in node:
+            target = resolve_target(node["_target_"], f"{node.node_path or 'dataset'}._target_")
+            extra = {k: v for k, v in defaults.items() if k not in node and k not in runtime and _takes(target, k)}
+        return node.instantiate(**runtime, **extra)
     built, proportions = [], []
     for member in members:
         proportions.append(member.get("mixture_proportion"))
         keys = {k: v for k, v in member.items() if k != "mixture_proportion"}
         plain = ConfigNode(keys, path=member.node_path)
         target = resolve_target(plain["_target_"], f"{member.node_path}._target_")
-        built.append(instantiate_dataset(plain, **{k: v for k, v in runtime.items() if _takes(target, k)}))
+        built.append(instantiate_dataset(plain, defaults, **{k: v for k, v in runtime.items() if _takes(target, k)}))
     extra: dict[str, Any] = {"datasets": built}
     where = node.node_path or "dataset"
     if any(p is not None for p in proportions):

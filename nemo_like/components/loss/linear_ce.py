@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nemo_like.components.loss.masked_ce import nonzero_count
+
 # Bytes of fp32 logits one chunk may hold when chunk_size is not given (a few hundred rows at vocab 49,152).
 _DEFAULT_CHUNK_BYTES = 64 * 2**20
 
@@ -172,7 +174,7 @@ class FusedLinearCrossEntropy:
                 not self.only_labelled, needs,
             )
         if num_label_tokens is not None:
-            return total / num_label_tokens
+            return total / nonzero_count(num_label_tokens)  # no label tokens: 0, not 0 / 0
         if self.reduction == "mean":
             count = targets.numel() if self.only_labelled else (targets != self.ignore_index).sum()
             return total / max(count, 1) if isinstance(count, int) else total / count.clamp(min=1)

@@ -33,7 +33,10 @@ class MaskedCrossEntropy:
         mask: torch.Tensor | None = None,
         num_label_tokens: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return the summed token loss, divided by ``num_label_tokens`` when given."""
+        """Return the summed token loss, divided by ``num_label_tokens`` when given.
+
+        A batch (or a whole step) without label tokens gives 0, not NaN, still attached to the graph.
+        """
         if mask is not None:
             labels = labels.masked_fill(mask == 0, self.ignore_index)
         if self.fp32_upcast:
@@ -45,7 +48,17 @@ class MaskedCrossEntropy:
         if self.reduction == "none":
             return loss
         if num_label_tokens is not None:
-            return loss / num_label_tokens
+            return loss / nonzero_count(num_label_tokens)
         if self.reduction == "mean":
             return loss / (labels != self.ignore_index).sum().clamp(min=1)
         return loss
+
+
+def nonzero_count(count: int | torch.Tensor) -> int | torch.Tensor:
+    """A label count to divide by: a step without label tokens has a summed loss of 0, and 0 / 0 would be NaN.
+
+    Dividing by 1 instead keeps that step's loss 0 and in the graph (backward gives zero gradients).
+    """
+    if isinstance(count, torch.Tensor):
+        return count.clamp(min=1)
+    return max(count, 1)

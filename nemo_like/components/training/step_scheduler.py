@@ -3,6 +3,10 @@
 Steps are 0-based: while the loop body runs, ``step`` is the index of the optimizer
 step being taken, so ``max_steps: 10`` ends with step 9 (``epoch_0_step_9``).
 
+How long a run is: ``max_steps`` alone trains exactly that many steps, epoch after epoch;
+``num_epochs`` alone trains that many epochs; with both, whichever ends first; with
+neither, 10 epochs (NeMo AutoModel's default).
+
 A streamed dataset (an ``IterableDataset``) has no length, so nothing says how many steps
 an epoch holds: such a run needs ``max_steps``, an epoch is one pass over the stream
 (it ends when the data loader does), and without ``num_epochs`` the passes go on until
@@ -18,6 +22,9 @@ from typing import Any
 from nemo_like.config.loader import ConfigError
 
 
+_DEFAULT_EPOCHS = 10  # NeMo AutoModel's num_epochs when max_steps is not given either
+
+
 def _epoch_len(dataloader: Iterable | None, grad_acc_steps: int) -> int | None:
     """Optimizer steps in one pass over the loader, or None for a stream (no ``len``)."""
     if dataloader is None:
@@ -27,6 +34,20 @@ def _epoch_len(dataloader: Iterable | None, grad_acc_steps: int) -> int | None:
     except (TypeError, NotImplementedError):
         return None
     return math.ceil(batches / grad_acc_steps)
+
+
+def _whole(field: str, value: Any, *, optional: bool = False, hint: str = "") -> int | None:
+    """``value`` as a positive integer (integral floats such as ``1e3`` count), else a ConfigError naming the field."""
+    if value is None and optional:
+        return None
+    number = value
+    if isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        what = "a positive integer" + (" or null" if optional else "")
+        key = field if "." in field or " " in field else f"step_scheduler.{field}"
+        raise ConfigError(f"{key}: expected {what}{hint}, got {value!r}")
+    return number
 
 
 class StepScheduler:
@@ -45,8 +66,15 @@ class StepScheduler:
         max_steps: int | None = None,
         dataloader: Iterable | None = None,
     ) -> None:
-        if global_batch_size <= 0 or local_batch_size <= 0 or dp_size <= 0:
-            raise ConfigError("step_scheduler: global_batch_size, local_batch_size and dp_size must be positive")
+        global_batch_size = _whole("global_batch_size", global_batch_size)
+        local_batch_size = _whole("local_batch_size", local_batch_size)
+        dp_size = _whole("dp_size (data-parallel ranks)", dp_size)
+        ckpt_every_steps = _whole("ckpt_every_steps", ckpt_every_steps, optional=True,
+                                  hint=" (null saves at each epoch end and at the last step)")
+        val_every_steps = _whole("val_every_steps", val_every_steps, optional=True,
+                                 hint=" (null turns validation off)")
+        num_epochs = _whole("num_epochs", num_epochs, optional=True)
+        max_steps = _whole("max_steps", max_steps, optional=True)
         if global_batch_size % (local_batch_size * dp_size) != 0:
             raise ConfigError(
                 f"step_scheduler.global_batch_size: {global_batch_size} is not divisible by "
@@ -58,24 +86,27 @@ class StepScheduler:
         self.grad_acc_steps = global_batch_size // (local_batch_size * dp_size)
         self.dataloader = dataloader
         self.epoch_len = _epoch_len(dataloader, self.grad_acc_steps)
+        if self.epoch_len == 0:
+            raise ConfigError("dataloader: one pass over the data gives no batches (an empty dataset, or "
+                              f"drop_last with fewer rows than step_scheduler.local_batch_size {local_batch_size})")
         if max_steps is None:
             if self.epoch_len is None:
                 raise ConfigError(
                     "step_scheduler.max_steps: required when the dataset is streamed "
                     "(an IterableDataset has no length to count epochs in)"
                 )
-            max_steps = (10 if num_epochs is None else num_epochs) * self.epoch_len
-        if int(max_steps) <= 0:
-            raise ConfigError(f"step_scheduler.max_steps: must be > 0, got {max_steps}")
-        if num_epochs is None:  # a stream runs pass after pass until max_steps
-            num_epochs = 10 if self.epoch_len is not None else math.inf
-        self.num_epochs = num_epochs
-        self.max_steps = int(max_steps)
+            num_epochs = _DEFAULT_EPOCHS if num_epochs is None else num_epochs
+            max_steps = num_epochs * self.epoch_len
+        # max_steps without num_epochs: as many epochs as the steps take (the steps end the run).
+        self.num_epochs: float = math.inf if num_epochs is None else num_epochs
+        self.max_steps = max_steps
         self.ckpt_every_steps = ckpt_every_steps or self.epoch_len or self.max_steps
         self.val_every_steps = val_every_steps
         self.step = start_step
         self.epoch = start_epoch
         self._epoch_step = 0
+        self._last_in_epoch = False
+        self._empty_passes = 0
         self.sigterm = False
 
     @property
@@ -97,6 +128,11 @@ class StepScheduler:
         self._last_in_epoch = False
         iterator = iter(self.dataloader)
         batch = next(iterator, None)
+        # One empty pass can be a resumed loader that stood at its epoch's end; two in a row would loop forever.
+        self._empty_passes = self._empty_passes + 1 if batch is None else 0
+        if self._empty_passes > 1:
+            raise ConfigError(f"dataloader: epochs {self.epoch - 1} and {self.epoch} gave no batches "
+                              "(an empty dataset or stream?)")
         while batch is not None and not self.done:
             buffer.append(batch)
             batch = next(iterator, None)

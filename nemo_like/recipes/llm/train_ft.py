@@ -101,9 +101,10 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         self.model_id = cfg.get("model.pretrained_model_name_or_path")
         self.tokenizer = self._build_tokenizer()
         # Data before the model: a bad row stops the run in seconds, before anything is written.
-        self.dataset = build_dataset(cfg, "dataset", self.tokenizer)
+        context = self._model_context_length()  # a row longer than the model takes is refused (or truncated) now
+        self.dataset = build_dataset(cfg, "dataset", self.tokenizer, max_length=context)
         has_val = "validation_dataset" in cfg
-        self.val_dataset = build_dataset(cfg, "validation_dataset", self.tokenizer) if has_val else None
+        self.val_dataset = build_dataset(cfg, "validation_dataset", self.tokenizer, max_length=context) if has_val else None
         sched = vars(sections.step_scheduler)
         loader_args = {"tokenizer": self.tokenizer, "dist": self.dist, "seed": self.rng.seed,
                        "ranked": bool(getattr(self.rng, "ranked", False))}
@@ -186,6 +187,22 @@ class TrainFinetuneRecipeForNextTokenPrediction:
             for log in (self.train_log, self.val_log):
                 drop_records_after(log.path, done)
         return list(losses.get("train", []))[: done + 1]
+
+    def _model_context_length(self) -> int | None:
+        """The model's context from its config file, read before the data is built; None when it cannot be told."""
+        if not isinstance(self.model_id, str):
+            return None
+        from transformers import AutoConfig
+
+        from nemo_like._transformers.embedded import resolve_pretrained_path, split_gguf_path
+        from nemo_like.components.datasets.llm.context_limit import context_length_of
+
+        try:
+            path, gguf_file = split_gguf_path(resolve_pretrained_path(self.model_id))
+            config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        except (OSError, ValueError):  # the model loader reports an unreadable config in its own words
+            return None
+        return context_length_of(config)
 
     def _build_tokenizer(self) -> Any:
         if "tokenizer" in self.cfg:

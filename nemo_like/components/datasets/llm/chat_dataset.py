@@ -21,6 +21,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import (
     is_padding_to_max_length,
     is_truncation_on,
@@ -43,15 +44,25 @@ SHAREGPT_ROLES = {
 _PROBE_TOOL, _PROBE_CALL = "nemo_like_probe_tool", "nemo_like_probe_call"
 
 
-def _text(where: str, index: int, content: Any) -> str:
-    """Message content as one string: None -> "", a list of OpenAI text parts joined."""
-    if content is None:
-        return ""
+def _text(where: str, index: int, message: dict[str, Any]) -> str:
+    """A message's content as one string; a list of OpenAI text parts is joined.
+
+    ``content`` is required; only an assistant message that makes tool calls may leave it
+    out or null (the OpenAI format does).
+    """
+    if "content" not in message or message["content"] is None:
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            return ""
+        said = "is null" if "content" in message else "is missing"
+        raise DatasetError(f"{where}: message {index} ({message['role']}): 'content' {said}")
+    content = message["content"]
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    raise DatasetError(f"{where}: message {index}: content must be a string or a list of text parts")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise DatasetError(f"{where}: message {index} ({message['role']}): 'content' must be a string (or a list of "
+                       f"{{type: text, text}} parts), got {type(content).__name__}")
 
 
 def _call_with_object_arguments(where: str, index: int, call: Any) -> dict[str, Any]:
@@ -79,7 +90,7 @@ def sharegpt_to_messages(where: str, turns: Any) -> list[dict[str, Any]]:
         raise DatasetError(f"{where}: 'conversations' must be a list of turns")
     messages = []
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "from" not in turn:
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise DatasetError(f"{where}: conversations[{i}] needs a 'from' and a 'value'")
         speaker = str(turn["from"]).lower()
         if speaker not in SHAREGPT_ROLES:
@@ -139,7 +150,11 @@ class ChatDataset(Dataset):
     (converted). The tokenizer's chat template renders them, or ``chat_template`` (a
     Jinja string or a path to a ``.jinja`` file). Each assistant turn's end-of-turn
     token is supervised even when the tokenizer pads with it. A bad row is an error
-    naming its file and line, or is skipped and counted with ``skip_invalid_samples``.
+    naming its file and line, or is skipped and counted with ``skip_invalid_samples``; every
+    message needs a known ``role`` and a string ``content`` (an assistant message with
+    ``tool_calls`` may leave it null). A row longer than ``seq_length``, or without it than
+    the model's context ``max_length`` (see ``context_limit``), is such an error, or is cut
+    with ``truncation`` (the count is logged once).
     Items hold pre-shifted ``input_ids`` / ``labels`` / ``attention_mask`` lists.
     """
 
@@ -156,6 +171,7 @@ class ChatDataset(Dataset):
         skip_invalid_samples: bool = False,
         limit_dataset_samples: int | None = None,
         start_of_turn_token: str | None = None,
+        max_length: int | None = None,
     ) -> None:
         # start_of_turn_token is accepted for NeMo YAMLs; turns are found by rendering, not by a marker.
         del start_of_turn_token
@@ -166,6 +182,7 @@ class ChatDataset(Dataset):
         self.seq_length = seq_length
         self.pad_to_seq_length = is_padding_to_max_length(padding)
         self.truncate = is_truncation_on(truncation)
+        self.row_limit = RowLimit(tokenizer, max_length, seq_length, self.truncate, source=path_or_dataset_id)
         self.mask_history = mask_history
         self.pad_token_id = pad_token_id_of(tokenizer)
         self._renders_tools: bool | None = None
@@ -193,6 +210,7 @@ class ChatDataset(Dataset):
         if not self.samples:
             why = f" ({self.skipped} skipped)" if self.skipped else ""
             raise DatasetError(f"{path_or_dataset_id}: no usable rows{why}")
+        self.row_limit.report()
 
     def _template(self, chat_template: str | None) -> str:
         template = chat_template
@@ -225,12 +243,16 @@ class ChatDataset(Dataset):
     def _checked(self, where: str, messages: list[Any]) -> list[dict[str, Any]]:
         checked = []
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or "role" not in message:
-                raise DatasetError(f"{where}: message {i} needs a 'role' and a 'content'")
-            if message["role"] not in ROLES:
-                raise DatasetError(f"{where}: message {i}: unknown role {message['role']!r}; use one of {list(ROLES)}")
+            if not isinstance(message, dict):
+                raise DatasetError(f"{where}: message {i} must be an object with a 'role' and a 'content', "
+                                   f"got {type(message).__name__}")
+            if "role" not in message:
+                raise DatasetError(f"{where}: message {i}: 'role' is missing; the message has {sorted(message)}")
+            role = message["role"]
+            if not isinstance(role, str) or role not in ROLES:
+                raise DatasetError(f"{where}: message {i}: unknown role {role!r}; use one of {list(ROLES)}")
             clean = dict(message)
-            clean["content"] = _text(where, i, message.get("content"))
+            clean["content"] = _text(where, i, message)
             if clean.get("tool_calls") is None:
                 clean.pop("tool_calls", None)
             elif clean["role"] != "assistant" or not isinstance(clean["tool_calls"], list):
@@ -303,15 +325,12 @@ class ChatDataset(Dataset):
             piece = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             ids += piece
             labels += piece if supervised else [-100] * len(piece)
-        limit = None if self.seq_length is None else self.seq_length + 1  # one extra: the pair is shifted
-        if limit is not None and len(ids) > limit:
-            if not self.truncate:
-                raise DatasetError(f"{where}: {len(ids) - 1} tokens exceed seq_length {self.seq_length}; "
-                                   "raise seq_length or set truncation: true")
-            ids, labels = ids[:limit], labels[:limit]
+        keep = self.row_limit.keep(where, len(ids) - 1) + 1  # n tokens are n - 1 model inputs once shifted
+        ids, labels = ids[:keep], labels[:keep]
         sample = shift_and_pad(ids, labels, self.seq_length if self.pad_to_seq_length else None, self.pad_token_id)
         if sample is None:
-            raise DatasetError(f"{where}: no assistant token is left to learn from (truncated to seq_length?)")
+            raise DatasetError(f"{where}: no assistant token is left to learn from after truncation to "
+                               f"{self.row_limit.describe()}")
         return sample
 
     def __len__(self) -> int:

@@ -18,7 +18,8 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from nemo_like.components.datasets.json_rows import DatasetError
-from nemo_like.components.datasets.llm.formatting_utils import load_rows, shift_and_pad
+from nemo_like.components.datasets.llm.context_limit import RowLimit
+from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, load_rows, shift_and_pad
 from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
 
 _COLUMNS = ("context", "question", "answer")
@@ -35,7 +36,9 @@ class ColumnMappedTextInstructionDataset(Dataset):
     Each item holds ``input_ids``, ``labels`` and ``attention_mask`` as lists, already
     shifted by one (``labels[i]`` is the token after ``input_ids[i]``), with -100 on
     prompt tokens. The end-of-sequence / end-of-turn token after the answer is always
-    supervised, also when the tokenizer pads with it.
+    supervised, also when the tokenizer pads with it. A row longer than ``seq_length``, or
+    without it than the model's context ``max_length`` (see ``context_limit``), is an error
+    naming it, or has its answer cut with ``truncation`` (the count is logged once).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class ColumnMappedTextInstructionDataset(Dataset):
         prompt_func: str | Callable[[dict[str, Any]], str] | None = None,
         completion_template: str | None = None,
         completion_func: str | Callable[[dict[str, Any]], str] | None = None,
+        max_length: int | None = None,
     ) -> None:
         if tokenizer is None:
             raise DatasetError("dataset: a tokenizer is required")
@@ -74,7 +78,8 @@ class ColumnMappedTextInstructionDataset(Dataset):
         self.answer_only_loss_mask = answer_only_loss_mask
         self.seq_length = seq_length
         self.pad_to_seq_length = padding in ("max_length", True)
-        self.truncate = truncation not in (False, None, "do_not_truncate")
+        self.truncate = is_truncation_on(truncation)
+        self.row_limit = RowLimit(tokenizer, max_length, seq_length, self.truncate, source=path_or_dataset_id)
         self.use_hf_chat_template = use_hf_chat_template and getattr(tokenizer, "chat_template", None) is not None
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._load_samples(path_or_dataset_id, split, limit_dataset_samples)
@@ -89,6 +94,7 @@ class ColumnMappedTextInstructionDataset(Dataset):
         self.locations = [where for where, s in tokenized if s is not None]  # file:line of each sample
         if not self.samples:
             raise DatasetError(f"{path_or_dataset_id}: no usable rows")
+        self.row_limit.report()
 
     def _column(self, where: str, row: dict[str, Any], key: str) -> str | None:
         name = self.column_mapping.get(key)
@@ -138,19 +144,13 @@ class ColumnMappedTextInstructionDataset(Dataset):
         answer = self._answer_text(where, row)
         prompt_text = self._prompt_text(where, row)
         prompt_ids, answer_ids = self._prompt_and_answer_ids(prompt_text, answer)
-        # One extra token because the pair is shifted: seq_length counts model inputs.
-        limit = None if self.seq_length is None else self.seq_length + 1
-        if limit is not None and len(prompt_ids) >= limit - 1:
-            raise DatasetError(
-                f"{where}: the prompt alone is {len(prompt_ids)} tokens, not shorter than seq_length {self.seq_length}"
-            )
-        if limit is not None and len(prompt_ids) + len(answer_ids) > limit:
-            if not self.truncate:
-                raise DatasetError(
-                    f"{where}: {len(prompt_ids) + len(answer_ids)} tokens exceed seq_length {self.seq_length}; "
-                    "raise seq_length or set truncation: true"
-                )
-            answer_ids = answer_ids[: limit - len(prompt_ids)]
+        # Lengths count model inputs: the pair is shifted, so n tokens are n - 1 inputs.
+        limit = self.row_limit.limit
+        if limit is not None and len(prompt_ids) >= limit:
+            raise DatasetError(f"{where}: the prompt alone is {len(prompt_ids)} tokens, not shorter than "
+                               f"{self.row_limit.describe()}; truncation cuts only the answer, shorten the prompt")
+        keep = self.row_limit.keep(where, len(prompt_ids) + len(answer_ids) - 1)
+        answer_ids = answer_ids[: keep + 1 - len(prompt_ids)]
         ids = prompt_ids + answer_ids
         if self.answer_only_loss_mask:
             labels = [-100] * len(prompt_ids) + answer_ids

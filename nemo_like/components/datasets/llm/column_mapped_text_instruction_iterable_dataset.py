@@ -37,6 +37,9 @@ class ColumnMappedTextInstructionIterableDataset(IterableDataset):
     pass) instead of ending (the recipe turns it off: its epochs repeat the data). Rows
     are dealt round-robin over data-parallel ranks and dataloader workers. The prompt and
     completion may be written by templates or functions, as in the map-style dataset.
+    Rows longer than ``seq_length`` (or, without it, the model's context ``max_length``)
+    are an error, or cut with ``truncation``; the cut rows are counted and logged once,
+    at the end of the first pass.
     """
 
     def __init__(
@@ -57,13 +60,14 @@ class ColumnMappedTextInstructionIterableDataset(IterableDataset):
         prompt_func: str | Callable[[dict[str, Any]], str] | None = None,
         completion_template: str | None = None,
         completion_func: str | Callable[[dict[str, Any]], str] | None = None,
+        max_length: int | None = None,
     ) -> None:
         self._format = _RowFormatter(
             path_or_dataset_id, column_mapping, tokenizer, split=split, answer_only_loss_mask=answer_only_loss_mask,
             seq_length=seq_length, padding=padding, truncation=truncation,
             use_hf_chat_template=use_hf_chat_template, start_of_turn_token=start_of_turn_token,
             prompt_template=prompt_template, prompt_func=prompt_func,
-            completion_template=completion_template, completion_func=completion_func,
+            completion_template=completion_template, completion_func=completion_func, max_length=max_length,
         )
         self.pad_token_id = self._format.pad_token_id
         self.source = path_or_dataset_id
@@ -112,6 +116,7 @@ class ColumnMappedTextInstructionIterableDataset(IterableDataset):
                 yield sample
             if state["yielded"] == 0:
                 raise DatasetError(f"{self.source}: a whole pass produced no usable rows")
+            self._format.row_limit.report()  # rows cut to the length limit: counted over the first pass, logged once
             self._state = self._start_of_pass(state["pass"] + 1)  # the next iteration (or resume) starts over
             if not self.repeat_on_exhaustion:
                 return

@@ -14,10 +14,11 @@ from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_
 
 
 def load_rows(path_or_dataset_id: str | Sequence[str], split: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """Rows with a location label (``file:line``, or ``dataset[i]``) from local JSON/JSONL files or a hub dataset."""
+    """Rows with a location label (``file:line``, ``file[i]`` in a JSON array, or ``dataset[i]``) from local
+    JSON/JSONL files or a hub dataset."""
     if is_local_data_path(path_or_dataset_id):
         paths = [path_or_dataset_id] if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
-        rows = [(f"{p}:{line}", row) for p in paths for line, row in read_json_rows(p)]
+        rows = [located for p in paths for located in read_json_rows(p)]
         return slice_split(rows, split)
     try:
         import datasets

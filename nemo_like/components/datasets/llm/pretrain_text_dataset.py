@@ -9,7 +9,10 @@ pretraining; the EOS between documents tells the model where one ends.
 
 With ``seq_length: null`` each document is a sample of its own (shifted, all supervised),
 which is the layout to combine with ``packed_sequence``: packing then lays documents end
-to end with restarting positions and no attention across documents.
+to end with restarting positions and no attention across documents. Unpacked, such a
+document may not be longer than the model's context (``max_length``, see
+``context_limit``): that is an error naming it, or it is cut with ``truncation``. A
+``seq_length`` longer than the context is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from nemo_like.components.datasets.json_rows import DatasetError
-from nemo_like.components.datasets.llm.formatting_utils import load_rows, pad_token_id_of
+from nemo_like.components.datasets.llm.context_limit import RowLimit
+from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, load_rows, pad_token_id_of
 
 
 def row_text(where: str, row: dict[str, Any], text_column: str) -> str:
@@ -60,6 +64,11 @@ def check_seq_length(seq_length: int | None) -> int | None:
     return seq_length
 
 
+def fit_document(row_limit: RowLimit, where: str, ids: list[int]) -> list[int]:
+    """A whole document as one sample (``seq_length: null``): within the model's context, or cut to it."""
+    return ids[: row_limit.keep(where, len(ids) - 1) + 1]
+
+
 def cut_blocks(stream: list[int], seq_length: int, drop_remainder: bool) -> Iterable[tuple[int, list[int]]]:
     """(start, tokens) of each block: ``seq_length + 1`` tokens every ``seq_length`` tokens."""
     start = 0
@@ -88,11 +97,15 @@ class PretrainTextDataset(Dataset):
         text_column: str = "text",
         limit_dataset_samples: int | None = None,
         drop_remainder: bool = True,
+        truncation: str | bool = "do_not_truncate",
+        max_length: int | None = None,
     ) -> None:
         if tokenizer is None:
             raise DatasetError("dataset: a tokenizer is required")
         self.seq_length = check_seq_length(seq_length)
         self.pad_token_id = pad_token_id_of(tokenizer)
+        self.row_limit = RowLimit(tokenizer, max_length, self.seq_length, is_truncation_on(truncation),
+                                  source=path_or_dataset_id)
         rows = load_rows(path_or_dataset_id, split)
         if limit_dataset_samples is not None:
             rows = rows[: int(limit_dataset_samples)]
@@ -104,7 +117,7 @@ class PretrainTextDataset(Dataset):
         if self.seq_length is None:
             for (where, _), ids in zip(texts, documents):
                 if len(ids) >= 2:
-                    self.samples.append(sample_from(ids))
+                    self.samples.append(sample_from(fit_document(self.row_limit, where, ids)))
                     self.locations.append(where)
         else:
             stream = [t for ids in documents for t in ids]
@@ -121,6 +134,7 @@ class PretrainTextDataset(Dataset):
         if not self.samples:
             hint = "" if self.seq_length is None else f" (fewer than seq_length {self.seq_length} + 1 tokens in all)"
             raise DatasetError(f"{path_or_dataset_id}: no training blocks{hint}")
+        self.row_limit.report()
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -16,10 +16,12 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from nemo_like.components.datasets.json_rows import DatasetError
-from nemo_like.components.datasets.llm.formatting_utils import pad_token_id_of
+from nemo_like.components.datasets.llm.context_limit import RowLimit
+from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, pad_token_id_of
 from nemo_like.components.datasets.llm.pretrain_text_dataset import (
     check_seq_length,
     document_tokens,
+    fit_document,
     row_text,
     sample_from,
 )
@@ -45,11 +47,15 @@ class PretrainTextIterableDataset(IterableDataset):
         limit_dataset_samples: int | None = None,
         drop_remainder: bool = True,
         repeat_on_exhaustion: bool = True,
+        truncation: str | bool = "do_not_truncate",
+        max_length: int | None = None,
     ) -> None:
         if tokenizer is None:
             raise DatasetError("dataset: a tokenizer is required")
         self.tokenizer = tokenizer
         self.seq_length = check_seq_length(seq_length)
+        self.row_limit = RowLimit(tokenizer, max_length, self.seq_length, is_truncation_on(truncation),
+                                  source=path_or_dataset_id)
         self.pad_token_id = pad_token_id_of(tokenizer)
         self.source = path_or_dataset_id
         self.split = split
@@ -75,7 +81,10 @@ class PretrainTextIterableDataset(IterableDataset):
 
     # ------------------------------------------------------------------ reading
     def _documents(self, state: dict[str, Any]) -> Iterator[tuple[dict[str, Any], int, list[int], dict[str, Any]]]:
-        """(reader position before the document, its number, its tokens, position after it) from the head on."""
+        """(reader position before the document, its number, its tokens, position after it) from the head on.
+
+        Without ``seq_length`` a document is a sample of its own, so it is held to the model's context here.
+        """
         position = dict(state["head"])
         rows = local_rows(self.paths, position) if self.paths else hub_rows(self.source, self.split, position)
         number = state["document"]
@@ -84,7 +93,10 @@ class PretrainTextIterableDataset(IterableDataset):
                 return
             text = row_text(where, row, self.text_column)
             if text.strip():
-                yield position, number, document_tokens(self.tokenizer, [text])[0], after
+                tokens = document_tokens(self.tokenizer, [text])[0]
+                if self.seq_length is None and len(tokens) >= 2:
+                    tokens = fit_document(self.row_limit, where, tokens)
+                yield position, number, tokens, after
             position = after
             number += 1
 
@@ -145,6 +157,7 @@ class PretrainTextIterableDataset(IterableDataset):
             yield from self._one_pass(state)
             if self._state["block"] == 0:
                 raise DatasetError(f"{self.source}: a whole pass produced no training blocks")
+            self.row_limit.report()  # documents cut to the model's context: logged once, after the first pass
             self._state = self._start_of_pass(state["pass"] + 1)  # the next iteration (or resume) starts over
             if not self.repeat_on_exhaustion:
                 return

@@ -7,14 +7,18 @@ on from exactly the next row.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import get_worker_info
 
-from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path, read_json_rows
+from nemo_like.components.datasets.json_rows import (
+    DatasetError,
+    check_data_file,
+    is_local_data_path,
+    parse_jsonl_line,
+    read_json_rows,
+)
 
 Row = tuple[str, dict[str, Any], dict[str, Any]]  # (location, row, position after the row)
 
@@ -36,45 +40,36 @@ def shard() -> tuple[int, int]:
 
 
 def local_paths(path_or_dataset_id: str | Sequence[str], split: str | None) -> list[str] | None:
-    """The checked local files to stream, or None for a hub dataset id."""
+    """The checked local files to stream (present, not empty, text), or None for a hub dataset id."""
     if not is_local_data_path(path_or_dataset_id):
         return None
     paths = [path_or_dataset_id] if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
-    paths = [os.path.expanduser(p) for p in paths]
-    for path in paths:
-        if not os.path.isfile(path):
-            raise DatasetError(f"{path}: data file not found")
+    paths = [check_data_file(p) for p in paths]
     if split and "[" in split:
         raise DatasetError(f"split {split!r}: slicing needs the whole file; use the map-style dataset")
     return paths
 
 
 def local_rows(paths: list[str], position: dict[str, Any]) -> Iterator[Row]:
-    """Rows of local files from ``position`` on."""
+    """Rows of local files from ``position`` on (``offset``: a byte in JSONL, a row index in a JSON array)."""
     for index in range(position["file"], len(paths)):
         path = paths[index]
         first = index == position["file"]
         offset, line = (position["offset"], position["line"]) if first else (0, 0)
-        if path.endswith(".json"):  # a JSON list cannot be streamed; read it and walk its rows
+        if path.endswith(".json"):  # a JSON array cannot be streamed; read it and walk its rows
             rows = read_json_rows(path)
-            for number, row in rows[offset:]:
+            for where, row in rows[offset:]:
                 offset += 1
-                yield f"{path}:{number}", row, {**position, "file": index, "offset": offset, "line": number}
+                yield where, row, {**position, "file": index, "offset": offset, "line": offset}
             continue
         with open(path, "rb") as f:
             f.seek(offset)
             while raw := f.readline():
                 line += 1
+                row = parse_jsonl_line(path, line, offset, raw)
                 offset = f.tell()
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise DatasetError(f"{path}:{line}: invalid JSON ({type(e).__name__})") from None
-                if not isinstance(row, dict):
-                    raise DatasetError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-                yield f"{path}:{line}", row, {**position, "file": index, "offset": offset, "line": line}
+                if row is not None:
+                    yield f"{path}:{line}", row, {**position, "file": index, "offset": offset, "line": line}
 
 
 def hub_rows(source: str, split: str | None, position: dict[str, Any]) -> Iterator[Row]:

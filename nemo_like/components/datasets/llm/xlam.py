@@ -75,11 +75,13 @@ class XLAMDataset(ChatDataset):
         missing = [key for key in ("query", "tools", "answers") if key not in row]
         if missing:
             raise DatasetError(f"{where}: an xLAM row needs {missing}; the row has {sorted(row)}")
+        if not isinstance(row["query"], str) or not row["query"].strip():
+            raise DatasetError(f"{where}: 'query' must be a non-empty string, got {row['query']!r:.40}")
         tools = parse_json_field(where, "tools", row["tools"])
         if not isinstance(tools, list):
             raise DatasetError(f"{where}: 'tools' must be a JSON list of function specs")
         calls = xlam_calls(where, parse_json_field(where, "answers", row["answers"]))
-        messages = [{"role": "user", "content": str(row["query"])},
+        messages = [{"role": "user", "content": row["query"]},
                     {"role": "assistant", "content": "", "tool_calls": calls}]
         return messages, [xlam_tool_to_openai(where, tool) for tool in tools] or None
 
@@ -95,10 +97,14 @@ def make_xlam_dataset(
     chat_template: str | None = None,
     skip_invalid_samples: bool = False,
     path_or_dataset_id: str | Sequence[str] | None = None,
+    max_length: int | None = None,
 ) -> XLAMDataset:
-    """Build the xLAM dataset from the hub id or local JSON/JSONL (``path_or_dataset_id`` is an alias)."""
+    """Build the xLAM dataset from the hub id or local JSON/JSONL (``path_or_dataset_id`` is an alias).
+
+    ``max_length`` is the model's context, as for :class:`ChatDataset`.
+    """
     return XLAMDataset(
         path_or_dataset_id or dataset_name, tokenizer, split=split, seq_length=seq_length, padding=padding,
         truncation=truncation, chat_template=chat_template, skip_invalid_samples=skip_invalid_samples,
-        limit_dataset_samples=limit_dataset_samples,
+        limit_dataset_samples=limit_dataset_samples, max_length=max_length,
     )
