@@ -54,6 +54,24 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _all_ranks(value: int, op: Any) -> int:
+    if not distributed_run():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=op)
+    return int(t.item())
+
+
+def all_ranks_min(value: int) -> int:
+    """The smallest ``value`` over the ranks, so that every rank takes the same decision; collective."""
+    return _all_ranks(value, dist.ReduceOp.MIN)
+
+
+def all_ranks_max(value: int) -> int:
+    return _all_ranks(value, dist.ReduceOp.MAX)
+
+
 def is_sharded_checkpoint(directory: str) -> bool:
     """A DCP directory (model/ or optim/ of a multi-rank save)."""
     return os.path.isfile(os.path.join(directory, METADATA))
@@ -148,8 +166,10 @@ def save_rank_rng(directory: str, rng: Any) -> None:
     """Ranks other than 0 keep their own RNG stream (a ranked seed differs per rank)."""
     r = rank()
     if r > 0 and rng is not None:
+        from nemo_like.components.checkpoint.disk_space import save_torch
+
         os.makedirs(directory, exist_ok=True)
-        torch.save(rng.state_dict(), os.path.join(directory, f"rng_rank{r}.pt"))
+        save_torch(rng.state_dict(), os.path.join(directory, f"rng_rank{r}.pt"))
 
 
 def rng_file(directory: str) -> str | None:
@@ -233,7 +253,7 @@ def _dcp_load(state: dict[str, Any], directory: str) -> None:
 
 def saved_shapes(directory: str) -> dict[str, tuple[int, ...]]:
     """Global shape of every tensor a DCP directory holds; unreadable or unsafe metadata is a one-line error."""
-    from nemo_like.components.checkpoint.checkpointing import CheckpointError
+    from nemo_like.components.checkpoint.errors import CheckpointError
 
     try:
         metadata = _safe_reader(directory).read_metadata()

@@ -176,7 +176,10 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         on exactly; the metric files lose records of steps that will now be re-run.
         """
         path = self.resume_from
-        if path is None:
+        if path is None:  # a fresh start: records of an earlier attempt killed before its first checkpoint go
+            if self.dist.is_main:
+                for log in (self.train_log, self.val_log):
+                    drop_records_after(log.path, -1)
             return []
         losses = self.checkpointer.load(
             path, self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
