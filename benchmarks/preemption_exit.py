@@ -43,7 +43,9 @@ def one_run(recipe: str, after_step: int) -> dict[str, float | int]:
         if not sent.is_set():
             raise RuntimeError("".join(lines[-20:]))
         saved = [line for line in lines if line.startswith("checkpoint saved")]
-        return {"seconds": exited_at - signalled_at, "exit_code": code, "saved": len(saved)}
+        step = [line for line in lines if line.startswith(f"step {after_step + 1} |")]
+        return {"seconds": exited_at - signalled_at, "exit_code": code, "saved": len(saved),
+                "save_line": saved[-1].strip() if saved else "", "step_line": step[-1].strip() if step else ""}
 
 
 def main() -> None:
@@ -57,6 +59,7 @@ def main() -> None:
             result = one_run(recipe, args.after_step)
             print(f"round {round_} {recipe}: {result['seconds']:.1f} s from SIGTERM to exit, exit code "
                   f"{result['exit_code']}, checkpoints saved {result['saved']}", flush=True)
+            print(f"  {result['step_line'][:120]}\n  {result['save_line']}", flush=True)
 
 
 if __name__ == "__main__":

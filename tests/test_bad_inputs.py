@@ -315,6 +315,7 @@ def _model_cases(tmp: Path, model_dir: str) -> dict[str, tuple[dict, list[str]]]
         "model-bad-attention": ({"model.attn_implementation": "flash_attention_9"}, ["model", "flash_attention_9"]),
         "model-target-typo": ({"model._target_": "nemo_like.NeMoAutoModelForCausalLMM.from_pretrained"},
                               ["model._target_", "NeMoAutoModelForCausalLM"]),
+        "model-unknown-kwarg": ({"model.foo": 1}, ["model.foo"]),
         "model-quantized-without-peft": ({"quantization": {"load_in_4bit": True}}, ["quantization", "peft"]),
         "model-fused-ce-on-lora-head": ({"loss_fn": {"_target_": "nemo_like.components.loss.linear_ce.FusedLinearCrossEntropy"},
                                          "peft": {"_target_": "nemo_like.components._peft.lora.PeftConfig",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import pytest
@@ -292,7 +293,56 @@ def test_gate_refuses_modules_outside_the_allow_list(target: str, monkeypatch: p
     with pytest.raises(ConfigError) as err:
         cfg.model.instantiate()
     text = str(err.value)
-    assert "model._target_" in text and target in text and "NEMO_LIKE_ENABLE_USER_MODULES" in text
+    # These are on the deny list: user modules do not admit them, only the unsafe switch does.
+    assert "model._target_" in text and target in text and "NEMO_LIKE_ALLOW_UNSAFE_TARGETS=1" in text
+    monkeypatch.setenv(loader.USER_MODULES_ENV, "1")
+    with pytest.raises(ConfigError, match="NEMO_LIKE_ALLOW_UNSAFE_TARGETS"):
+        cfg.model.instantiate()
+
+
+RECIPE_TARGETS = [
+    "nemo_like.NeMoAutoModelForCausalLM.from_pretrained", "nemo_like.NeMoAutoModelForCausalLM.from_config",
+    "nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset",
+    "nemo_like.components.datasets.llm.chat_dataset.ChatDataset",
+    "nemo_like.components.datasets.llm.xlam.make_xlam_dataset",
+    "nemo_like.components.datasets.llm.pretrain_text_dataset.PretrainTextDataset",
+    "nemo_like.components.datasets.mixture.make_dataset_mixture",
+    "nemo_like.components.datasets.utils.default_collater",
+    "nemo_like.components.datasets.llm.prompt_functions.alpaca_prompt",
+    "nemo_like.components.loss.masked_ce.MaskedCrossEntropy",
+    "nemo_like.components.loss.linear_ce.FusedLinearCrossEntropy",
+    "nemo_like.components._peft.lora.PeftConfig", "nemo_like.components.distributed.config.FSDP2Config",
+    "nemo_like.components.distributed.config.DDPConfig", "nemo_like.components.training.rng.StatefulRNG",
+    "nemo_like.components.callbacks.EarlyStopping", "nemo_like.components.callbacks.JSONMetricsLogger",
+    "nemo_like.components.loggers.wandb.WandbLogger", "nemo_like.components.distributed.tp_plans.llama_tp_plan",
+    "torchdata.stateful_dataloader.StatefulDataLoader",
+    "torchdata.stateful_dataloader.sampler.StatefulDistributedSampler",
+    "torch.utils.data.DataLoader", "torch.utils.data.default_collate", "torch.optim.AdamW", "torch.optim.adamw.AdamW",
+    "torch.optim.lr_scheduler.LambdaLR", "torch.nn.Linear", "torch.nn.Parameter", "torch.ones", "torch.bfloat16",
+    "transformers.AutoModelForCausalLM.from_pretrained", "transformers.AutoTokenizer.from_pretrained",
+    "transformers.AutoConfig.from_pretrained", "transformers.LlamaConfig", "transformers.BitsAndBytesConfig",
+    "peft.LoraConfig", "datasets.load_dataset",
+]
+
+
+@pytest.mark.parametrize("target", RECIPE_TARGETS)
+def test_gate_admits_the_reviewed_targets(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(loader.USER_MODULES_ENV, raising=False)
+    assert resolve_target(target, "x._target_") is not None
+
+
+@pytest.mark.parametrize("target, why", [
+    ("torch.distributions.Normal", "torch admits"),  # a reviewed package, an unreviewed namespace
+    ("torch.nn.Linear.mro", "torch.nn.Module subclasses"),  # reached through an admitted class
+    ("peft.PeftModel.from_pretrained", "PEFT config classes"),
+    ("nemo_like.components.distributed.grad_clip.clip_grad_norm", "nemo_like's component targets"),
+    ("nemo_like.components.plotting.loss_curves.plot_run", "nemo_like machinery"),
+])
+def test_gate_admits_callables_not_packages(target: str, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(loader.USER_MODULES_ENV, raising=False)
+    with pytest.raises(ConfigError, match=why) as err:
+        resolve_target(target, "x._target_")
+    assert str(err.value).startswith(f"x._target_: refusing {target!r}")
 
 
 def test_gate_refuses_private_and_denied_paths(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,6 +381,32 @@ def test_allow_list_can_be_extended(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_target("json.dumps")
     monkeypatch.setattr(target_gate, "ALLOWED_MODULE_PREFIXES", target_gate.ALLOWED_MODULE_PREFIXES + ("json",))
     assert resolve_target("json.dumps")([1]) == "[1]"
+    # An extension trusts a package's callables, never the deny list inside it.
+    monkeypatch.setattr(target_gate, "ALLOWED_MODULE_PREFIXES", ("torch",))
+    assert resolve_target("torch.distributions.Normal") is torch.distributions.Normal
+    with pytest.raises(ConfigError, match="NEMO_LIKE_ALLOW_UNSAFE_TARGETS"):
+        resolve_target("torch.save")
+
+
+def test_precheck_judges_the_path_without_importing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(loader.USER_MODULES_ENV, raising=False)
+    target_gate.precheck_target("torch.optim.AdamW", "optimizer._target_")
+    target_gate.precheck_target("nemo_like.components._peft.lora.PeftConfig", "peft._target_")
+    for target, why in (("torch.save", "NEMO_LIKE_ALLOW_UNSAFE_TARGETS"), ("evil.py:build", "file target"),
+                        ("nowhere_pkg.build", "not reviewed"), ("torch.nn.Linear.__class__", "private")):
+        with pytest.raises(ConfigError, match=why):
+            target_gate.precheck_target(target, "x._target_")
+    assert "nowhere_pkg" not in sys.modules
+
+
+def test_code_from_files_needs_the_user_modules_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(loader.USER_MODULES_ENV, raising=False)
+    why = "lm-eval imports the Python files its task YAMLs name"
+    target_gate.check_user_code(None, "evaluation.include_path", why)
+    with pytest.raises(ConfigError, match=r"^evaluation\.include_path: refusing .*NEMO_LIKE_ENABLE_USER_MODULES=1"):
+        target_gate.check_user_code(str(tmp_path), "evaluation.include_path", why)
+    monkeypatch.setenv(loader.USER_MODULES_ENV, "1")
+    target_gate.check_user_code(str(tmp_path), "evaluation.include_path", why)
 
 
 def test_misspelled_targets_suggest_the_nearest_name() -> None:

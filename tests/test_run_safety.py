@@ -105,3 +105,26 @@ def test_tracker_params_and_error_text_share_the_rule(monkeypatch):
     flat = flatten_params(redact_config(cfg))
     assert flat == {"wandb.key": REDACTED, "wandb.project": "p", "hub.hub_token": REDACTED, "hub.pad_token": "x",
                     "data.path": REDACTED}
+
+
+BUGGY_PART = '''
+def build(size):
+    table = {"small": 1}
+    return table[size + "_typo"]  # a bug inside the part, not a mistake in the recipe
+'''
+
+
+def test_a_bug_inside_a_part_keeps_its_traceback_naming_what_was_built(tmp_path, monkeypatch):
+    from nemo_like.config.errors import ConfigError
+
+    monkeypatch.setenv("NEMO_LIKE_ENABLE_USER_MODULES", "1")
+    (tmp_path / "parts.py").write_text(BUGGY_PART)
+    node = ConfigNode({"loss_fn": {"_target_": f"{tmp_path / 'parts.py'}:build", "size": "small"}})
+    with pytest.raises(KeyError) as err:
+        node.loss_fn.instantiate()
+    assert not isinstance(err.value, ConfigError)
+    assert any("while building 'loss_fn'" in note for note in err.value.__notes__)
+    # A call that does not fit the signature is still the recipe's mistake, in one line.
+    node = ConfigNode({"loss_fn": {"_target_": f"{tmp_path / 'parts.py'}:build", "sise": "small"}})
+    with pytest.raises(ConfigError, match=r"^loss_fn\._target_: building .*failed: missing a required argument: 'size'.*given \(sise='small'\)"):
+        node.loss_fn.instantiate()

@@ -2,7 +2,7 @@
 
 A recipe is plain YAML; every mapping that names a `_target_` import path is built
 by calling that target with the mapping's other keys. The path goes through the gate
-in `target_gate.py` (an allow-list of packages), so a recipe from the internet cannot
+in `target_gate.py` (an allow-list of callables), so a recipe from the internet cannot
 run `os.system`.
 """
 
@@ -365,21 +365,45 @@ class ConfigNode:
             if name != "_target_" and name not in kwargs
         }
         built.update(kwargs)
+        from nemo_like.config.target_gate import check_call_arguments
+
+        check_call_arguments(target, built, key, raw_target if isinstance(raw_target, str) else None)
+        _check_binding(target, args, built, key, raw_target)
         try:
             return target(*args, **built)
         except ConfigError:
             raise
+        except (ValueError, OSError) as err:
+            # The target judged its inputs (a value, a data row, a file): its own words name the culprit.
+            raise ConfigError(f"{self._path or key}: {err}") from err
         except TypeError as err:
-            # A call that does not fit the target: show what it accepts and what it got.
-            raise ConfigError(
-                f"{key}: building {_describe(raw_target)} failed with {type(err).__name__}: "
-                f"{err}; signature {_signature(target)}; "
-                f"given {_brief_call(args, built)}"
-            ) from err
+            # A keyword the YAML gave that a callee deeper down does not take (through **kwargs).
+            unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if unexpected and unexpected.group(1) in self._data:
+                name = unexpected.group(1)
+                raise ConfigError(f"{_join(self._path, name)}: not an argument that {_describe(raw_target)} "
+                                  f"passes on anywhere ({err})") from err
+            err.add_note(f"(raised while building '{self._path or key}': {_describe(raw_target)})")
+            raise
         except Exception as err:
-            # The target judged its inputs (a data row, a file): its own words name the culprit.
-            kind = "" if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: "
-            raise ConfigError(f"{self._path or key}: {kind}{err}") from err
+            # Anything else is a bug: it keeps its traceback, which ends by naming what was being built.
+            err.add_note(f"(raised while building '{self._path or key}': {_describe(raw_target)})")
+            raise
+
+
+def _check_binding(target: Any, args: tuple, built: dict, key: str, raw_target: Any) -> None:
+    """A call that does not fit the target's signature is the recipe's mistake: one line, what it takes and got."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return  # no signature to hold the call against (some builtins): the call itself decides
+    try:
+        signature.bind(*args, **built)
+    except TypeError as err:
+        raise ConfigError(
+            f"{key}: building {_describe(raw_target)} failed: {err}; signature {_signature(target)}; "
+            f"given {_brief_call(args, built)}"
+        ) from err
 
 
 def _wrap(value: Any, path: str) -> Any:

@@ -1,9 +1,18 @@
-"""The gate that turns a `_target_` import path into an object.
+"""The gate that turns an import path from a recipe or the CLI into an object.
 
-Because the YAML decides what gets imported and called, resolution goes through an
-allow-list of packages and a deny-list of their code-fetching parts: a recipe from the
-internet must not be able to run `os.system`. `path/to/file.py:fn` targets, and modules
-outside the list, need the user's explicit opt-in (NEMO_LIKE_ENABLE_USER_MODULES=1).
+A YAML is untrusted: whatever it names gets imported and called. So every path (``_target_``,
+``*_fn``, ``*_func``, ``tp_plan``, callbacks, trackers) goes through ``resolve_target``, which
+admits callables, not packages: nemo_like's component targets and the reviewed third-party
+constructors in ``gate_rules.py``. A refusal is one line naming the key, the path, why, and
+the opt-in. ``check_call_arguments`` then refuses arguments that run foreign code
+(``trust_remote_code``) or unpickle (``weights_only: false``) unless their own opt-in is set.
+
+Opt-ins (environment): NEMO_LIKE_ENABLE_USER_MODULES=1 admits any module and
+``path/to/file.py:fn`` targets, but not the deny list of process, code, pickle and
+file-writing callables; NEMO_LIKE_ALLOW_UNSAFE_TARGETS=1 turns the gate off;
+NEMO_LIKE_TRUST_REMOTE_CODE=1 and NEMO_LIKE_ALLOW_PICKLE=1 admit those arguments.
+An application embedding nemo_like may add trusted packages or exact paths with
+``target_gate.ALLOWED_MODULE_PREFIXES += ("my_pkg",)`` (the deny list still applies).
 """
 
 from __future__ import annotations
@@ -11,67 +20,133 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import os
 import pkgutil
 import re
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
+from nemo_like.config import gate_rules
 from nemo_like.config.errors import ConfigError
 from nemo_like.config.errors import did_you_mean as _did_you_mean
-
-__all__ = ["ALLOWED_MODULE_PREFIXES", "DENIED_TARGET_PREFIXES", "USER_MODULES_ENV", "resolve_target"]
-
-# Top-level packages (or dotted prefixes) a `_target_` may import. Extend with
-# `target_gate.ALLOWED_MODULE_PREFIXES += ("my_pkg",)`; it is read at every resolution.
-ALLOWED_MODULE_PREFIXES: tuple[str, ...] = (
-    "nemo_like", "torch", "torchdata", "transformers", "peft", "datasets", "safetensors",
+from nemo_like.config.gate_rules import (
+    ALLOW_PICKLE_ENV,
+    TRUST_REMOTE_CODE_ENV,
+    UNSAFE_TARGETS_ENV,
+    USER_MODULES_ENV,
+    canonical_name,
+    pattern_matches,
 )
-# Parts of allowed packages that exist to fetch, compile or launch code; refused too.
-DENIED_TARGET_PREFIXES: tuple[str, ...] = (
-    "torch.hub", "torch.utils.cpp_extension", "torch.utils.collect_env", "torch.utils.hipify",
-    "torch.ops", "torch.classes", "torch.package", "torch.distributed.run",
-    "torch.distributed.launch", "torch.distributed.elastic", "torch.distributed.rpc",
-    "transformers.dynamic_module_utils", "transformers.commands", "datasets.commands",
-)
-# Setting this to 1 lifts the gate: any module and `path/to/file.py:fn` targets import.
-USER_MODULES_ENV = "NEMO_LIKE_ENABLE_USER_MODULES"
+
+__all__ = [
+    "ALLOWED_MODULE_PREFIXES", "ALLOW_PICKLE_ENV", "DENIED_TARGET_PREFIXES", "TRUST_REMOTE_CODE_ENV",
+    "UNSAFE_TARGETS_ENV", "USER_MODULES_ENV", "check_call_arguments", "check_user_code", "precheck_target",
+    "resolve_target",
+]
+
+# Packages (or exact import paths) the application trusts wholesale; read at every resolution.
+ALLOWED_MODULE_PREFIXES: tuple[str, ...] = ()
+# Paths refused whatever is opted in short of the unsafe switch; reasons in gate_rules.DENIED_TARGETS.
+DENIED_TARGET_PREFIXES: tuple[str, ...] = tuple(gate_rules.DENIED_TARGETS)
+
+_REVIEWED_TOPS = ("nemo_like", "torch", "torchdata", "transformers", "peft", "datasets")
+_PLAIN_DATA = (dict, list, tuple, str, bytes, int, float, bool, type(None))
+_NEMO_LIKE_WHAT = ("nemo_like's component targets (datasets, collaters, losses, PEFT and distributed configs, "
+                   "RNG, schedulers, callbacks, trackers, model loaders)")
 
 
-def _user_modules_enabled() -> bool:
-    return os.environ.get(USER_MODULES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _check_module_allowed(module_name: str, key: str, target: str) -> None:
-    """Refuse a module (by its real name) outside the allow-list or inside the deny-list."""
-    if _user_modules_enabled():
+# ------------------------------------------------------------------ decisions
+def _denied_reason(name: str) -> str | None:
+    """Why ``name`` (a path or a definition's name) is on the deny list, else None."""
+    for prefix in DENIED_TARGET_PREFIXES:
+        if name == prefix or name.startswith(prefix + "."):
+            return gate_rules.DENIED_TARGETS.get(prefix, "is on the deny list")
+    return gate_rules.DENIED_NAMES.get(name.rpartition(".")[2])
+
+
+def _refuse_denied(key: str, written: str, name: str, why: str) -> ConfigError:
+    where = "" if name == written.replace(":", ".") else f" (defined as {name})"
+    return ConfigError(
+        f"{key}: refusing {written!r}{where}: it {why}; only {UNSAFE_TARGETS_ENV}=1 allows it "
+        f"({USER_MODULES_ENV}=1 does not)"
+    )
+
+
+def _refuse_unreviewed(key: str, written: str, why: str) -> ConfigError:
+    return ConfigError(f"{key}: refusing {written!r}: {why}; set {USER_MODULES_ENV}=1 to allow other callables")
+
+
+def _admit_path(path: str, key: str, written: str) -> None:
+    """Before any import: the path is not denied and lies where a reviewed target may."""
+    if _env_on(UNSAFE_TARGETS_ENV):
         return
-    if not _matches(module_name, ALLOWED_MODULE_PREFIXES):
-        top = module_name.split(".")[0]
-        raise ConfigError(
-            f"{key}: refusing to import {target!r}: package '{top}' is not allow-listed "
-            f"({', '.join(ALLOWED_MODULE_PREFIXES)}); set {USER_MODULES_ENV}=1 to allow "
-            f"other modules{_did_you_mean(top, list(ALLOWED_MODULE_PREFIXES))}"
-        )
-    if _matches(module_name, DENIED_TARGET_PREFIXES):
-        raise ConfigError(
-            f"{key}: refusing to import {target!r}: '{module_name}' can fetch or run "
-            f"arbitrary code; set {USER_MODULES_ENV}=1 to allow it"
-        )
+    why = _denied_reason(path)
+    if why:
+        raise _refuse_denied(key, written, path, why)
+    if (_matches(path, ("nemo_like",)) or any(pattern_matches(r.pattern, path) for r in gate_rules.REVIEWED_RULES)
+            or _matches(path, ALLOWED_MODULE_PREFIXES) or _env_on(USER_MODULES_ENV)):
+        return
+    top = path.split(".")[0]
+    if top in _REVIEWED_TOPS:
+        raise _refuse_unreviewed(key, written, f"{top} admits {_admitted(path)} only")
+    raise _refuse_unreviewed(
+        key, written, f"package '{top}' is not reviewed (reviewed: {', '.join(_REVIEWED_TOPS)})"
+        f"{_did_you_mean(top, list(_REVIEWED_TOPS))}",
+    )
 
 
+def _admitted(path: str) -> str:
+    """What the reviewed rules admit in the namespace of ``path``, for the refusal."""
+    if _matches(path, ("nemo_like",)):
+        return _NEMO_LIKE_WHAT
+    top = path.split(".")[0]
+    fitting = [r for r in gate_rules.REVIEWED_RULES if pattern_matches(r.pattern, path)]
+    rules = fitting or [r for r in gate_rules.REVIEWED_RULES if r.pattern.split(".")[0] == top]
+    return "; ".join(f"{r.pattern}: {r.what}" for r in rules)
+
+
+def _admit_object(obj: Any, path: str | None, key: str, written: str) -> None:
+    """After resolution: judge what the path reached by its definition, not by its spelling."""
+    if _env_on(UNSAFE_TARGETS_ENV):
+        return
+    name = canonical_name(obj)
+    names = [] if isinstance(obj, _PLAIN_DATA) else [name]  # a plan mapping is data, not `builtins.dict`
+    if hasattr(obj, "__func__"):
+        names.append(canonical_name(obj.__func__))
+    for candidate in names:
+        why = _denied_reason(candidate)
+        if why:
+            raise _refuse_denied(key, written, candidate, why)
+    if isinstance(obj, ModuleType):
+        raise ConfigError(f"{key}: refusing {written!r}: it names the module '{obj.__name__}', not a callable")
+    if path is None:  # a file target: user modules are on
+        return
+    if _matches(path, ("nemo_like",)):
+        if any(pattern_matches(p, name) for p in gate_rules.NEMO_LIKE_TARGETS):
+            return
+    elif any(pattern_matches(r.pattern, path) and r.admits(obj) for r in gate_rules.REVIEWED_RULES):
+        return
+    if _matches(path, ALLOWED_MODULE_PREFIXES) or _env_on(USER_MODULES_ENV):
+        return
+    raise _refuse_unreviewed(key, written, f"{name} is not one of {_admitted(path)}")
+
+
+# ------------------------------------------------------------------ resolution
 def resolve_target(target: Any, key: str = "_target_") -> Any:
-    """Resolve a `_target_`-style import path through the gate; callables pass through."""
+    """Resolve an import path from a recipe or the CLI through the gate; callables pass through."""
     if not isinstance(target, str):
         if callable(target):
-            return target
+            return target  # an object handed over by code, not a path from the YAML
         raise ConfigError(f"{key}: expected an import path string, got {target!r}")
     text = target.strip()
     if not text:
@@ -84,23 +159,41 @@ def resolve_target(target: Any, key: str = "_target_") -> Any:
     return _resolve_dotted(text.split("."), None, key, text)
 
 
+def precheck_target(target: Any, key: str = "_target_") -> None:
+    """The gate's verdict on the path alone, importing nothing: lets a recipe check every target
+    before torch loads. ``resolve_target`` still judges the object the path reaches."""
+    if not isinstance(target, str) or not target.strip():
+        return
+    text = target.strip()
+    location, colon, attrs = text.rpartition(":")
+    if colon and (location.endswith(".py") or "/" in location or os.sep in location):
+        if not (_env_on(USER_MODULES_ENV) or _env_on(UNSAFE_TARGETS_ENV)):
+            raise ConfigError(
+                f"{key}: refusing file target {text!r}: it runs that file's code; set {USER_MODULES_ENV}=1 "
+                f"to load code from files"
+            )
+        return
+    parts = (location.split(".") + attrs.split(".")) if colon else text.split(".")
+    _check_components(parts, key, text, allow_private=parts[0] == "nemo_like")
+    _admit_path(".".join(parts), key, text)
+
+
 def _check_components(parts: list[str], key: str, target: str, allow_private: bool) -> None:
     for part in parts:
         if not part.isidentifier():
             raise ConfigError(f"{key}: {target!r} is not a valid import path ('{part}')")
         if part.startswith("__") or (part.startswith("_") and not allow_private):
             raise ConfigError(
-                f"{key}: refusing {target!r}: private component '{part}' cannot be used "
-                f"in a target path"
+                f"{key}: refusing {target!r}: private component '{part}' cannot be used in a target path"
             )
 
 
 def _resolve_file_target(location: str, attrs: str, key: str, target: str) -> Any:
     """Load `path/to/file.py:fn` as a module; only with user modules enabled."""
-    if not _user_modules_enabled():
+    if not (_env_on(USER_MODULES_ENV) or _env_on(UNSAFE_TARGETS_ENV)):
         raise ConfigError(
-            f"{key}: refusing file target {target!r}; set {USER_MODULES_ENV}=1 to load "
-            f"code from files"
+            f"{key}: refusing file target {target!r}: it runs that file's code; set {USER_MODULES_ENV}=1 "
+            f"to load code from files"
         )
     parts = attrs.split(".")
     _check_components(parts, key, target, allow_private=False)
@@ -122,30 +215,26 @@ def _resolve_file_target(location: str, attrs: str, key: str, target: str) -> An
         except Exception as err:
             del sys.modules[name]
             raise ConfigError(
-                f"{key}: running '{location}' for target {target!r} failed with "
-                f"{type(err).__name__}: {err}"
+                f"{key}: running '{location}' for target {target!r} failed with {type(err).__name__}: {err}"
             ) from err
-    return _walk_attributes(module, parts, key, target, location)
+    obj = _walk_attributes(module, parts, key, target, location)
+    _admit_object(obj, None, key, target)
+    return obj
 
 
 def _resolve_dotted(module_parts: list[str], attrs: list[str] | None, key: str, target: str) -> Any:
-    """Import the longest module prefix of the path, then walk attributes, gate at each step."""
+    """Judge the path, import its longest module prefix, walk the rest, then judge the object."""
+    parts = module_parts + (attrs or [])
     top = module_parts[0]
-    _check_components(module_parts + (attrs or []), key, target, allow_private=True)
-    private = [p for p in module_parts + (attrs or []) if p.startswith("_")]
-    if private and top != "nemo_like":
-        raise ConfigError(
-            f"{key}: refusing {target!r}: private component '{private[0]}' cannot be used "
-            f"in a target path"
-        )
-    _check_module_allowed(".".join(module_parts), key, target)
-    module = _import(top, key, target)
-    obj: Any = module
+    _check_components(parts, key, target, allow_private=top == "nemo_like")
+    path = ".".join(parts)
+    _admit_path(path, key, target)
+    obj: Any = _import(top, key, target)
     for i, part in enumerate(module_parts[1:], start=1):
         obj = _step(obj, part, key, target, ".".join(module_parts[:i]))
     if attrs is not None:
         obj = _walk_attributes(obj, attrs, key, target, ".".join(module_parts))
-    _check_final(obj, key, target)
+    _admit_object(obj, path, key, target)
     return obj
 
 
@@ -159,18 +248,13 @@ def _import(name: str, key: str, target: str) -> ModuleType:
             if parent and parent in sys.modules:
                 hint = _did_you_mean(leaf, _names_in(sys.modules[parent]), parent + ".")
             elif not parent:
-                hint = _did_you_mean(name, list(ALLOWED_MODULE_PREFIXES))
-            raise ConfigError(
-                f"{key}: cannot resolve {target!r}: no module '{name}'{hint}"
-            ) from None
+                hint = _did_you_mean(name, list(_REVIEWED_TOPS + ALLOWED_MODULE_PREFIXES))
+            raise ConfigError(f"{key}: cannot resolve {target!r}: no module '{name}'{hint}") from None
         raise ConfigError(
-            f"{key}: importing '{name}' for {target!r} failed: missing dependency "
-            f"'{err.name}' ({err})"
+            f"{key}: importing '{name}' for {target!r} failed: missing dependency '{err.name}' ({err})"
         ) from err
     except Exception as err:
-        raise ConfigError(
-            f"{key}: importing '{name}' for {target!r} failed with {type(err).__name__}: {err}"
-        ) from err
+        raise ConfigError(f"{key}: importing '{name}' for {target!r} failed with {type(err).__name__}: {err}") from err
 
 
 def _names_in(obj: Any) -> list[str]:
@@ -192,7 +276,7 @@ def _has_submodule(module: ModuleType, name: str) -> bool:
 
 
 def _step(obj: Any, part: str, key: str, target: str, walked: str) -> Any:
-    """One step of the walk: attribute, else submodule import; modules are gate-checked."""
+    """One step of the walk: attribute, else submodule import."""
     missing = object()
     try:
         found = getattr(obj, part, missing)
@@ -209,11 +293,8 @@ def _step(obj: Any, part: str, key: str, target: str, walked: str) -> Any:
         )
     if part.startswith("_") and not isinstance(found, ModuleType):
         raise ConfigError(
-            f"{key}: refusing {target!r}: private attribute '{part}' cannot be used in a "
-            f"target path"
+            f"{key}: refusing {target!r}: private attribute '{part}' cannot be used in a target path"
         )
-    if isinstance(found, ModuleType):
-        _check_module_allowed(found.__name__, key, target)
     return found
 
 
@@ -223,8 +304,7 @@ def _walk_attributes(obj: Any, attrs: list[str], key: str, target: str, location
     for part in attrs:
         if part.startswith("_"):
             raise ConfigError(
-                f"{key}: refusing {target!r}: private attribute '{part}' cannot be used in "
-                f"a target path"
+                f"{key}: refusing {target!r}: private attribute '{part}' cannot be used in a target path"
             )
         if not hasattr(obj, part):
             raise ConfigError(
@@ -232,15 +312,65 @@ def _walk_attributes(obj: Any, attrs: list[str], key: str, target: str, location
                 f"{_did_you_mean(part, _names_in(obj), walked + sep)}"
             )
         obj = getattr(obj, part)
-        if isinstance(obj, ModuleType):
-            _check_module_allowed(obj.__name__, key, target)
         walked, sep = f"{walked}{sep}{part}", "."
     return obj
 
 
-def _check_final(obj: Any, key: str, target: str) -> None:
-    """A function or class re-exported from an outside module (os.system) stays refused."""
-    if inspect.isclass(obj) or inspect.isroutine(obj):
-        module = getattr(obj, "__module__", None)
-        if isinstance(module, str):
-            _check_module_allowed(module, key, target)
+# ------------------------------------------------------------------ arguments
+def _argument_refusal(arg: str, value: Any) -> tuple[str, str] | None:
+    """(why, opt-in) when ``arg=value`` runs foreign code or unpickles, else None."""
+    falsy_flag = isinstance(value, (bool, int, float)) and not value  # "false" as a string is truthy downstream
+    if not _env_on(TRUST_REMOTE_CODE_ENV):
+        if arg == "trust_remote_code" and value is not None and not falsy_flag:
+            return "it runs Python files shipped with the model or data", TRUST_REMOTE_CODE_ENV
+        if (arg == "use_kernels" and bool(value)) or (
+                arg == "attn_implementation" and isinstance(value, str) and "/" in value):
+            return "it downloads and loads compiled kernels from the Hub", TRUST_REMOTE_CODE_ENV
+    unpickles = ((arg == "weights_only" and value is not None and not value)
+                 or (arg == "allow_pickle" and bool(value)) or (arg == "pickle_module" and value is not None))
+    if unpickles and not _env_on(ALLOW_PICKLE_ENV):
+        return "unpickling runs code stored in the file", ALLOW_PICKLE_ENV
+    return None
+
+
+def _walk_arguments(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str, Any]]:
+    """Every (dotted path, name, value) in nested plain mappings and lists of arguments."""
+    if depth > 8:
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for name, inner in items:
+        where = f"{path}.{name}" if path else str(name)
+        yield where, str(name), inner
+        yield from _walk_arguments(inner, where, depth + 1)
+
+
+def check_call_arguments(target: Any, kwargs: dict[str, Any], key: str, written: str | None = None) -> None:
+    """Refuse arguments that run foreign code or unpickle, however deep they are nested.
+
+    ``key`` is the node's ``..._target_`` key; the refusal names the argument's own key,
+    the target, why, and the variable that opts in.
+    """
+    section = key[: -len("_target_")] if key.endswith("_target_") else f"{key}."
+    name = written or canonical_name(target)
+    for where, arg, value in _walk_arguments(kwargs, ""):
+        refusal = _argument_refusal(arg, value)
+        if refusal:
+            why, env = refusal
+            raise ConfigError(
+                f"{section}{where}: refusing to call {name!r} with {arg}={value!r}: {why}; set {env}=1 to allow it"
+            )
+    script = kwargs.get("path")
+    if (isinstance(script, str) and script.strip().endswith(".py") and not _env_on(TRUST_REMOTE_CODE_ENV)
+            and canonical_name(target) == "datasets.load.load_dataset"):
+        raise ConfigError(
+            f"{section}path: refusing to call {name!r} on the script {script!r}: loading it runs its code; "
+            f"set {TRUST_REMOTE_CODE_ENV}=1 to allow it"
+        )
+
+
+def check_user_code(value: Any, key: str, why: str) -> None:
+    """Refuse a recipe value that makes a library run Python from files (an lm-eval ``include_path``
+    whose task YAMLs name ``!function``), unless user code is opted in like file targets."""
+    if value in (None, "", [], ()) or _env_on(USER_MODULES_ENV) or _env_on(UNSAFE_TARGETS_ENV):
+        return
+    raise ConfigError(f"{key}: refusing {value!r}: {why}; set {USER_MODULES_ENV}=1 to run code from files")

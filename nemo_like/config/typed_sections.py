@@ -252,8 +252,10 @@ def check_target_arguments(
     ``--optimizer.lr`` is true), are errors; nested mappings with a ``_target_`` are checked too.
     """
     from nemo_like.config.static_signature import static_signature
+    from nemo_like.config.target_gate import precheck_target
 
     target = node.get("_target_")
+    precheck_target(target, located(f"{path}._target_", sources))
     signature = static_signature(target.strip()) if isinstance(target, str) else None
     for key, value in node.items():
         key = str(key)

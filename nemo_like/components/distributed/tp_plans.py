@@ -15,13 +15,13 @@ the class (``model._tp_plan``); a model with neither gets a one-line error.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from nemo_like.config.loader import ConfigError
+from nemo_like.config.target_gate import resolve_target
 
 # Families whose decoder uses the Llama module names (model.layers.N.self_attn.q_proj, ...).
 LLAMA_LIKE = ("llama", "qwen2", "qwen3", "mistral")
@@ -119,12 +119,9 @@ def get_tp_plan(model: nn.Module, sequence_parallel: bool = False, custom: Any =
     """The plan for ``model``: ``custom`` when given, the built-in family plan, else transformers' own."""
     if custom is not None:
         if isinstance(custom, str):
-            module_name, _, fn_name = custom.rpartition(".")
-            try:
-                fn = getattr(importlib.import_module(module_name), fn_name)
-            except (ImportError, AttributeError, ValueError) as err:
-                raise ConfigError(f"distributed_config.tp_plan: cannot import {custom!r} ({err})") from None
-            custom = fn(model, sequence_parallel)
+            # An import path from the YAML: a plan function (model, sequence_parallel) or a plan mapping.
+            found = resolve_target(custom, "distributed_config.tp_plan")
+            custom = found(model, sequence_parallel) if callable(found) else found
         if not isinstance(custom, dict) or not custom:
             raise ConfigError("distributed_config.tp_plan: must be a non-empty mapping of module pattern -> style")
         return translate_plan(custom, "distributed_config.tp_plan")

@@ -34,6 +34,10 @@ def evaluation_section(section: dict[str, Any] | None) -> dict[str, Any] | None:
         raise ConfigError(f"evaluation.{unknown[0]}: not an evaluation key (known: {', '.join(sorted(EVALUATION_KEYS))})")
     if not section.get("tasks"):
         raise ConfigError("evaluation.tasks: required (e.g. [nemo_like_quickstart])")
+    from nemo_like.config.target_gate import check_user_code
+
+    check_user_code(section.get("include_path"), "evaluation.include_path",
+                    "lm-eval imports the Python files its task YAMLs name with !function")
     import_optional("lm_eval", "eval", "evaluation")
     return section
 

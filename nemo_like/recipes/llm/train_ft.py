@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import math
@@ -600,12 +601,20 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
     def _save_checkpoint(self, epoch: int, history: list[dict[str, Any]], val_loss: float | None) -> None:
         sched = self.step_scheduler
-        self.checkpointer.save(
-            epoch, sched.step, self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-            lr_scheduler=self.lr_scheduler, step_scheduler=sched, rng=self.rng, dataloader=self.dataloader,
-            config=redact_config(self.cfg), losses={"train": self.prior_train_losses + [h["loss"] for h in history]},
-            val_loss=val_loss, peft_config=self.peft_config, base_model_name_or_path=self.model_id,
-        )
+        config = self.checkpointer.config
+        if sched.sigterm and config.save_consolidated:
+            # On the way out of a preempted run, only what resuming needs: schedulers kill after ~30 s,
+            # and the Hugging Face copy (model/consolidated/) comes with the resumed run's next save.
+            self.checkpointer.config = dataclasses.replace(config, save_consolidated=False)
+        try:
+            self.checkpointer.save(
+                epoch, sched.step, self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler, step_scheduler=sched, rng=self.rng, dataloader=self.dataloader,
+                config=redact_config(self.cfg), losses={"train": self.prior_train_losses + [h["loss"] for h in history]},
+                val_loss=val_loss, peft_config=self.peft_config, base_model_name_or_path=self.model_id,
+            )
+        finally:
+            self.checkpointer.config = config
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT finish the current step, save, and stop; a second SIGINT interrupts at once."""
