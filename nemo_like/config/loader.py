@@ -9,18 +9,15 @@ run `os.system`.
 from __future__ import annotations
 
 import ast
-import inspect
 import os
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterator
 
 import yaml
 
+from nemo_like.config.call_text import check_binding, describe
 from nemo_like.config.errors import ConfigError, ConfigKeyError
-from nemo_like.config.secrets import is_secret_key
 from nemo_like.config.errors import did_you_mean as _did_you_mean
 from nemo_like.config.target_gate import (
     ALLOWED_MODULE_PREFIXES,
@@ -42,7 +39,6 @@ __all__ = [
     "resolve_target",
 ]
 
-_REDACTED = "'***'"
 _ENV_PATTERN = re.compile(r"\$\{oc\.env:([^,}]*)(?:,([^}]*))?\}")
 
 
@@ -356,7 +352,7 @@ class ConfigNode:
         target = resolve_target(raw_target, key)
         if not callable(target):
             raise ConfigError(
-                f"{key}: {_describe(raw_target)!r} resolves to a {type(target).__name__}, "
+                f"{key}: {describe(raw_target)!r} resolves to a {type(target).__name__}, "
                 f"which cannot be called"
             )
         built = {
@@ -368,7 +364,7 @@ class ConfigNode:
         from nemo_like.config.target_gate import check_call_arguments
 
         check_call_arguments(target, built, key, raw_target if isinstance(raw_target, str) else None)
-        _check_binding(target, args, built, key, raw_target)
+        check_binding(target, args, built, key, raw_target)
         try:
             return target(*args, **built)
         except ConfigError:
@@ -381,29 +377,14 @@ class ConfigNode:
             unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
             if unexpected and unexpected.group(1) in self._data:
                 name = unexpected.group(1)
-                raise ConfigError(f"{_join(self._path, name)}: not an argument that {_describe(raw_target)} "
+                raise ConfigError(f"{_join(self._path, name)}: not an argument that {describe(raw_target)} "
                                   f"passes on anywhere ({err})") from err
-            err.add_note(f"(raised while building '{self._path or key}': {_describe(raw_target)})")
+            err.add_note(f"(raised while building '{self._path or key}': {describe(raw_target)})")
             raise
         except Exception as err:
             # Anything else is a bug: it keeps its traceback, which ends by naming what was being built.
-            err.add_note(f"(raised while building '{self._path or key}': {_describe(raw_target)})")
+            err.add_note(f"(raised while building '{self._path or key}': {describe(raw_target)})")
             raise
-
-
-def _check_binding(target: Any, args: tuple, built: dict, key: str, raw_target: Any) -> None:
-    """A call that does not fit the target's signature is the recipe's mistake: one line, what it takes and got."""
-    try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError):
-        return  # no signature to hold the call against (some builtins): the call itself decides
-    try:
-        signature.bind(*args, **built)
-    except TypeError as err:
-        raise ConfigError(
-            f"{key}: building {_describe(raw_target)} failed: {err}; signature {_signature(target)}; "
-            f"given {_brief_call(args, built)}"
-        ) from err
 
 
 def _wrap(value: Any, path: str) -> Any:
@@ -430,28 +411,7 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    return _describe(value)
-
-
-def _describe(obj: Any) -> str:
-    """An import-path style name for anything: 'torch.optim.adamw.AdamW', 'torch.bfloat16'."""
-    if isinstance(obj, str):
-        return obj
-    if type(obj).__name__ == "dtype" and type(obj).__module__ == "torch":
-        return str(obj)
-    inner = getattr(obj, "func", None)  # functools.partial
-    if inner is not None and callable(inner) and not inspect.isroutine(obj):
-        return _describe(inner)
-    if isinstance(obj, ModuleType):
-        return obj.__name__
-    if inspect.isclass(obj) or inspect.isroutine(obj):
-        module = getattr(obj, "__module__", None)
-        name = getattr(obj, "__name__", None)
-        if module and name and getattr(sys.modules.get(module), name, None) is obj:
-            return f"{module}.{name}"  # also right for builtins whose qualname is internal
-        qualname = getattr(obj, "__qualname__", None) or name or repr(obj)
-        return f"{module}.{qualname}" if module else qualname
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+    return describe(value)
 
 
 def _build(value: Any, path: str, key: str) -> Any:
@@ -467,38 +427,3 @@ def _build(value: Any, path: str, key: str) -> Any:
     if key.endswith("_fn") and isinstance(value, str) and ("." in value or ":" in value):
         return resolve_target(value, path)
     return value
-
-
-# --------------------------------------------------------------------------- error text
-def _signature(target: Any) -> str:
-    try:
-        return f"{_describe(target)}{inspect.signature(target)}"
-    except (TypeError, ValueError):
-        return f"{_describe(target)}(<signature unavailable>)"
-
-
-def _brief(value: Any, depth: int = 0) -> str:
-    """A short, cheap rendering of an argument (never the repr of a model or tensor)."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "...'"
-    if isinstance(value, (list, tuple)) and depth < 2:
-        if len(value) <= 6:
-            inner = ", ".join(_brief(v, depth + 1) for v in value)
-            return f"[{inner}]" if isinstance(value, list) else f"({inner})"
-        return f"<{type(value).__name__} of {len(value)}>"
-    if isinstance(value, dict) and depth < 2:
-        items = (
-            f"{k!r}: {_REDACTED if is_secret_key(k) else _brief(v, depth + 1)}"
-            for k, v in value.items()
-        )
-        return "{" + ", ".join(items) + "}"
-    return f"<{type(value).__name__}>"
-
-
-def _brief_call(args: tuple, kwargs: dict) -> str:
-    parts = [_brief(a) for a in args]
-    parts += [f"{k}={_REDACTED if is_secret_key(k) else _brief(v)}" for k, v in kwargs.items()]
-    return "(" + ", ".join(parts) + ")"
