@@ -267,9 +267,11 @@ def test_prepare_undoes_a_repack_that_already_happened(tiny_model_dir, double_qu
 
     config = create_bnb_config(load_in_4bit=True, bnb_4bit_use_double_quant=double_quant)
     model = NeMoAutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=config)
+    model.train()  # an eval-mode forward would itself repack: the reference must come from the training layout
     layer = model.model.layers[0].mlp.up_proj
     x = torch.randn(3, layer.in_features)
     expected = layer(x).detach()
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
     weight = layer.weight
     weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, weight.quant_state)
     assert layer.weight.quant_state.packing_format_for_cpu

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from nemo_like.config.call_text import check_binding, describe
+from nemo_like.config.call_text import brief_call, check_binding, describe
 from nemo_like.config.errors import ConfigError, ConfigKeyError
 from nemo_like.config.errors import did_you_mean as _did_you_mean
 from nemo_like.config.target_gate import (
@@ -378,7 +378,7 @@ class ConfigNode:
             if unexpected and unexpected.group(1) in self._data:
                 name = unexpected.group(1)
                 raise ConfigError(f"{_join(self._path, name)}: not an argument that {describe(raw_target)} "
-                                  f"passes on anywhere ({err})") from err
+                                  f"passes on anywhere ({err}); given {brief_call(args, built)}") from err
             err.add_note(f"(raised while building '{self._path or key}': {describe(raw_target)})")
             raise
         except Exception as err:

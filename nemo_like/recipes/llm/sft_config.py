@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nemo_like.components.checkpoint.config import CheckpointingConfig
+from nemo_like.components.checkpoint.config import LATEST, CheckpointingConfig
+from nemo_like.components.checkpoint.pointers import read_pointer
 from nemo_like.components.distributed.config import DistributedConfig
 from nemo_like.config.errors import ConfigError
 from nemo_like.config.typed_sections import RecipeSchema, check_recipe, located
@@ -68,6 +69,7 @@ def check_sft_config(cfg: Any, world_size: int | None = None) -> SFTSections:
     typed = check_recipe(cfg, SFT_SCHEMA)
     sections = SFTSections(**typed)
     _check_local_paths(cfg)
+    _check_resume_pointer(sections.checkpoint)
     known_world = world_size is not None or "WORLD_SIZE" in os.environ
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
     layout = sections.distributed
@@ -107,3 +109,12 @@ def _check_local_paths(cfg: Any) -> None:
             if local and not os.path.exists(os.path.expanduser(path)):
                 where = located(key if not isinstance(value, (list, tuple)) else f"{key}.{i}", cfg.sources)
                 raise ConfigError(f"{where}: '{path}' not found")
+
+
+def _check_resume_pointer(checkpoint: CheckpointingConfig) -> None:
+    """A garbled ``LATEST``, or one naming a missing directory, is said now; the files are checked
+    against their manifest when the checkpointer opens them."""
+    if checkpoint.enabled and checkpoint.restore_from == LATEST:
+        root = os.path.abspath(os.path.expanduser(checkpoint.checkpoint_dir))
+        if os.path.isdir(root):
+            read_pointer(root, LATEST)
