@@ -128,3 +128,10 @@ def test_a_bug_inside_a_part_keeps_its_traceback_naming_what_was_built(tmp_path,
     node = ConfigNode({"loss_fn": {"_target_": f"{tmp_path / 'parts.py'}:build", "sise": "small"}})
     with pytest.raises(ConfigError, match=r"^loss_fn\._target_: building .*failed: missing a required argument: 'size'.*given \(sise='small'\)"):
         node.loss_fn.instantiate()
+
+
+def test_an_error_that_quotes_an_environment_value_masks_it(env, monkeypatch, capsys):
+    monkeypatch.setenv("NL_TEST_SECRET_STEPS", "hf_TOPSECRET_steps")
+    assert main(["--config", TINY, "--step_scheduler.max_steps", "${oc.env:NL_TEST_SECRET_STEPS}"]) == 2
+    err = capsys.readouterr().err
+    assert "step_scheduler.max_steps" in err and "***" in err and "TOPSECRET" not in err

@@ -9,6 +9,7 @@ scheduler expects of a preempted job; anything else is a bug and keeps its trace
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.config.errors import ConfigError
@@ -22,11 +23,12 @@ def main(argv: list[str] | None = None, default_config: str | None = None) -> in
     from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, check_sft_config
 
     argv = sys.argv[1:] if argv is None else argv
+    cfg = None
     try:
         cfg = parse_args_and_load_config(argv, default_config=default_config, known_sections=SFT_SCHEMA.override_names)
         check_sft_config(cfg)
     except ConfigError as e:
-        return _user_error(e)
+        return _user_error(e, cfg)
     try:
         from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None, default_config: str | None = None) -> in
         recipe.setup()
         result = recipe.run_train_validation_loop()
     except (ConfigError, DatasetError, OSError) as e:
-        return _user_error(e)
+        return _user_error(e, cfg)
     except RuntimeError as e:
         from nemo_like.components.training.nan_policy import NonFiniteLossError
 
@@ -51,9 +53,18 @@ def main(argv: list[str] | None = None, default_config: str | None = None) -> in
     return 128 + signum if signum else 0
 
 
-def _user_error(err: BaseException) -> int:
+def _user_error(err: BaseException, cfg: Any = None) -> int:
     text = " ".join(str(err).split("\n"))
     if isinstance(err, OSError) and not isinstance(err, (ConfigError, DatasetError)) and err.filename:
         text = f"{err.filename}: {err.strerror or text}"
-    print(f"error: {text}", file=sys.stderr)
+    print(f"error: {_without_env_values(text, cfg)}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+def _without_env_values(text: str, cfg: Any) -> str:
+    """An error may quote a value; one read from the environment (a token, say) is masked there too."""
+    for path in getattr(cfg, "env_paths", ()):
+        value = cfg.get(path)
+        if isinstance(value, (str, int, float)) and len(str(value)) >= 6:
+            text = text.replace(str(value), "***")
+    return text
