@@ -75,6 +75,18 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models on a busy 2-core machine: two OpenMP threads spin against
+    each other there (up to 70x slower), and a fork taken while a thread pool spins can hang the child."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -95,6 +107,16 @@ def addition_data(tmp_path) -> dict[str, str]:
         "train": write_jsonl(tmp_path / "data" / "train.jsonl", addition_rows(16)),
         "validation": write_jsonl(tmp_path / "data" / "validation.jsonl", addition_rows(6, offset=5)),
     }
+
+
+@pytest.fixture()
+def tiny_sft_env(monkeypatch, tmp_path, tiny_model_dir, addition_data) -> dict:
+    """The environment tests/configs/tiny_sft.yaml reads: the tiny model, the addition data, a run directory."""
+    monkeypatch.setenv("TEST_MODEL_DIR", tiny_model_dir)
+    monkeypatch.setenv("TEST_TRAIN_JSONL", addition_data["train"])
+    monkeypatch.setenv("TEST_VAL_JSONL", addition_data["validation"])
+    monkeypatch.setenv("TEST_CKPT_DIR", str(tmp_path / "ckpt"))
+    return {"ckpt": tmp_path / "ckpt", "tmp": tmp_path, **addition_data}
 
 
 def run_quickstart(ckpt_dir: Path, *overrides: str, config: str = "sft_quickstart.yaml") -> dict:

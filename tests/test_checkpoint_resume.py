@@ -36,13 +36,7 @@ LORA = ["--peft._target_", "nemo_like.components._peft.lora.PeftConfig", "--peft
 COMPARED = ("loss", "grad_norm", "lr", "num_label_tokens", "epoch")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a busy 2-core machine: two OpenMP threads spin against each other (70x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

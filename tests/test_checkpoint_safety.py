@@ -30,13 +30,7 @@ TINY = str(Path(__file__).parent / "configs" / "tiny_sft.yaml")
 RUN = ["--config", TINY, "--step_scheduler.max_steps", "2", "--step_scheduler.ckpt_every_steps", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a busy 2-core machine: two OpenMP threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -137,12 +137,8 @@ _MASKED = "nemo_like.components.loss.masked_ce.MaskedCrossEntropy"
 
 
 @pytest.fixture()
-def recipe_env(monkeypatch, tmp_path, tiny_model_dir, addition_data):
-    monkeypatch.setenv("TEST_MODEL_DIR", tiny_model_dir)
-    monkeypatch.setenv("TEST_TRAIN_JSONL", addition_data["train"])
-    monkeypatch.setenv("TEST_VAL_JSONL", addition_data["validation"])
-    monkeypatch.setenv("TEST_CKPT_DIR", str(tmp_path / "ckpt"))
-    return addition_data
+def recipe_env(tiny_sft_env):
+    return tiny_sft_env
 
 
 def _run_recipe(loss_target: str, local: int = 4, global_: int = 4, steps: int = 4, **overrides) -> dict:

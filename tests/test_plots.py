@@ -20,12 +20,8 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture()
-def env(monkeypatch, tmp_path, tiny_model_dir, addition_data):
-    monkeypatch.setenv("TEST_MODEL_DIR", tiny_model_dir)
-    monkeypatch.setenv("TEST_TRAIN_JSONL", addition_data["train"])
-    monkeypatch.setenv("TEST_VAL_JSONL", addition_data["validation"])
-    monkeypatch.setenv("TEST_CKPT_DIR", str(tmp_path / "ckpt"))
-    return tmp_path
+def env(tiny_sft_env):
+    return tiny_sft_env["tmp"]
 
 
 def test_a_run_ends_with_a_loss_plot_whose_data_matches_the_metric_files(env, capsys):

@@ -18,13 +18,7 @@ from nemo_like.recipes.llm.run import main
 TEXTS = [f"What is {a} plus {b}? The answer is {a + b}." * (1 + a % 3) for a, b in zip(range(12), range(5, 17))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a busy 2-core machine run faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture()

@@ -23,12 +23,8 @@ DIVERGE = ["--optimizer.lr", "1e30", "--step_scheduler.max_steps", "4", "--step_
 
 
 @pytest.fixture()
-def env(monkeypatch, tmp_path, tiny_model_dir, addition_data):
-    monkeypatch.setenv("TEST_MODEL_DIR", tiny_model_dir)
-    monkeypatch.setenv("TEST_TRAIN_JSONL", addition_data["train"])
-    monkeypatch.setenv("TEST_VAL_JSONL", addition_data["validation"])
-    monkeypatch.setenv("TEST_CKPT_DIR", str(tmp_path / "ckpt"))
-    return tmp_path / "ckpt"
+def env(tiny_sft_env) -> Path:
+    return tiny_sft_env["ckpt"]
 
 
 def _records(ckpt: Path) -> list[dict]:

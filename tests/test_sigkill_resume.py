@@ -41,13 +41,7 @@ SAVE_PAUSE_S = 0.02
 COMPARED = ("loss", "grad_norm", "lr", "num_label_tokens", "epoch")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One OpenMP thread in the parent too: a fork taken while a thread pool spins can hang the child."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

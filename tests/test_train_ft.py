@@ -33,12 +33,8 @@ def build_my_dataset(tokenizer, split, limit_dataset_samples=None):
 
 
 @pytest.fixture()
-def env(monkeypatch, tmp_path, tiny_model_dir, addition_data):
-    monkeypatch.setenv("TEST_MODEL_DIR", tiny_model_dir)
-    monkeypatch.setenv("TEST_TRAIN_JSONL", addition_data["train"])
-    monkeypatch.setenv("TEST_VAL_JSONL", addition_data["validation"])
-    monkeypatch.setenv("TEST_CKPT_DIR", str(tmp_path / "ckpt"))
-    return {"ckpt": tmp_path / "ckpt", "tmp": tmp_path, **addition_data}
+def env(tiny_sft_env):
+    return tiny_sft_env
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -8,6 +8,7 @@ scheduler expects of a preempted job; anything else is a bug and keeps its trace
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -62,9 +63,12 @@ def _user_error(err: BaseException, cfg: Any = None) -> int:
 
 
 def _without_env_values(text: str, cfg: Any) -> str:
-    """An error may quote a value; one read from the environment (a token, say) is masked there too."""
+    """An error may quote a value; one read from the environment (a token, say) is masked there too.
+
+    Paths are the exception: a data or checkpoint location is what the message must show.
+    """
     for path in getattr(cfg, "env_paths", ()):
-        value = cfg.get(path)
-        if isinstance(value, (str, int, float)) and len(str(value)) >= 6:
-            text = text.replace(str(value), "***")
+        value = str(cfg.get(path))
+        if len(value) >= 6 and os.sep not in value:
+            text = text.replace(value, "***")
     return text
