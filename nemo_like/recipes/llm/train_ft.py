@@ -1,37 +1,29 @@
-"""Supervised fine-tuning for next-token prediction: set-up from YAML, then one readable loop."""
+"""Supervised fine-tuning for next-token prediction: its parts and its step, on the recipe base."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import logging
 import math
-import os
-import shlex
-import signal
-import sys
 import time
 from typing import Any
 
 import torch
 
-from nemo_like.components.checkpoint.checkpointing import Checkpointer, drop_records_after
 from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
 from nemo_like.components.datasets.from_config import build_dataloader, build_dataset
-from nemo_like.components.distributed.init import all_reduce_sum, initialize_distributed
-from nemo_like.components.loggers.jsonl import JSONLLogger
+from nemo_like.components.distributed.init import all_reduce_sum
 from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.optim.scheduler import build_lr_scheduler
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
 from nemo_like.components.training.grad_buffer import ContiguousGrads
 from nemo_like.components.training.nan_policy import should_skip_update
-from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode, resolve_target
-from nemo_like.config.secrets import redact_config
+from nemo_like.recipes.base import BaseRecipe
 from nemo_like.recipes.llm.sft_config import check_sft_config
 
 logger = logging.getLogger("nemo_like")
@@ -39,65 +31,20 @@ logger = logging.getLogger("nemo_like")
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is now, so a replaced stream (a test's capture) never goes stale."""
-
-    @property
-    def stream(self):  # noqa: ANN201 - the logging API's attribute
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def setup_logging(is_main: bool) -> None:
-    """Our lines only: one per step, none of the libraries' per-file progress bars."""
-    import warnings
-
-    import transformers
-
-    log = logging.getLogger("nemo_like")
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    if not any(isinstance(h, _CurrentStderrHandler) for h in log.handlers):
-        handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message=".*set_vital.*")
-
-
-def _section(cfg: ConfigNode, name: str) -> ConfigNode | None:
-    return cfg.get(name) if name in cfg else None
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    return node.to_dict() if hasattr(node, "to_dict") else dict(node or {})
-
-
-class TrainFinetuneRecipeForNextTokenPrediction:
+class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
     """Builds every part named in the config, then trains with ``run_train_validation_loop``."""
 
     def __init__(self, cfg: ConfigNode) -> None:
-        self.cfg = cfg
-        self.sections = check_sft_config(cfg)  # every section typed and checked before anything loads
+        super().__init__(cfg, check_sft_config(cfg))  # every section typed and checked before anything loads
         self.defer_grad_sync = False  # set by _shard from distributed_config.defer_fsdp_grad_sync
-        self.stopped_by_signal: int | None = None
         self.skipped_steps = 0  # optimizer steps dropped by nan_policy: skip
+        self.generation_eval = self.sections.generation_eval
+        self.accuracy_before: float | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg, sections = self.cfg, self.sections
-        self.dist = initialize_distributed(sections.dist_env.backend, sections.dist_env.timeout_minutes,
-                                           distributed=sections.distributed)
-        setup_logging(self.dist.is_main)
-        self.device = self.dist.device
-        # The checkpoint to resume is found (and its manifest checked) before data or model load.
-        self.checkpointer = Checkpointer(sections.checkpoint, is_main=self.dist.is_main)
-        self.resume_from = self.checkpointer.resume_path()
-        self.rng = cfg.rng.instantiate() if "rng" in cfg else StatefulRNG(seed=42, ranked=True)
+        self.setup_run()
 
         self.model_id = cfg.get("model.pretrained_model_name_or_path")
         self.tokenizer = self._build_tokenizer()
@@ -132,19 +79,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         )
         self.loss_fn = cfg.loss_fn.instantiate() if "loss_fn" in cfg else MaskedCrossEntropy()
         self.max_grad_norm = sections.clip_grad_norm.max_norm
-        self.autocast_dtype = self._autocast_dtype()
-
-        root = self.checkpointer.root
-        self.train_log = JSONLLogger(os.path.join(root, "training.jsonl"), enabled=self.dist.is_main)
-        self.val_log = JSONLLogger(os.path.join(root, "validation.jsonl"), enabled=self.dist.is_main)
-        self.callbacks = self._build_callbacks()
-        self.evaluation = self._evaluation_section()
-        from nemo_like.components.loggers.metric_loggers import build_metric_loggers
-
-        self.metric_loggers = build_metric_loggers(cfg, root, enabled=self.dist.is_main)  # W&B, MLflow, TensorBoard
-        self.metric_loggers.log_params(redact_config(cfg))
-        self.generation_eval = sections.generation_eval
-        self.prior_train_losses = self._restore_checkpoint()
+        self.setup_observers()
 
     def _optimizer_defaults(self) -> dict[str, Any]:
         """``fused=True`` for torch's Adam/AdamW on CUDA unless the YAML picks ``fused`` or ``foreach``.
@@ -168,29 +103,6 @@ class TrainFinetuneRecipeForNextTokenPrediction:
                         self.dist.world_size)
             return None
         return ContiguousGrads(trainable)
-
-    def _restore_checkpoint(self) -> list[float]:
-        """Continue from ``checkpoint.restore_from`` (default: LATEST when there is one); returns the losses so far.
-
-        Weights (or the adapter), optimizer, LR and step schedules, the data position and
-        the RNG come back as they were after the checkpoint's step, so the loss curve goes
-        on exactly; the metric files lose records of steps that will now be re-run.
-        """
-        path = self.resume_from
-        if path is None:  # a fresh start: records of an earlier attempt killed before its first checkpoint go
-            if self.dist.is_main:
-                for log in (self.train_log, self.val_log):
-                    drop_records_after(log.path, -1)
-            return []
-        losses = self.checkpointer.load(
-            path, self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-            step_scheduler=self.step_scheduler, dataloader=self.dataloader, rng=self.rng, peft_config=self.peft_config,
-        )
-        done = self.step_scheduler.step - 1
-        if self.dist.is_main:
-            for log in (self.train_log, self.val_log):
-                drop_records_after(log.path, done)
-        return list(losses.get("train", []))[: done + 1]
 
     def _model_context_length(self) -> int | None:
         """The model's context from its config file, read before the data is built; None when it cannot be told."""
@@ -252,7 +164,7 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         if self.dist.world_size > 1:
             raise ConfigError("quantization: FSDP2 cannot shard bitsandbytes layers; run QLoRA as a single process")
         try:
-            bnb_config = create_bnb_config(_plain(self.cfg.quantization))
+            bnb_config = create_bnb_config(self.cfg.quantization.to_dict())
         except (ValueError, ImportError) as err:
             raise ConfigError(str(err)) from err
         kwargs: dict[str, Any] = {"quantization_config": bnb_config}
@@ -283,134 +195,6 @@ class TrainFinetuneRecipeForNextTokenPrediction:
                                                               bool(getattr(strategy, "sequence_parallel", False)))
         self.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))
         return parallelize_model(model, self.dist.mesh, strategy, sequence_parallel=self._sequence_parallel)
-
-    def _autocast_dtype(self) -> torch.dtype | None:
-        from nemo_like.components.distributed.config import resolve_dtype
-
-        autocast = self.sections.autocast
-        return resolve_dtype(autocast.dtype, "autocast.dtype") if autocast.enabled else None
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    # ------------------------------------------------------------------ the loop
-    def run_train_validation_loop(self) -> dict[str, Any]:
-        sched = self.step_scheduler
-        self._install_signal_handlers()
-        if self.generation_eval and self.generation_eval.before_training:
-            self.accuracy_before = self._run_generation_eval("before training")
-        state = self._start_callbacks()  # the progress bar is one of them
-        last_val: float | None = None
-        history: list[dict[str, Any]] = []
-        try:
-            for epoch in sched.epochs:
-                sched.set_epoch(epoch)
-                for batches in sched:
-                    metrics = self._run_train_optim_step(batches)
-                    metrics.update(step=sched.step, epoch=epoch)
-                    history.append(metrics)
-                    self.train_log.log(metrics)
-                    self.metric_loggers.log_train(metrics)
-                    self.callbacks.on_train_step_end(state, metrics)
-                    if sched.is_val_step and self.val_dataloader is not None:
-                        last_val = self._run_validation_epoch()
-                        record = {"step": sched.step, "epoch": epoch, "val_loss": last_val}
-                        self.val_log.log(record)
-                        self.metric_loggers.log_validation(record)
-                        self.callbacks.on_validation_end(state, record)  # early stopping decides here
-                    if sched.is_ckpt_step or state.should_stop:  # an early stop leaves a checkpoint too
-                        self._save_checkpoint(epoch, history, last_val)
-                    if state.should_stop:
-                        break
-                if state.should_stop:
-                    break
-        except BaseException:
-            self.metric_loggers.finish("failed")
-            raise
-        finally:
-            self.callbacks.on_train_end(state)
-            self._restore_signal_handlers()
-        if sched.sigterm:
-            self._log_how_to_resume()
-        result: dict[str, Any] = {"history": history, "val_loss": last_val, "stop_reason": state.stop_reason,
-                                  "stopped_by_signal": self.stopped_by_signal}
-        if self.generation_eval and not sched.sigterm:
-            result["accuracy_before"] = getattr(self, "accuracy_before", None)
-            result["accuracy_after"] = self._run_generation_eval("after training")
-        self._finish_run(result, status="killed" if sched.sigterm else "success")
-        return result
-
-    # ------------------------------------------------------------------ observing the run
-    def _build_callbacks(self) -> Any:
-        """The ``callbacks:`` list (``_target_`` entries); a default progress bar when none is listed."""
-        from nemo_like.components.callbacks.from_config import build_callbacks
-
-        return build_callbacks(self.cfg.get("callbacks", None), self.sections.disable_progress_bar)
-
-    def _start_callbacks(self) -> Any:
-        """The state callbacks see, with the records of a resumed run, then ``on_train_start``."""
-        from nemo_like.components.callbacks import TrainState
-
-        sched = self.step_scheduler
-        state = TrainState(max_steps=sched.max_steps, run_dir=self.checkpointer.root, is_main=self.dist.is_main,
-                           step=sched.step, epoch=sched.epoch, train_history=self.train_log.read(),
-                           val_history=self.val_log.read())
-        self.callbacks.on_train_start(state)
-        return state
-
-    def _finish_run(self, result: dict[str, Any], status: str) -> None:
-        """After the loop: lm-eval (``evaluation:``), the loss plot, the trackers' last metrics and close."""
-        try:
-            if result.get("accuracy_after") is not None:
-                accuracy = {"generation_eval/accuracy_after": result["accuracy_after"]}
-                if result.get("accuracy_before") is not None:
-                    accuracy["generation_eval/accuracy_before"] = result["accuracy_before"]
-                self.metric_loggers.log_metrics(accuracy, max(self.step_scheduler.step - 1, 0))
-            if self.evaluation and status == "success":
-                result["evaluation"] = self._run_lm_evaluation()
-            if self.dist.is_main and os.path.isfile(self.train_log.path) and status == "success":
-                self._plot_loss_curves()  # not on the way out of a preempted run: the grace period is short
-        except BaseException:
-            self.metric_loggers.finish("failed")
-            raise
-        self.metric_loggers.finish(status)
-
-    def _plot_loss_curves(self) -> None:
-        """``loss_curves.png`` (and the plotted data) in the run dir; a plot never fails a finished run."""
-        from nemo_like.components.plotting import plot_run
-
-        try:
-            plot = plot_run(self.checkpointer.root, require_png=False)
-        except (ValueError, OSError) as err:
-            logger.warning("loss curves: not drawn (%s)", err)
-            return
-        logger.info("loss curves: %s", plot["png"] or f"{plot['data']} (pip install 'nemo_like[plot]' for the PNG)")
-
-    def _evaluation_section(self) -> dict[str, Any] | None:
-        """``evaluation:`` checked at set-up, so a typo or a missing lm-eval fails before training, not after."""
-        from nemo_like.components.eval.after_training import evaluation_section
-
-        return evaluation_section(_plain(_section(self.cfg, "evaluation")) or None)
-
-    def _run_lm_evaluation(self) -> dict[str, Any] | None:
-        """The ``evaluation:`` section: lm-eval on the trained model (in memory; from LATEST under torchrun)."""
-        from nemo_like.components.eval.after_training import run_lm_evaluation
-
-        if not self.dist.is_main:
-            return None
-        latest = self.checkpointer.latest() if self.checkpointer.config.enabled else None
-        out = run_lm_evaluation(
-            self.evaluation, self.model, self.tokenizer, run_dir=self.checkpointer.root,
-            latest_dir=os.path.join(self.checkpointer.root, latest) if latest else None,
-            world_size=self.dist.world_size, autocast=self._autocast(),
-        )
-        if out is None:
-            return None
-        summary, metrics = out
-        self.metric_loggers.log_metrics(metrics, max(self.step_scheduler.step - 1, 0))
-        return summary
 
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: loss = sum of token losses over all micro-batches / global label tokens."""
@@ -574,6 +358,15 @@ class TrainFinetuneRecipeForNextTokenPrediction:
 
         return shard_batch(batch, self.dist.cp_size, self.dist.cp_rank, multiple=multiple)
 
+    def _before_training(self) -> None:
+        if self.generation_eval and self.generation_eval.before_training:
+            self.accuracy_before = self._run_generation_eval("before training")
+
+    def _after_training(self, result: dict[str, Any]) -> None:
+        if self.generation_eval:
+            result["accuracy_before"] = self.accuracy_before
+            result["accuracy_after"] = self._run_generation_eval("after training")
+
     def _run_generation_eval(self, when: str) -> float | None:
         """Held-out exact match. Under torchrun every rank generates the same rows (sharded weights are
         gathered collectively, so a rank that sat out would stall the others); rank 0 logs."""
@@ -598,52 +391,3 @@ class TrainFinetuneRecipeForNextTokenPrediction:
         logger.info("held-out exact match %s: %.3f (%d rows, %.1f s)", when, result["accuracy"], result["n"],
                     time.perf_counter() - start)
         return result["accuracy"]
-
-    def _save_checkpoint(self, epoch: int, history: list[dict[str, Any]], val_loss: float | None) -> None:
-        sched = self.step_scheduler
-        config = self.checkpointer.config
-        if sched.sigterm and config.save_consolidated:
-            # On the way out of a preempted run, only what resuming needs: schedulers kill after ~30 s,
-            # and the Hugging Face copy (model/consolidated/) comes with the resumed run's next save.
-            self.checkpointer.config = dataclasses.replace(config, save_consolidated=False)
-        try:
-            self.checkpointer.save(
-                epoch, sched.step, self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-                lr_scheduler=self.lr_scheduler, step_scheduler=sched, rng=self.rng, dataloader=self.dataloader,
-                config=redact_config(self.cfg), losses={"train": self.prior_train_losses + [h["loss"] for h in history]},
-                val_loss=val_loss, peft_config=self.peft_config, base_model_name_or_path=self.model_id,
-            )
-        finally:
-            self.checkpointer.config = config
-
-    def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT finish the current step, save, and stop; a second SIGINT interrupts at once."""
-        self._previous_handlers: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            logger.warning("%s received: finishing this step and saving a checkpoint",
-                           signal.Signals(signum).name)
-            self.stopped_by_signal = self.stopped_by_signal or signum
-            self.step_scheduler.sigterm = True
-            if signum == signal.SIGINT:
-                signal.signal(signal.SIGINT, self._previous_handlers.get(signal.SIGINT, signal.default_int_handler))
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # only the main thread may install handlers
-                self._previous_handlers[signum] = signal.signal(signum, handler)
-
-    def _restore_signal_handlers(self) -> None:
-        for signum, previous in getattr(self, "_previous_handlers", {}).items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(signum, previous)
-
-    def _log_how_to_resume(self) -> None:
-        latest = self.checkpointer.latest() if self.checkpointer.config.enabled else None
-        if latest is None:
-            logger.warning("stopped by a signal after step %d; checkpointing is off, so there is nothing to resume from",
-                           self.step_scheduler.step - 1)
-            return
-        command = shlex.join([os.path.basename(sys.executable), *sys.argv])
-        logger.warning("stopped by a signal; the last checkpoint is %s. To resume, run the same command again "
-                       "(checkpoint.restore_from defaults to LATEST): %s (exit code %d)", latest, command,
-                       128 + (self.stopped_by_signal or signal.SIGTERM))
