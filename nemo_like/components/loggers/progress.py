@@ -19,11 +19,14 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+# The step line's fields in order, with their formats; a method's step reports what it has (loss at least).
+_STEP_FIELDS = (("step", "step {}"), ("epoch", "epoch {}"), ("loss", "loss {:.4f}"), ("grad_norm", "grad_norm {:.4f}"),
+                ("lr", "lr {:.2e}"), ("mem_gib", "mem {:.2f} GiB"), ("tps", "tps {:.0f}"),
+                ("num_label_tokens", "num_label_tokens {}"))
+
+
 def format_step_line(m: dict[str, Any]) -> str:
-    return (
-        f"step {m['step']} | epoch {m['epoch']} | loss {m['loss']:.4f} | grad_norm {m['grad_norm']:.4f} | "
-        f"lr {m['lr']:.2e} | mem {m['mem_gib']:.2f} GiB | tps {m['tps']:.0f} | num_label_tokens {m['num_label_tokens']}"
-    )
+    return " | ".join(fmt.format(m[key]) for key, fmt in _STEP_FIELDS if key in m)
 
 
 class ProgressReporter:
@@ -64,13 +67,18 @@ class ProgressReporter:
     def update(self, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        stats = dict(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.1e}", tok_s=f"{metrics['tps']:.0f}")
+        # Any method's metrics: the loss always, the rate and throughput when the step reports them.
+        stats = {"loss": f"{metrics['loss']:.4f}"}
+        if "lr" in metrics:
+            stats["lr"] = f"{metrics['lr']:.1e}"
+        if "tps" in metrics:
+            stats["tok_s"] = f"{metrics['tps']:.0f}"
         if self.bar is not None:
             self.bar.set_postfix(stats)
             self.bar.update(1)
             self.bar.write(format_step_line(metrics))
         elif self.rich is not None:
-            text = f"loss {stats['loss']} | lr {stats['lr']} | {stats['tok_s']} tok/s"
+            text = " | ".join(f"{k} {v}" for k, v in stats.items())
             self.rich.update(self.rich_task, advance=1, stats=text)
             self.rich.console.print(format_step_line(metrics), highlight=False)
         else:
