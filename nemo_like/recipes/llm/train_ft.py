@@ -24,6 +24,7 @@ from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode, resolve_target
 from nemo_like.recipes.base import BaseRecipe
+from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
 from nemo_like.recipes.llm.sft_config import check_sft_config
 
 logger = logging.getLogger("nemo_like")
@@ -36,7 +37,8 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
 
     def __init__(self, cfg: ConfigNode) -> None:
         super().__init__(cfg, check_sft_config(cfg))  # every section typed and checked before anything loads
-        self.defer_grad_sync = False  # set by _shard from distributed_config.defer_fsdp_grad_sync
+        self.defer_grad_sync = False  # FSDP2 with distributed_config.defer_fsdp_grad_sync (set with the model)
+        self._sequence_parallel = False
         self.skipped_steps = 0  # optimizer steps dropped by nan_policy: skip
         self.generation_eval = self.sections.generation_eval
         self.accuracy_before: float | None = None
@@ -47,9 +49,9 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         self.setup_run()
 
         self.model_id = cfg.get("model.pretrained_model_name_or_path")
-        self.tokenizer = self._build_tokenizer()
+        self.tokenizer = build_tokenizer(cfg, self.model_id)
         # Data before the model: a bad row stops the run in seconds, before anything is written.
-        context = self._model_context_length()  # a row longer than the model takes is refused (or truncated) now
+        context = model_context_length(self.model_id)  # a row longer than the model takes is refused (or cut) now
         self.dataset = build_dataset(cfg, "dataset", self.tokenizer, max_length=context)
         has_val = "validation_dataset" in cfg
         self.val_dataset = build_dataset(cfg, "validation_dataset", self.tokenizer, max_length=context) if has_val else None
@@ -67,7 +69,9 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         )
         self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
 
-        self.model = self._build_model()
+        built = build_model(cfg, self.dist, self.device, sections.distributed)
+        self.model, self.peft_config = built.model, built.peft_config
+        self.defer_grad_sync, self._sequence_parallel = built.defer_grad_sync, built.sequence_parallel
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = cfg.optimizer.instantiate(params=trainable, **self._optimizer_defaults())
         self.grad_buffer = self._contiguous_grads(trainable)
@@ -104,101 +108,8 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
             return None
         return ContiguousGrads(trainable)
 
-    def _model_context_length(self) -> int | None:
-        """The model's context from its config file, read before the data is built; None when it cannot be told."""
-        if not isinstance(self.model_id, str):
-            return None
-        from transformers import AutoConfig
-
-        from nemo_like._transformers.embedded import resolve_pretrained_path, split_gguf_path
-        from nemo_like.components.datasets.llm.context_limit import context_length_of
-
-        try:
-            path, gguf_file = split_gguf_path(resolve_pretrained_path(self.model_id))
-            config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
-        except (OSError, ValueError):  # the model loader reports an unreadable config in its own words
-            return None
-        return context_length_of(config)
-
-    def _build_tokenizer(self) -> Any:
-        if "tokenizer" in self.cfg:
-            return self.cfg.tokenizer.instantiate()
-        from nemo_like._transformers.tokenizer import build_tokenizer
-
-        if self.model_id is None:
-            raise ConfigError("model.pretrained_model_name_or_path: needed to build the tokenizer (or add a tokenizer section)")
-        try:
-            return build_tokenizer(self.model_id)
-        except ValueError as err:
-            raise ConfigError(f"model.pretrained_model_name_or_path: {err}") from err
-
-    def _build_model(self) -> torch.nn.Module:
-        quantized = self.cfg.get("quantization", None) is not None
-        model = self._load_quantized_model() if quantized else self.cfg.model.instantiate()
-        self.peft_config = None
-        if "peft" in self.cfg:
-            from nemo_like.components._peft.lora import apply_lora_to_linear_modules
-
-            self.peft_config = self.cfg.peft.instantiate()
-            count = apply_lora_to_linear_modules(model, self.peft_config)
-            logger.info("LoRA applied to %d linear modules", count)
-        if not quantized:  # bitsandbytes places its packed weights while loading
-            model.to(self.device)
-        # transformers' count unpacks 4-bit storage (two weights per byte); a plain sum would not.
-        counter = getattr(model, "num_parameters", None)
-        total = counter() if callable(counter) else sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-        if self.dist.world_size > 1:
-            model = self._shard(model)
-        model.train()
-        return model
-
-    def _load_quantized_model(self) -> torch.nn.Module:
-        """QLoRA: load the base through bitsandbytes and make its 4-bit layers safe to train through."""
-        from nemo_like.components.quantization.qlora import create_bnb_config, prepare_model_for_qlora
-        from nemo_like.config.loader import ConfigError
-
-        if "peft" not in self.cfg:
-            raise ConfigError("quantization: needs a peft section; quantized base weights cannot be trained directly")
-        if self.dist.world_size > 1:
-            raise ConfigError("quantization: FSDP2 cannot shard bitsandbytes layers; run QLoRA as a single process")
-        try:
-            bnb_config = create_bnb_config(self.cfg.quantization.to_dict())
-        except (ValueError, ImportError) as err:
-            raise ConfigError(str(err)) from err
-        kwargs: dict[str, Any] = {"quantization_config": bnb_config}
-        if self.device.type == "cuda" and "device_map" not in self.cfg.model:
-            kwargs["device_map"] = {"": self.device}
-        target = self.cfg.model.get("_target_")
-        hint = "use nemo_like.NeMoAutoModelForCausalLM.from_pretrained"
-        try:
-            model = self.cfg.model.instantiate(**kwargs)
-        except ConfigError as err:
-            if "quantization_config" not in str(err):
-                raise
-            raise ConfigError(f"quantization: model target {target} does not take quantization_config; {hint}") from err
-        # Before any forward: a CPU eval pass would otherwise repack 4-bit weights for inference only.
-        if prepare_model_for_qlora(model) == 0:
-            raise ConfigError(f"quantization: model target {target} ignored quantization_config "
-                              f"(no bitsandbytes layers); {hint}")
-        return model
-
-    def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
-        from nemo_like.components.distributed.config import FSDP2Config
-        from nemo_like.components.distributed.parallelizer import parallelize_model
-
-        strategy = self.cfg.distributed_config.instantiate() if "distributed_config" in self.cfg else FSDP2Config()
-        layout = self.sections.distributed
-        self._sequence_parallel = self.dist.tp_size > 1 and (layout.sequence_parallel or
-                                                              bool(getattr(strategy, "sequence_parallel", False)))
-        self.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))
-        return parallelize_model(model, self.dist.mesh, strategy, sequence_parallel=self._sequence_parallel)
-
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: loss = sum of token losses over all micro-batches / global label tokens."""
-        self._apply_step_options()
         start = time.perf_counter()
         batches = [self._split_sequence(b) for b in batches]
         num_label_tokens = all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).to(self.device))
@@ -287,8 +198,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         what the forward uses (gathered by FSDP2, and its gradient reduced by FSDP2 as for
         logits), and the model hands it back as ``logits``: a 0-d tensor, nothing of vocabulary size.
         """
-        from nemo_like.config.loader import ConfigError
-
         head = self.model.get_output_embeddings()
         if not isinstance(head, torch.nn.Linear):
             raise ConfigError(f"loss_fn: FusedLinearCrossEntropy needs a plain linear output layer; this model's is "
@@ -309,22 +218,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
             yield
         finally:
             del head.forward  # back to the class's forward
-
-    def _apply_step_options(self) -> None:
-        """Once, before the first step: ``distributed_config.activation_checkpointing`` for a single process.
-
-        With several ranks the parallelizer applies it while sharding; one process is not
-        sharded, so it is applied here: each decoder block recomputes its activations in
-        backward instead of keeping them (less memory, about a third more compute).
-        """
-        if getattr(self, "_step_options_applied", False):
-            return
-        self._step_options_applied = True
-        if self.dist.world_size == 1 and self.cfg.get("distributed_config.activation_checkpointing", False):
-            from nemo_like.components.distributed.parallelizer import apply_activation_checkpointing
-
-            blocks = apply_activation_checkpointing(self.model)
-            logger.info("activation checkpointing: %d decoder blocks recompute their activations in backward", blocks)
 
     def _clip_gradients(self) -> float:
         """Clip to ``clip_grad_norm.max_norm`` (only measure when unset); works on sharded (DTensor) gradients."""
@@ -351,7 +244,7 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
     def _split_sequence(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's share of the sequence under context parallel, padded to split evenly over
         tensor-parallel ranks under sequence parallel; the batch itself otherwise."""
-        multiple = self.dist.tp_size if getattr(self, "_sequence_parallel", False) else 1
+        multiple = self.dist.tp_size if self._sequence_parallel else 1
         if self.dist.cp_size == 1 and multiple == 1:
             return batch
         from nemo_like.components.distributed.context_parallel import shard_batch

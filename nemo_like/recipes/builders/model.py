@@ -1,0 +1,129 @@
+"""The ``model`` (with ``tokenizer``, ``quantization``, ``peft``, ``distributed_config``) sections as a
+trainable model: load -> quantize -> LoRA -> place -> shard -> activation checkpointing, in that order, once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nemo_like.config.errors import ConfigError
+from nemo_like.config.loader import ConfigNode
+
+logger = logging.getLogger("nemo_like")
+
+
+@dataclass
+class BuiltModel:
+    """The model ready for the optimizer, and what the step needs to know about how it was built."""
+
+    model: torch.nn.Module
+    peft_config: Any = None  # the LoRA/DoRA settings when adapters were added (saved as an HF-PEFT adapter)
+    defer_grad_sync: bool = False  # FSDP2 reduce-scatters once per step, after the last micro-batch
+    sequence_parallel: bool = False
+
+
+def build_tokenizer(cfg: ConfigNode, model_id: str | None) -> Any:
+    """The ``tokenizer`` section, else the tokenizer that ships with ``model.pretrained_model_name_or_path``."""
+    if "tokenizer" in cfg:
+        return cfg.tokenizer.instantiate()
+    from nemo_like._transformers.tokenizer import build_tokenizer as load_tokenizer
+
+    if model_id is None:
+        raise ConfigError("model.pretrained_model_name_or_path: needed to build the tokenizer (or add a tokenizer section)")
+    try:
+        return load_tokenizer(model_id)
+    except ValueError as err:
+        raise ConfigError(f"model.pretrained_model_name_or_path: {err}") from err
+
+
+def model_context_length(model_id: Any) -> int | None:
+    """The model's context from its config file, read before the data is built; None when it cannot be told."""
+    if not isinstance(model_id, str):
+        return None
+    from transformers import AutoConfig
+
+    from nemo_like._transformers.embedded import resolve_pretrained_path, split_gguf_path
+    from nemo_like.components.datasets.llm.context_limit import context_length_of
+
+    try:
+        path, gguf_file = split_gguf_path(resolve_pretrained_path(model_id))
+        config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError):  # the model loader reports an unreadable config in its own words
+        return None
+    return context_length_of(config)
+
+
+def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -> BuiltModel:
+    """Every model-side section applied once, in order; ``layout`` is the typed ``distributed`` section."""
+    quantized = cfg.get("quantization", None) is not None
+    model = _load_quantized_model(cfg, dist, device) if quantized else cfg.model.instantiate()
+    built = BuiltModel(model)
+    if "peft" in cfg:
+        from nemo_like.components._peft.lora import apply_lora_to_linear_modules
+
+        built.peft_config = cfg.peft.instantiate()
+        count = apply_lora_to_linear_modules(model, built.peft_config)
+        logger.info("LoRA applied to %d linear modules", count)
+    if not quantized:  # bitsandbytes places its packed weights while loading
+        model.to(device)
+    # transformers' count unpacks 4-bit storage (two weights per byte); a plain sum would not.
+    counter = getattr(model, "num_parameters", None)
+    total = counter() if callable(counter) else sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    if dist.world_size > 1:
+        built.model = _shard(cfg, model, dist, layout, built)
+    elif cfg.get("distributed_config.activation_checkpointing", False):
+        # With several ranks the parallelizer applies it while sharding. Each decoder block then
+        # recomputes its activations in backward instead of keeping them (less memory, ~1/3 more compute).
+        from nemo_like.components.distributed.parallelizer import apply_activation_checkpointing
+
+        blocks = apply_activation_checkpointing(model)
+        logger.info("activation checkpointing: %d decoder blocks recompute their activations in backward", blocks)
+    built.model.train()
+    return built
+
+
+def _load_quantized_model(cfg: ConfigNode, dist: Any, device: torch.device) -> torch.nn.Module:
+    """QLoRA: load the base through bitsandbytes and make its 4-bit layers safe to train through."""
+    from nemo_like.components.quantization.qlora import create_bnb_config, prepare_model_for_qlora
+
+    if "peft" not in cfg:
+        raise ConfigError("quantization: needs a peft section; quantized base weights cannot be trained directly")
+    if dist.world_size > 1:
+        raise ConfigError("quantization: FSDP2 cannot shard bitsandbytes layers; run QLoRA as a single process")
+    try:
+        bnb_config = create_bnb_config(cfg.quantization.to_dict())
+    except (ValueError, ImportError) as err:
+        raise ConfigError(str(err)) from err
+    kwargs: dict[str, Any] = {"quantization_config": bnb_config}
+    if device.type == "cuda" and "device_map" not in cfg.model:
+        kwargs["device_map"] = {"": device}
+    target = cfg.model.get("_target_")
+    hint = "use nemo_like.NeMoAutoModelForCausalLM.from_pretrained"
+    try:
+        model = cfg.model.instantiate(**kwargs)
+    except ConfigError as err:
+        if "quantization_config" not in str(err):
+            raise
+        raise ConfigError(f"quantization: model target {target} does not take quantization_config; {hint}") from err
+    # Before any forward: a CPU eval pass would otherwise repack 4-bit weights for inference only.
+    if prepare_model_for_qlora(model) == 0:
+        raise ConfigError(f"quantization: model target {target} ignored quantization_config "
+                          f"(no bitsandbytes layers); {hint}")
+    return model
+
+
+def _shard(cfg: ConfigNode, model: torch.nn.Module, dist: Any, layout: Any, built: BuiltModel) -> torch.nn.Module:
+    """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
+    from nemo_like.components.distributed.config import FSDP2Config
+    from nemo_like.components.distributed.parallelizer import parallelize_model
+
+    strategy = cfg.distributed_config.instantiate() if "distributed_config" in cfg else FSDP2Config()
+    built.sequence_parallel = dist.tp_size > 1 and (layout.sequence_parallel or
+                                                     bool(getattr(strategy, "sequence_parallel", False)))
+    built.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))
+    return parallelize_model(model, dist.mesh, strategy, sequence_parallel=built.sequence_parallel)
