@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from typing import Any
 
 import torch
@@ -78,6 +79,8 @@ class BaseRecipe:
         self.model_id: str | None = None
         self.lr_scheduler: Any = None
         self.val_dataloader: Any = None
+        self.generation_eval = getattr(sections, "generation_eval", None)  # held-out exact match, before and after
+        self.accuracy_before: float | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup_run(self) -> None:
@@ -115,10 +118,40 @@ class BaseRecipe:
         raise NotImplementedError
 
     def _before_training(self) -> None:
-        """Runs once before the first step (e.g. a held-out score to compare with)."""
+        """Runs once before the first step: the ``generation_eval`` score to compare with, when asked for."""
+        if self.generation_eval and self.generation_eval.before_training:
+            self.accuracy_before = self._run_generation_eval("before training")
 
     def _after_training(self, result: dict[str, Any]) -> None:
-        """Runs once after the last step of a run that finished; may add to ``result``."""
+        """Runs once after the last step of a run that finished: the ``generation_eval`` score after training."""
+        if self.generation_eval:
+            result["accuracy_before"] = self.accuracy_before
+            result["accuracy_after"] = self._run_generation_eval("after training")
+
+    def _run_generation_eval(self, when: str) -> float | None:
+        """Held-out exact match. Under torchrun every rank generates the same rows (sharded weights are
+        gathered collectively, so a rank that sat out would stall the others); rank 0 logs."""
+        if self.dist.cp_size > 1:
+            logger.warning("generation_eval %s: skipped; context parallel splits sequences over ranks, "
+                           "which token-by-token generation cannot use", when)
+            return None
+        if self.dist.world_size > 1:
+            from nemo_like.components.distributed.parallelizer import prepare_for_inference_mode
+
+            prepare_for_inference_mode(self.model)
+        from nemo_like.components.eval.exact_match import generation_exact_match, load_jsonl_rows
+
+        ev = self.generation_eval
+        rows = load_jsonl_rows(ev.path_or_dataset_id, limit=ev.limit)
+        start = time.perf_counter()
+        with self._autocast():
+            result = generation_exact_match(
+                self.model, self.tokenizer, rows, column_mapping=ev.column_mapping,
+                use_chat_template=ev.use_hf_chat_template, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+            )
+        logger.info("held-out exact match %s: %.3f (%d rows, %.1f s)", when, result["accuracy"], result["n"],
+                    time.perf_counter() - start)
+        return result["accuracy"]
 
     # ------------------------------------------------------------------ the loop, resume and saves
     def _restore_checkpoint(self) -> list[float]:
