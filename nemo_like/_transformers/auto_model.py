@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from nemo_like._transformers.fused_swiglu import apply_fused_swiglu
 from nemo_like._transformers.embedded import hub_load_error, resolve_pretrained_path, split_gguf_path
+from nemo_like._transformers.fused_swiglu import apply_fused_swiglu
+from nemo_like._transformers.gguf_dense import drop_gguf_quantizer, is_gguf_config, load_dense_gguf
 
 logger = logging.getLogger("nemo_like")
 
@@ -68,66 +69,6 @@ def _drop_nemo_only_options(kwargs: dict[str, Any]) -> None:
     for name in _NEMO_ONLY_OPTIONS:
         if name in kwargs and kwargs.pop(name) and name != "force_hf":
             logger.warning("%s is not available in nemo_like; loading the plain transformers model.", name)
-
-
-def _is_gguf_quantized(model: PreTrainedModel) -> bool:
-    quantizer = getattr(model, "hf_quantizer", None)
-    qconfig = getattr(quantizer, "quantization_config", None) or getattr(model.config, "quantization_config", None)
-    return qconfig is not None and _is_gguf_config(qconfig)
-
-
-def drop_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
-    """Remove the GGUF quantizer from a model whose weights are already dense.
-
-    transformers keeps the quantizer on a model loaded from GGUF even after it
-    unpacked every weight; the quantizer then reports the model as not trainable
-    and not serializable. Weights still kept in GGUF blocks are unpacked first.
-    """
-    if not _is_gguf_quantized(model):
-        return model
-    quantizer = getattr(model, "hf_quantizer", None)
-    packed = any(type(m).__name__.lower().startswith("gguf") for m in model.modules())
-    if packed:
-        if quantizer is None:
-            raise RuntimeError("The GGUF model keeps packed weights but has no quantizer to unpack them.")
-        model = quantizer.dequantize(model)  # also removes the quantization config
-    elif quantizer is not None:
-        quantizer.remove_quantization_config(model)
-    for attr in ("hf_quantizer", "quantization_method"):
-        if attr in vars(model):
-            delattr(model, attr)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel) and "_is_quantized" in vars(module.config):
-            del module.config._is_quantized
-    return model
-
-
-def load_dense_gguf(
-    directory: str,
-    gguf_file: str,
-    dtype: torch.dtype = torch.float32,
-    attn_implementation: str | None = "sdpa",
-    **kwargs: Any,
-) -> PreTrainedModel:
-    """Load a GGUF file as a dense, trainable model (every weight unpacked to ``dtype``)."""
-    try:
-        from transformers import GgufConfig
-    except ImportError:  # older transformers always unpack GGUF weights
-        GgufConfig = None
-    if GgufConfig is not None:
-        kwargs.setdefault("quantization_config", GgufConfig(gguf_file=gguf_file, dequantize=True))
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation, **kwargs
-    )
-    return drop_gguf_quantizer(model)
-
-
-def _is_gguf_config(qconfig: Any) -> bool:
-    method = qconfig.get("quant_method") if isinstance(qconfig, dict) else getattr(qconfig, "quant_method", None)
-    return str(getattr(method, "value", method)).lower() == "gguf"
 
 
 def load_gguf_quantized(
@@ -225,7 +166,7 @@ class NeMoAutoModelForCausalLM:
         path, gguf_file = split_gguf_path(resolve_pretrained_path(name), gguf_file)
 
         qconfig = kwargs.get("quantization_config")
-        if gguf_file is not None and qconfig is not None and not _is_gguf_config(qconfig):
+        if gguf_file is not None and qconfig is not None and not is_gguf_config(qconfig):
             gguf_dtype = torch.float32 if dtype == "auto" else dtype
             qconfig = kwargs.pop("quantization_config")
             return _with_sdpa_fallback(

@@ -263,7 +263,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from nemo_like._transformers.auto_model import load_dense_gguf
+    from nemo_like._transformers.gguf_dense import load_dense_gguf
 
     model = load_dense_gguf(str(gguf.parent), gguf.name, dtype=torch.float32, attn_implementation="sdpa")
     if hasattr(model.config, "_model_name_or_path"):  # the GGUF's free-text title, not an id

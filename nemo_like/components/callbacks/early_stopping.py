@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from nemo_like.components.callbacks.callback import Callback, TrainState
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
 

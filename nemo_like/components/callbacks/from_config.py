@@ -6,7 +6,8 @@ from typing import Any
 
 from nemo_like.components.callbacks.callback import CallbackList
 from nemo_like.components.callbacks.progress_bar import ProgressBar
-from nemo_like.config.loader import ConfigError, ConfigNode
+from nemo_like.config.errors import ConfigError
+from nemo_like.config.loader import ConfigNode
 
 
 def build_callbacks(nodes: Any, disable_progress_bar: bool = False) -> CallbackList:

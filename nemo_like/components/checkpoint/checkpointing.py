@@ -42,7 +42,7 @@ from nemo_like.components.checkpoint.compatibility import check_model, check_opt
 from nemo_like.components.checkpoint.config import CheckpointingConfig
 from nemo_like.components.checkpoint.crash_hooks import kill_hook, pause_hook, stall_hook
 from nemo_like.components.checkpoint.disk_space import (
-    DiskFullError, checkpoint_bytes, disk_full_error, is_disk_full, refuse_if_no_room, save_torch,
+    DiskFullError, checkpoint_bytes, disk_full_error, is_disk_full, refuse_if_no_room,
 )
 from nemo_like.components.checkpoint.errors import FRESH_HINT, CheckpointError
 from nemo_like.components.checkpoint.finite_weights import refuse_non_finite
@@ -52,6 +52,7 @@ from nemo_like.components.checkpoint.manifest import (
 from nemo_like.components.checkpoint.pointers import (
     LATEST, LOWEST_VAL, STEP_DIR, TMP_PREFIX, atomic_write_text, fsync_dir, pointer_or_none, read_pointer,
 )
+from nemo_like.components.checkpoint.torch_file import save_torch
 
 __all__ = ["CheckpointError", "Checkpointer", "CheckpointingConfig", "LATEST", "LOWEST_VAL", "drop_records_after"]
 

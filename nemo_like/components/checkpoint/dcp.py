@@ -166,7 +166,7 @@ def save_rank_rng(directory: str, rng: Any) -> None:
     """Ranks other than 0 keep their own RNG stream (a ranked seed differs per rank)."""
     r = rank()
     if r > 0 and rng is not None:
-        from nemo_like.components.checkpoint.disk_space import save_torch
+        from nemo_like.components.checkpoint.torch_file import save_torch
 
         os.makedirs(directory, exist_ok=True)
         save_torch(rng.state_dict(), os.path.join(directory, f"rng_rank{r}.pt"))

@@ -124,9 +124,3 @@ def refuse_if_no_room(root: str, step: int, needed: int, latest: str | None) -> 
             f"{latest or 'no checkpoint'} (free some space or set checkpoint.checkpoint_dir elsewhere)"
         )
     return free
-
-
-def save_torch(obj: Any, path: str) -> None:
-    """``torch.save`` through a Python file, so a full disk surfaces as ENOSPC rather than 'unexpected pos'."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)

@@ -12,7 +12,8 @@ import torch
 from nemo_like.components.datasets.llm.context_limit import context_length_of, resolve_max_length
 from nemo_like.components.datasets.llm.packed_sequence import PackedSequence, pack_dataset
 from nemo_like.components.datasets.utils import default_collater, packed_sequence_collater
-from nemo_like.config.loader import ConfigError, ConfigNode, resolve_target
+from nemo_like.config.errors import ConfigError
+from nemo_like.config.loader import ConfigNode, resolve_target
 
 logger = logging.getLogger("nemo_like")
 

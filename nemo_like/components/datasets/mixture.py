@@ -38,7 +38,8 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset
 
 from nemo_like.components.datasets.llm.row_stream import shard
-from nemo_like.config.loader import ConfigError, ConfigNode, resolve_target
+from nemo_like.config.errors import ConfigError
+from nemo_like.config.loader import ConfigNode, resolve_target
 
 STRATEGIES = ("first_exhausted", "all_exhausted")
 _BLOCK = 1000  # sources are drawn in blocks of this size, as Hugging Face datasets does (same seed, same draws)

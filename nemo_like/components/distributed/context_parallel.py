@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 
 ATTN_IMPLEMENTATION = "nemo_like_context_parallel"
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from nemo_like.config.loader import ConfigError, ConfigNode
+from nemo_like.config.errors import ConfigError
+from nemo_like.config.loader import ConfigNode
 
 # Architecture (shapes only) of models the recipes name, for machines without the hub.
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {

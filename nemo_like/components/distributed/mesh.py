@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nemo_like.components.distributed.config import DistributedConfig
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 
 MESH_DIMS = ("dp_replicate", "dp_shard", "cp", "tp")
 

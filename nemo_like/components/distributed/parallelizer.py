@@ -18,7 +18,7 @@ from torch import nn
 
 from nemo_like.components.distributed.config import DDPConfig, FSDP2Config
 from nemo_like.components.distributed.mesh import DeviceMeshes
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 from nemo_like.config.target_gate import resolve_target
 
 # Families whose decoder uses the Llama module names (model.layers.N.self_attn.q_proj, ...).

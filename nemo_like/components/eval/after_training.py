@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
 

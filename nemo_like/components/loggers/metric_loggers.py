@@ -103,7 +103,7 @@ def build_metric_loggers(config: Any, run_dir: str, enabled: bool = True) -> Met
 
 
 def _build_tracker(name: str, kwargs: dict[str, Any], run_dir: str) -> Any:
-    from nemo_like.config.loader import ConfigError
+    from nemo_like.config.errors import ConfigError
 
     try:
         if name == "wandb":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 
 
 class MissingExtraError(ConfigError, ImportError):

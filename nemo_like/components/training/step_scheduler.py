@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from nemo_like.config.loader import ConfigError
+from nemo_like.config.errors import ConfigError
 
 
 _DEFAULT_EPOCHS = 10  # NeMo AutoModel's num_epochs when max_steps is not given either

@@ -340,7 +340,7 @@ def prepare_packed_attention(
 
 def pack_dataset(dataset: Any, packed_sequence_size: int | None = 0, **options: Any) -> Any:
     """Apply a ``packed_sequence:`` section: pack when the size is > 0 (NeMo's "0 = off"), else return ``dataset``."""
-    from nemo_like.config.loader import ConfigError
+    from nemo_like.config.errors import ConfigError
 
     known = [n for n in inspect.signature(PackedSequence).parameters if n not in ("dataset", "packed_sequence_size")]
     for key in options:

@@ -73,7 +73,8 @@ def row_formatter(role: str, template: Any = None, func: Any = None) -> RowForma
         return RowFormatter(template_key, template=_checked_template(template_key, template))
     if func is None:
         return None
-    from nemo_like.config.loader import ConfigError, resolve_target
+    from nemo_like.config.errors import ConfigError
+    from nemo_like.config.loader import resolve_target
 
     try:
         resolved = resolve_target(func, key=f"dataset.{func_key}")
