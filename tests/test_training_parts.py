@@ -130,3 +130,26 @@ def test_stateful_rng_round_trip_is_loadable_without_pickle(tmp_path):
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     rng.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_one_dtype_reading_for_every_section():
+    """bf16 / bfloat16 / torch.bfloat16 mean the same in the model, LoRA, QLoRA, FSDP2 and autocast sections."""
+    from nemo_like._transformers.auto_model import resolve_dtype
+    from nemo_like.components._peft.lora import PeftConfig
+    from nemo_like.components.distributed.config import FSDP2Config
+    from nemo_like.components.dtypes import parse_dtype
+    from nemo_like.components.quantization.qlora import create_bnb_config
+    from nemo_like.config.errors import ConfigError
+
+    for spelling in ("bf16", "BFloat16", "torch.bfloat16", torch.bfloat16):
+        assert parse_dtype(spelling, "k") is torch.bfloat16
+        assert resolve_dtype(spelling) is torch.bfloat16
+        assert PeftConfig(lora_dtype=spelling).lora_dtype is torch.bfloat16
+        assert FSDP2Config(mp_param_dtype=spelling).mixed_precision().param_dtype is torch.bfloat16
+        assert create_bnb_config({"load_in_4bit": True, "bnb_4bit_compute_dtype": spelling}).bnb_4bit_compute_dtype \
+            is torch.bfloat16
+    assert parse_dtype(None, "k") is None and parse_dtype("none", "k") is None and resolve_dtype(None) == "auto"
+    with pytest.raises(ConfigError, match="^autocast.dtype: 'float8' is not a dtype; use one of float32, bfloat16"):
+        parse_dtype("float8", "autocast.dtype")
+    with pytest.raises(ConfigError, match="k: None is not a dtype"):
+        parse_dtype(None, "k", optional=False)

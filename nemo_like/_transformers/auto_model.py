@@ -21,24 +21,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from nemo_like._transformers.embedded import hub_load_error, resolve_pretrained_path, split_gguf_path
 from nemo_like._transformers.fused_swiglu import apply_fused_swiglu
 from nemo_like._transformers.gguf_dense import drop_gguf_quantizer, is_gguf_config, load_dense_gguf
+from nemo_like.components.dtypes import parse_dtype
+from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
 
 DTypeLike = str | torch.dtype | None
 ConfigLike = PretrainedConfig | dict[str, Any] | str | os.PathLike
-
-_DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "16": torch.float16,
-}
 
 # NeMo AutoModel options that select its own kernels; here the model is always the
 # plain transformers one, so they are accepted for YAML compatibility.
@@ -46,15 +35,13 @@ _NEMO_ONLY_OPTIONS = ("force_hf", "use_liger_kernel", "sdpa_method", "use_te")
 
 
 def resolve_dtype(value: DTypeLike) -> torch.dtype | str:
-    """Map a YAML-friendly dtype ("bf16", "torch.bfloat16", torch.float32, None) to torch, or "auto"."""
-    if value is None or isinstance(value, torch.dtype):
-        return "auto" if value is None else value
-    text = str(value).strip().lower().removeprefix("torch.")
-    if text == "auto":
+    """A YAML dtype ("bf16", "torch.bfloat16", torch.float32) as torch's; None and "auto" stay "auto"."""
+    if value is None or str(value).strip().lower() == "auto":
         return "auto"
-    if text in _DTYPE_NAMES:
-        return _DTYPE_NAMES[text]
-    raise ValueError(f"Unknown torch_dtype {value!r}; use 'auto', 'float32', 'bfloat16' or 'float16'.")
+    try:
+        return parse_dtype(value, "torch_dtype", optional=False)
+    except ConfigError:  # "auto" is a choice here too
+        raise ConfigError(f"Unknown torch_dtype {value!r}; use 'auto', 'float32', 'bfloat16' or 'float16'") from None
 
 
 def _pick_dtype(torch_dtype: DTypeLike, kwargs: dict[str, Any]) -> torch.dtype | str:

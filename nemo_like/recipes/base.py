@@ -178,10 +178,10 @@ class BaseRecipe:
         return list(losses.get("train", []))[: done + 1]
 
     def _autocast_dtype(self) -> torch.dtype | None:
-        from nemo_like.components.distributed.config import resolve_dtype
+        from nemo_like.components.dtypes import parse_dtype
 
         autocast = self.sections.autocast
-        return resolve_dtype(autocast.dtype, "autocast.dtype") if autocast.enabled else None
+        return parse_dtype(autocast.dtype, "autocast.dtype") if autocast.enabled else None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

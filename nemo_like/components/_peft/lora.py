@@ -38,14 +38,10 @@ from torch.distributed.tensor import DTensor
 
 from nemo_like.components._peft.lora_addmm import lora_addmm
 from nemo_like.components._peft.module_matcher import ModuleMatcher
+from nemo_like.components.dtypes import parse_dtype
 from nemo_like.components.quantization.qlora import dequantize_bnb_weight, is_bnb_linear
 
 _DEFAULT_TARGETS = ["*_proj"]
-_DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
 _triton_warned = False
 
 
@@ -83,18 +79,6 @@ def _warn_triton_fallback(reason: str, stacklevel: int) -> None:
         _triton_warned = True
         warnings.warn(f"peft.use_triton: not using the fused Triton LoRA kernel because {reason}; "
                       "running the torch path", UserWarning, stacklevel=stacklevel + 1)
-
-
-def _resolve_dtype(value: Any) -> torch.dtype | None:
-    """Accept ``None``, a ``torch.dtype`` or a YAML string such as ``bf16`` / ``torch.bfloat16``."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    key = str(value).strip().lower().removeprefix("torch.")
-    if key in ("none", ""):
-        return None
-    if key not in _DTYPE_NAMES:
-        raise ValueError(f"peft.lora_dtype: {value!r} is not a dtype; use one of {sorted(set(_DTYPE_NAMES))}")
-    return _DTYPE_NAMES[key]
 
 
 @dataclass
@@ -139,7 +123,7 @@ class PeftConfig:
             raise ValueError(f"peft.lora_A_init: {self.lora_A_init!r} is not one of 'xavier', 'kaiming'")
         if self.target_modules and self.match_all_linear:
             raise ValueError("peft.target_modules: cannot be combined with match_all_linear=True; set only one")
-        self.lora_dtype = _resolve_dtype(self.lora_dtype)
+        self.lora_dtype = parse_dtype(self.lora_dtype, "peft.lora_dtype")
         if not self.target_modules and not self.match_all_linear:
             warnings.warn(
                 "peft: neither target_modules nor match_all_linear is set; adapting modules matching '*_proj'",

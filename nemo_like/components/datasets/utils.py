@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from nemo_like.components.batch import IGNORE_INDEX
 
 # Padding value per key: labels are ignored by the loss, masks mark padding with 0.
-_PAD_VALUES = {"labels": -100, "attention_mask": 0, "loss_mask": 0, "position_ids": 0}
+_PAD_VALUES = {"labels": IGNORE_INDEX, "attention_mask": 0, "loss_mask": 0, "position_ids": 0}
 
 
 def default_collater(

@@ -3,31 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from nemo_like.components.dtypes import parse_dtype
 from nemo_like.config.errors import ConfigError
-
-if TYPE_CHECKING:
-    import torch
-
-# torch is imported on first use: the ``distributed`` section is checked before anything heavy loads.
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
-
-
-def resolve_dtype(value: str | torch.dtype | None, key: str) -> torch.dtype | None:
-    """``"bf16"``/``"torch.bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
-    import torch
-
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    text = str(value).strip().lower().removeprefix("torch.")
-    if text in ("none", "null", ""):
-        return None
-    if text not in _DTYPES:
-        raise ConfigError(f"{key}: {value!r} is not a dtype (use float32, bfloat16 or float16)")
-    return getattr(torch, _DTYPES[text])
-
 
 @dataclass
 class DistributedConfig:
@@ -94,9 +73,9 @@ class FSDP2Config:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         return MixedPrecisionPolicy(
-            param_dtype=resolve_dtype(self.mp_param_dtype, "distributed_config.mp_param_dtype"),
-            reduce_dtype=resolve_dtype(self.mp_reduce_dtype, "distributed_config.mp_reduce_dtype"),
-            output_dtype=resolve_dtype(self.mp_output_dtype, "distributed_config.mp_output_dtype"),
+            param_dtype=parse_dtype(self.mp_param_dtype, "distributed_config.mp_param_dtype"),
+            reduce_dtype=parse_dtype(self.mp_reduce_dtype, "distributed_config.mp_reduce_dtype"),
+            output_dtype=parse_dtype(self.mp_output_dtype, "distributed_config.mp_output_dtype"),
         )
 
 

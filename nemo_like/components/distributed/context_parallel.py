@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nemo_like.config.errors import ConfigError
+from nemo_like.components.batch import IGNORE_INDEX
 
 ATTN_IMPLEMENTATION = "nemo_like_context_parallel"
 
@@ -174,7 +175,7 @@ def shard_batch(
     if "position_ids" not in out:
         out["position_ids"] = torch.arange(seq_len, device=ids.device).expand(bsz, seq_len)
     pad = (-seq_len) % ((2 * cp_size if cp_size > 1 else 1) * multiple)
-    fill = {"labels": -100, "attention_mask": 0, "input_ids": 0}
+    fill = {"labels": IGNORE_INDEX, "attention_mask": 0, "input_ids": 0}
     for name, value in list(out.items()):
         if not torch.is_tensor(value) or value.dim() != 2 or value.shape[1] != seq_len:
             raise ConfigError(f"distributed.cp_size: batch field {name!r} of shape {tuple(value.shape)} "

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nemo_like.components.loss.masked_ce import nonzero_count
+from nemo_like.components.batch import IGNORE_INDEX
 
 # Bytes of fp32 logits one chunk may hold when chunk_size is not given (a few hundred rows at vocab 49,152).
 _DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -116,7 +117,7 @@ class FusedLinearCrossEntropy:
 
     def __init__(
         self,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         logit_softcapping: float = 0.0,
         reduction: str = "sum",
         chunk_size: int | None = None,

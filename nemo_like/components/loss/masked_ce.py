@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from nemo_like.components.batch import IGNORE_INDEX
 
 
 class MaskedCrossEntropy:
@@ -19,7 +20,7 @@ class MaskedCrossEntropy:
     ``logits[i]``), so nothing is shifted here.
     """
 
-    def __init__(self, fp32_upcast: bool = True, ignore_index: int = -100, reduction: str = "sum") -> None:
+    def __init__(self, fp32_upcast: bool = True, ignore_index: int = IGNORE_INDEX, reduction: str = "sum") -> None:
         if reduction not in ("sum", "mean", "none"):
             raise ValueError(f"loss_fn.reduction: {reduction!r} is not one of 'sum', 'mean', 'none'")
         self.fp32_upcast = fp32_upcast

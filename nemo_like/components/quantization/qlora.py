@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nemo_like.components.dtypes import FLOATS, parse_dtype
+
 logger = logging.getLogger("nemo_like")
 
 INSTALL_HINT = "pip install 'nemo_like[qlora]'"
@@ -42,12 +44,7 @@ QUANTIZATION_DEFAULTS: dict[str, Any] = {
 _PASSTHROUGH = ("llm_int8_threshold", "llm_int8_skip_modules", "llm_int8_enable_fp32_cpu_offload",
                 "llm_int8_has_fp16_weight")
 _QUANT_TYPES = ("nf4", "fp4")
-_COMPUTE_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-_STORAGE_DTYPES = {**_COMPUTE_DTYPES, "uint8": torch.uint8, "int8": torch.int8}
+_STORAGE_DTYPES = (*FLOATS, "uint8", "int8")
 
 
 def require_bitsandbytes() -> None:
@@ -63,17 +60,8 @@ def _as_bool(section: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _as_dtype(section: Mapping[str, Any], key: str, table: Mapping[str, torch.dtype]) -> torch.dtype:
-    value = section[key]
-    if isinstance(value, torch.dtype):
-        if value in table.values():
-            return value
-    else:
-        name = str(value).strip().lower().removeprefix("torch.")
-        if name in table:
-            return table[name]
-    names = sorted({str(d).removeprefix("torch.") for d in table.values()})
-    raise ValueError(f"quantization.{key}: {value!r} is not one of {names}")
+def _as_dtype(section: Mapping[str, Any], key: str, allowed: tuple[str, ...] = FLOATS) -> torch.dtype:
+    return parse_dtype(section[key], f"quantization.{key}", allowed, optional=False)
 
 
 def _check_keys(section: Mapping[str, Any]) -> None:
@@ -109,7 +97,7 @@ def create_bnb_config(section: Mapping[str, Any] | None = None, **fields: Any) -
     kwargs: dict[str, Any] = {
         "load_in_4bit": load_4bit,
         "load_in_8bit": load_8bit,
-        "bnb_4bit_compute_dtype": _as_dtype(merged, "bnb_4bit_compute_dtype", _COMPUTE_DTYPES),
+        "bnb_4bit_compute_dtype": _as_dtype(merged, "bnb_4bit_compute_dtype"),
         "bnb_4bit_use_double_quant": _as_bool(merged, "bnb_4bit_use_double_quant"),
         "bnb_4bit_quant_type": quant_type,
         "bnb_4bit_quant_storage": _as_dtype(merged, "bnb_4bit_quant_storage", _STORAGE_DTYPES),

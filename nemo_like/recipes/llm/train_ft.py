@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from nemo_like.components.batch import ignore_index_of, model_batch_keys, split_batch
 from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
 from nemo_like.components.datasets.from_config import build_dataloader, build_dataset
@@ -29,7 +30,7 @@ from nemo_like.recipes.llm.sft_config import check_sft_config
 
 logger = logging.getLogger("nemo_like")
 
-_MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+_METHOD_KEYS = ("labels", "loss_mask")  # the batch fields this method reads itself; the model takes the rest
 
 
 class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
@@ -80,6 +81,8 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
             else None
         )
         self.loss_fn = cfg.loss_fn.instantiate() if "loss_fn" in cfg else MaskedCrossEntropy()
+        self.ignore_index = ignore_index_of(self.loss_fn)
+        self.model_keys = model_batch_keys(self.model)  # a batch field nobody reads is an error, not dropped
         self.max_grad_norm = sections.clip_grad_norm.max_norm
         self.setup_observers()
 
@@ -109,21 +112,19 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: loss = sum of token losses over all micro-batches / global label tokens."""
         start = time.perf_counter()
-        batches = [self._split_sequence(b) for b in batches]
-        num_label_tokens = all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).to(self.device))
-        num_tokens = sum(int(b["input_ids"].numel()) for b in batches)
+        batches = [self._inputs_and_labels(b) for b in batches]
+        num_label_tokens = all_reduce_sum(sum((lb != self.ignore_index).sum() for _, lb in batches).to(self.device))
+        num_tokens = sum(int(inputs["input_ids"].numel()) for inputs, _ in batches)
         if self.grad_buffer is not None:
             self.grad_buffer.zero_()
         else:
             self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
-        for index, batch in enumerate(batches):
+        for index, (inputs, labels) in enumerate(batches):
             self._set_gradient_sync(last_micro_batch=index == len(batches) - 1)
             if self.trim_cpu_heap:
                 trim_cpu_heap()  # the last backward's freed pages go back to the OS first
-            labels = batch["labels"]  # left on the host: picking the labelled positions there needs no device sync
-            inputs = self._model_inputs({k: v.to(self.device) for k, v in batch.items() if k != "labels"})
-            loss = self._forward_loss(inputs, labels, num_label_tokens=num_label_tokens)
+            loss = self._forward_loss(self._model_inputs(inputs), labels, num_label_tokens=num_label_tokens)
             # Data-parallel gradients are averaged over ranks; scaling restores the global mean.
             (loss * self.dist.dp_cp_size).backward()
             step_loss += loss.detach()
@@ -157,9 +158,18 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
             self.model.set_requires_gradient_sync(last_micro_batch)
 
+    def _inputs_and_labels(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """This rank's share of the batch as (model inputs, labels with ``loss_mask`` folded in); the labels
+        stay on the host: picking the labelled positions there needs no device sync."""
+        inputs, own = split_batch(self._split_sequence(batch), self.model_keys, _METHOD_KEYS, type(self.model).__name__)
+        labels = own["labels"]
+        if "loss_mask" in own:
+            labels = labels.masked_fill(own["loss_mask"] == 0, self.ignore_index)
+        return inputs, labels
+
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch fields the model takes; a packed batch's mask is adapted to the attention backend."""
-        inputs = {k: v for k, v in batch.items() if k in _MODEL_INPUTS}
+        """The inputs on the device; a packed batch's mask is adapted to the attention backend."""
+        inputs = {k: v.to(self.device) for k, v in batch.items()}
         dtype = next(self.model.parameters()).dtype
         return prepare_packed_attention(inputs, attention_implementation(self.model), dtype)
 
@@ -231,11 +241,9 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         for batch in self.val_dataloader:
-            batch = self._split_sequence(batch)
-            labels = batch["labels"]
-            inputs = self._model_inputs({k: v.to(self.device) for k, v in batch.items() if k != "labels"})
-            total += self._forward_loss(inputs, labels).double()
-            count += (labels != -100).sum().to(self.device)
+            inputs, labels = self._inputs_and_labels(batch)
+            total += self._forward_loss(self._model_inputs(inputs), labels).double()
+            count += (labels != self.ignore_index).sum().to(self.device)
         self.model.train()
         return float(all_reduce_sum(total) / all_reduce_sum(count).clamp(min=1))
 

@@ -29,6 +29,7 @@ from nemo_like.components.datasets.llm.formatting_utils import (
     pad_token_id_of,
     shift_and_pad,
 )
+from nemo_like.components.batch import IGNORE_INDEX
 
 logger = logging.getLogger("nemo_like")
 
@@ -324,7 +325,7 @@ class ChatDataset(Dataset):
         for text, supervised in self._segments(where, messages, tools):
             piece = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             ids += piece
-            labels += piece if supervised else [-100] * len(piece)
+            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
         keep = self.row_limit.keep(where, len(ids) - 1) + 1  # n tokens are n - 1 model inputs once shifted
         ids, labels = ids[:keep], labels[:keep]
         sample = shift_and_pad(ids, labels, self.seq_length if self.pad_to_seq_length else None, self.pad_token_id)

@@ -21,6 +21,7 @@ from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, load_rows, shift_and_pad
 from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
+from nemo_like.components.batch import IGNORE_INDEX
 
 _COLUMNS = ("context", "question", "answer")
 
@@ -153,7 +154,7 @@ class ColumnMappedTextInstructionDataset(Dataset):
         answer_ids = answer_ids[: keep + 1 - len(prompt_ids)]
         ids = prompt_ids + answer_ids
         if self.answer_only_loss_mask:
-            labels = [-100] * len(prompt_ids) + answer_ids
+            labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
         else:
             labels = list(ids)
         pad_to = self.seq_length if self.pad_to_seq_length else None

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path, read_json_rows, slice_split
+from nemo_like.components.batch import IGNORE_INDEX
 
 
 def load_rows(path_or_dataset_id: str | Sequence[str], split: str | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -43,12 +44,12 @@ def shift_and_pad(
     token carries a label, since such a row would only add zeros to the loss.
     """
     sample = {"input_ids": ids[:-1], "labels": labels[1:], "attention_mask": [1] * (len(ids) - 1)}
-    if all(label == -100 for label in sample["labels"]):
+    if all(label == IGNORE_INDEX for label in sample["labels"]):
         return None
     if seq_length is not None:
         pad = seq_length - len(sample["input_ids"])
         sample["input_ids"] += [pad_token_id] * pad
-        sample["labels"] += [-100] * pad
+        sample["labels"] += [IGNORE_INDEX] * pad
         sample["attention_mask"] += [0] * pad
     return sample
 

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm import packed_attention  # noqa: F401  registers attn "packed_sdpa"
+from nemo_like.components.batch import IGNORE_INDEX
 
 logger = logging.getLogger("nemo_like")
 
@@ -179,7 +180,7 @@ class PackedSequence(Dataset):
                     "or skip such rows with packed_sequence.skip_long_samples: true"
                 )
             self.stats["documents"] += 1
-            self.stats["label_tokens"] += sum(1 for label in labels if label != -100)
+            self.stats["label_tokens"] += sum(1 for label in labels if label != IGNORE_INDEX)
             documents.append((ids, labels))
         return documents
 
@@ -269,7 +270,7 @@ class PackedSequence(Dataset):
             pack["position_ids"] += list(range(len(ids)))
         pad = self.packed_sequence_size - len(pack["input_ids"])
         pack["input_ids"] += [self.pad_token_id] * pad
-        pack["labels"] += [-100] * pad
+        pack["labels"] += [IGNORE_INDEX] * pad
         pack["position_ids"] += list(range(pad))
         return pack
 
