@@ -165,15 +165,12 @@ def test_torchrun_single_process_end_to_end(env):
 def test_adamw_is_fused_on_cuda_unless_the_yaml_chooses(env):
     """The decision only (no GPU here): CUDA + torch AdamW -> fused; CPU, or a YAML that picks, -> as given."""
     from nemo_like.config.loader import load_yaml_config
+    from nemo_like.recipes.builders.optimizer import optimizer_defaults
 
     cfg = load_yaml_config(TINY)
-    recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
-    recipe.device = torch.device("cuda")
-    assert recipe._optimizer_defaults() == {"fused": True}
-    recipe.device = torch.device("cpu")
-    assert recipe._optimizer_defaults() == {}
+    assert optimizer_defaults(cfg.optimizer, torch.device("cuda")) == {"fused": True}
+    assert optimizer_defaults(cfg.optimizer, torch.device("cpu")) == {}
     cfg.set_by_path("optimizer.foreach", True)
-    recipe.device = torch.device("cuda")
-    assert recipe._optimizer_defaults() == {}
+    assert optimizer_defaults(cfg.optimizer, torch.device("cuda")) == {}
     cfg.set_by_path("optimizer._target_", "torch.optim.SGD")
-    assert recipe._optimizer_defaults() == {}
+    assert optimizer_defaults(cfg.optimizer, torch.device("cuda")) == {}

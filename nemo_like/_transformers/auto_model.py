@@ -40,8 +40,8 @@ def resolve_dtype(value: DTypeLike) -> torch.dtype | str:
         return "auto"
     try:
         return parse_dtype(value, "torch_dtype", optional=False)
-    except ConfigError:  # "auto" is a choice here too
-        raise ConfigError(f"Unknown torch_dtype {value!r}; use 'auto', 'float32', 'bfloat16' or 'float16'") from None
+    except ConfigError:  # "auto" is a choice here too; the loader names the section that passed the value
+        raise ValueError(f"Unknown torch_dtype {value!r}; use 'auto', 'float32', 'bfloat16' or 'float16'") from None
 
 
 def _pick_dtype(torch_dtype: DTypeLike, kwargs: dict[str, Any]) -> torch.dtype | str:

@@ -42,7 +42,8 @@ def model_batch_keys(model: torch.nn.Module) -> frozenset[str] | None:
         return frozenset(declared)
     inner = model
     while not _names(inner):  # a wrapper's (*args, **kwargs): ask the module it wraps
-        nested = next((getattr(inner, n) for n in _WRAPPED if isinstance(getattr(inner, n, None), torch.nn.Module)), None)
+        nested = next((getattr(inner, n) for n in _WRAPPED
+                       if isinstance(getattr(inner, n, None), torch.nn.Module)), None)
         if nested is None:
             break
         inner = nested

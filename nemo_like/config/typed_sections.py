@@ -128,7 +128,8 @@ def check_section(node: Any, schema: type, path: str, sources: dict[str, str] | 
                 f"{located(f'{path}.{key}', sources)}: unknown field of '{path}'"
                 f"{did_you_mean(key, list(fields), path + '.')} (fields: {', '.join(fields)})"
             )
-        given[key] = check_value(_plain(value), hints[key], f"{path}.{key}", sources)
+        plain = value.to_dict() if hasattr(value, "to_dict") else value  # a ConfigNode, without importing it
+        given[key] = check_value(plain, hints[key], f"{path}.{key}", sources)
     for name, field in fields.items():
         if name not in given and field.default is _MISSING and field.default_factory is _MISSING:
             raise ConfigError(f"{located(path, sources)}: '{path}.{name}' is required ({_type_name(hints[name])})")
@@ -146,10 +147,6 @@ def _with_source(message: str, path: str, sources: dict[str, str] | None) -> str
         if where != key:
             return where + message[len(key):]
     return message
-
-
-def _plain(value: Any) -> Any:
-    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,14 +18,14 @@ from nemo_like.components.datasets.from_config import build_dataloader, build_da
 from nemo_like.components.distributed.init import all_reduce_sum
 from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
-from nemo_like.components.optim.scheduler import build_lr_scheduler
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
 from nemo_like.components.training.grad_buffer import ContiguousGrads
 from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.step_scheduler import StepScheduler
-from nemo_like.config.loader import ConfigError, ConfigNode, resolve_target
+from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.recipes.base import BaseRecipe
 from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
+from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
 from nemo_like.recipes.llm.sft_config import check_sft_config
 
 logger = logging.getLogger("nemo_like")
@@ -71,33 +71,19 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         built = build_model(cfg, self.dist, self.device, sections.distributed)
         self.model, self.peft_config = built.model, built.peft_config
         self.defer_grad_sync, self._sequence_parallel = built.defer_grad_sync, built.sequence_parallel
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = cfg.optimizer.instantiate(params=trainable, **self._optimizer_defaults())
-        self.grad_buffer = self._contiguous_grads(trainable)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.grad_buffer = self._contiguous_grads([p for g in self.optimizer.param_groups for p in g["params"]])
         self.trim_cpu_heap = sections.trim_cpu_heap and self.device.type == "cpu"
-        self.lr_scheduler = (
-            build_lr_scheduler(self.optimizer, self.step_scheduler.max_steps, **sections.lr_scheduler.kwargs())
-            if sections.lr_scheduler is not None
-            else None
-        )
+        self.lr_scheduler = build_lr_schedule(sections.lr_scheduler, self.optimizer, self.step_scheduler.max_steps)
         self.loss_fn = cfg.loss_fn.instantiate() if "loss_fn" in cfg else MaskedCrossEntropy()
         self.ignore_index = ignore_index_of(self.loss_fn)
         self.model_keys = model_batch_keys(self.model)  # a batch field nobody reads is an error, not dropped
+        # use_cache=False when the model takes it: training never reads the key/value cache, and a block that
+        # recomputes its activations (activation checkpointing) would append to it twice.
+        takes_cache = "use_cache" in inspect.signature(self.model.forward).parameters
+        self.forward_options = {"use_cache": False} if takes_cache else {}
         self.max_grad_norm = sections.clip_grad_norm.max_norm
         self.setup_observers()
-
-    def _optimizer_defaults(self) -> dict[str, Any]:
-        """``fused=True`` for torch's Adam/AdamW on CUDA unless the YAML picks ``fused`` or ``foreach``.
-
-        The fused kernel updates every parameter in one launch instead of a chain of foreach
-        ops; it has no CPU advantage, so elsewhere torch's own choice stands.
-        """
-        node = self.cfg.optimizer
-        target = resolve_target(node.get("_target_"), "optimizer._target_")
-        chosen = "fused" in node or "foreach" in node
-        if self.device.type == "cuda" and target in (torch.optim.Adam, torch.optim.AdamW) and not chosen:
-            return {"fused": True}
-        return {}
 
     def _contiguous_grads(self, trainable: list[torch.nn.Parameter]) -> ContiguousGrads | None:
         """``contiguous_grads: true``: gradients in one buffer made now (see ``grad_buffer.py``); one process only."""
@@ -187,16 +173,9 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         with self._autocast():
             if isinstance(self.loss_fn, FusedLinearCrossEntropy):
                 with self._fused_output_layer(labels, scale):
-                    return self.model(**inputs, **self._forward_options()).logits
-            logits = self.model(**inputs, **self._forward_options()).logits
+                    return self.model(**inputs, **self.forward_options).logits
+            logits = self.model(**inputs, **self.forward_options).logits
         return self.loss_fn(logits, labels, **scale)
-
-    def _forward_options(self) -> dict[str, Any]:
-        """``use_cache=False`` when the model takes it: training never reads the key/value cache, and a
-        block that recomputes its activations (activation checkpointing) would append to it twice."""
-        if not hasattr(self, "_forward_parameters"):
-            self._forward_parameters = set(inspect.signature(self.model.forward).parameters)
-        return {"use_cache": False} if "use_cache" in self._forward_parameters else {}
 
     @contextlib.contextmanager
     def _fused_output_layer(self, labels: torch.Tensor, scale: dict[str, Any]) -> Any:
