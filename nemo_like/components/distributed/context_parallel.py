@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nemo_like.config.errors import ConfigError
 from nemo_like.components.batch import IGNORE_INDEX
+from nemo_like.config.errors import ConfigError
 
 ATTN_IMPLEMENTATION = "nemo_like_context_parallel"
 

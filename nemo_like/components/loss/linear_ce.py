@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nemo_like.components.loss.masked_ce import nonzero_count
 from nemo_like.components.batch import IGNORE_INDEX
+from nemo_like.components.loss.masked_ce import nonzero_count
 
 # Bytes of fp32 logits one chunk may hold when chunk_size is not given (a few hundred rows at vocab 49,152).
 _DEFAULT_CHUNK_BYTES = 64 * 2**20

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import (
@@ -29,7 +30,6 @@ from nemo_like.components.datasets.llm.formatting_utils import (
     pad_token_id_of,
     shift_and_pad,
 )
-from nemo_like.components.batch import IGNORE_INDEX
 
 logger = logging.getLogger("nemo_like")
 

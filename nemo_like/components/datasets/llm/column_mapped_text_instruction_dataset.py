@@ -17,11 +17,11 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, load_rows, shift_and_pad
 from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
-from nemo_like.components.batch import IGNORE_INDEX
 
 _COLUMNS = ("context", "question", "answer")
 

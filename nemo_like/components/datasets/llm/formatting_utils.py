@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path, read_json_rows, slice_split
 from nemo_like.components.batch import IGNORE_INDEX
+from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path, read_json_rows, slice_split
 
 
 def load_rows(path_or_dataset_id: str | Sequence[str], split: str | None = None) -> list[tuple[str, dict[str, Any]]]:

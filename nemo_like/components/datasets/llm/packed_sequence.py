@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm import packed_attention  # noqa: F401  registers attn "packed_sdpa"
-from nemo_like.components.batch import IGNORE_INDEX
 
 logger = logging.getLogger("nemo_like")
 
