@@ -15,8 +15,11 @@ from nemo_like.components.batch import ignore_index_of, model_batch_keys, split_
 from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
 from nemo_like.components.datasets.from_config import build_dataloader, build_dataset
+from nemo_like.components.distributed.context_parallel import shard_batch
+from nemo_like.components.distributed.grad_clip import clip_grad_norm
 from nemo_like.components.distributed.init import all_reduce_sum
 from nemo_like.components.loggers.progress import peak_memory_gib
+from nemo_like.components.loss.linear_ce import FusedLinearCrossEntropy
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
 from nemo_like.components.training.grad_buffer import ContiguousGrads
@@ -167,8 +170,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         A fused linear cross-entropy takes the output layer's place for this forward, so the
         model's full ``[tokens, vocab]`` logits never exist (see ``_fused_output_layer``).
         """
-        from nemo_like.components.loss.linear_ce import FusedLinearCrossEntropy
-
         scale = {} if num_label_tokens is None else {"num_label_tokens": num_label_tokens}
         with self._autocast():
             if isinstance(self.loss_fn, FusedLinearCrossEntropy):
@@ -208,8 +209,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
 
     def _clip_gradients(self) -> float:
         """Clip to ``clip_grad_norm.max_norm`` (only measure when unset); works on sharded (DTensor) gradients."""
-        from nemo_like.components.distributed.grad_clip import clip_grad_norm
-
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else math.inf
         return float(clip_grad_norm(self.model.parameters(), max_norm))
 
@@ -232,6 +231,4 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         multiple = self.dist.tp_size if self._sequence_parallel else 1
         if self.dist.cp_size == 1 and multiple == 1:
             return batch
-        from nemo_like.components.distributed.context_parallel import shard_batch
-
         return shard_batch(batch, self.dist.cp_size, self.dist.cp_rank, multiple=multiple)
