@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from unittest import mock
@@ -22,6 +21,7 @@ from unittest import mock
 import pytest
 import torch
 
+import crash_hooks
 from conftest import REPO, addition_rows, tiny_llama_config, write_jsonl
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointError, CheckpointingConfig
 from nemo_like.config.arg_parser import parse_args_and_load_config
@@ -61,7 +61,7 @@ def _main(paths: dict[str, str], ckpt: Path, args: list[str], **extra: str) -> i
 
 def _spawn(paths: dict[str, str], ckpt: Path, args: list[str], log: Path, **extra: str) -> subprocess.Popen:
     """The recipe as a user starts it, in a process of its own (so it can be killed for real)."""
-    cmd = [sys.executable, "examples/llm_finetune/finetune.py", *args]
+    cmd = crash_hooks.command("examples/llm_finetune/finetune.py", *args)
     out = open(log, "w")  # a file, not a pipe: orphaned data-loader workers must not hold up the test
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **_env(paths, ckpt, **extra)}, stdout=out, stderr=out)
 
@@ -116,7 +116,7 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_the_exact_loss_curve(p
 def test_a_process_killed_while_saving_leaves_latest_on_the_previous_checkpoint(paths, tmp_path, capsys):
     ckpt = tmp_path / "stalled"
     args = RUN
-    cmd = [sys.executable, "examples/llm_finetune/finetune.py", *args]
+    cmd = crash_hooks.command("examples/llm_finetune/finetune.py", *args)
     env = {**os.environ, **_env(paths, ckpt, NEMO_LIKE_TEST_STALL_SAVE="8")}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(300, proc.kill)  # a child that never reaches the hook must not hang the suite
@@ -179,11 +179,11 @@ def test_max_recent_checkpoints_keeps_the_newest_two_and_the_lowest_validation_l
                                             max_recent_checkpoints=2))
     model = torch.nn.Linear(2, 2)
     for step, val in enumerate([3.0, 1.0, 2.0, 2.5, 2.7]):
-        ckpt.save(0, step, model, val_loss=val)
+        ckpt.save(0, step, {"model": model}, val_loss=val)
     assert ckpt.step_dirs() == ["epoch_0_step_1", "epoch_0_step_3", "epoch_0_step_4"]
     assert (tmp_path / "LATEST").read_text() == "epoch_0_step_4"
     assert (tmp_path / "LOWEST_VAL").read_text() == "epoch_0_step_1"
-    ckpt.save(0, 5, model, val_loss=0.5)  # a new best: the old one is no longer kept
+    ckpt.save(0, 5, {"model": model}, val_loss=0.5)  # a new best: the old one is no longer kept
     assert ckpt.step_dirs() == ["epoch_0_step_4", "epoch_0_step_5"]
     assert (tmp_path / "LOWEST_VAL").read_text() == "epoch_0_step_5"
 
@@ -245,7 +245,7 @@ def test_refusal_comes_before_anything_is_loaded(paths, wider_model_dir, tmp_pat
     before = {k: v.clone() for k, v in other.state_dict().items()}
     checkpointer = Checkpointer(CheckpointingConfig(checkpoint_dir=str(ckpt)))
     with pytest.raises(CheckpointError, match="another model"):
-        checkpointer.load(checkpointer.latest(), other, optimizer=optimizer)
+        checkpointer.load(checkpointer.latest(), {"model": other, "optim": optimizer})
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
     assert not optimizer.state
 

@@ -24,6 +24,7 @@ from conftest import addition_rows, write_jsonl
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointError, CheckpointingConfig
 from nemo_like.components.checkpoint.disk_space import DiskFullError, checkpoint_bytes, free_bytes
 from nemo_like.components.checkpoint.finite_weights import NonFiniteWeightsError
+from nemo_like.components.checkpoint.model_state import ModelState
 from nemo_like.recipes.llm.run import main
 
 TINY = str(Path(__file__).parent / "configs" / "tiny_sft.yaml")
@@ -121,7 +122,7 @@ def test_load_refuses_before_touching_the_model_or_optimizer(trained, tiny_model
     optimizer = torch.optim.AdamW(model.parameters())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match=DAMAGE[case][1]):
-        Checkpointer(CheckpointingConfig(checkpoint_dir=str(ckpt))).load(str(ckpt / STEP), model, optimizer)
+        Checkpointer(CheckpointingConfig(checkpoint_dir=str(ckpt))).load(str(ckpt / STEP), {"model": model, "optim": optimizer})
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not optimizer.state
 
@@ -161,14 +162,14 @@ def test_weights_holding_nan_or_inf_are_never_saved(tiny_model_dir, tiny_tokeniz
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([p for _, p in trainable])
     ckpt = Checkpointer(CheckpointingConfig(checkpoint_dir=str(tmp_path)))
-    good = ckpt.save(0, 0, model, tokenizer=tiny_tokenizer, optimizer=optimizer, peft_config=peft)
+    good = ckpt.save(0, 0, {"model": ModelState(model, tiny_tokenizer, adapter=peft), "optim": optimizer})
 
     first, later = trainable[len(trainable) // 2], trainable[-1]
     with torch.no_grad():
         first[1].view(-1)[3] = bad
         later[1].view(-1)[0] = bad
     with pytest.raises(NonFiniteWeightsError) as err:
-        ckpt.save(0, 1, model, tokenizer=tiny_tokenizer, optimizer=optimizer, peft_config=peft)
+        ckpt.save(0, 1, {"model": ModelState(model, tiny_tokenizer, adapter=peft), "optim": optimizer})
     message = str(err.value)
     assert "\n" not in message and "step 1" in message and f" {first[0]} holds NaN or inf" in message, message
     assert "LATEST still names epoch_0_step_0" in message
@@ -218,7 +219,7 @@ def test_a_disk_that_fills_mid_save_leaves_no_partial_directory(tiny_model_dir, 
     optimizer.step()
     with _small_tmpfs(tmp_path / "disk", "4M") as disk:
         ckpt = Checkpointer(CheckpointingConfig(checkpoint_dir=str(disk / "ckpt")))
-        good = ckpt.save(0, 0, model, tokenizer=tiny_tokenizer, optimizer=optimizer)
+        good = ckpt.save(0, 0, {"model": ModelState(model, tiny_tokenizer), "optim": optimizer})
         needed = checkpoint_bytes(model, optimizer)
         filler = (free_bytes(ckpt.root) - needed) // 4096 * 4096  # leaves just the estimate free
         (disk / "filler").write_bytes(b"\0" * filler)
@@ -226,7 +227,7 @@ def test_a_disk_that_fills_mid_save_leaves_no_partial_directory(tiny_model_dir, 
         assert needed <= free < needed + 4096 * 2
 
         with pytest.raises(DiskFullError) as err:
-            ckpt.save(0, 1, model, tokenizer=tiny_tokenizer, optimizer=optimizer)
+            ckpt.save(0, 1, {"model": ModelState(model, tiny_tokenizer), "optim": optimizer})
         message = str(err.value)
         assert "\n" not in message and message.startswith("checkpoint of step 1: no space left on device while "
                                                           f"writing {disk / 'ckpt' / '.tmp_epoch_0_step_1'}")
@@ -257,7 +258,7 @@ def _two_rank_run(env: dict[str, str], ckpt: str) -> dict:
         with torch.no_grad():
             dict(recipe.model.named_parameters())[poisoned].to_local().view(-1)[0] = float("nan")
     try:
-        recipe.checkpointer.save(0, 2, recipe.model, optimizer=recipe.optimizer, rng=recipe.rng)
+        recipe.checkpointer.save(0, 2, {"model": recipe.model, "optim": recipe.optimizer, "rng": recipe.rng})
     except NonFiniteWeightsError as err:
         return {"refused": str(err), "poisoned": poisoned}
     return {"refused": None, "poisoned": poisoned}

@@ -141,7 +141,7 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(data_env, tiny_tok
     checkpointer = Checkpointer(CheckpointingConfig(checkpoint_dir=str(root / "consolidated")))
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(CheckpointError) as err:
-        checkpointer.load(checkpointer.latest(), other, optimizer=torch.optim.AdamW(other.parameters()))
+        checkpointer.load(checkpointer.latest(), {"model": other, "optim": torch.optim.AdamW(other.parameters())})
     message = str(err.value)
     assert "\n" not in message and "written for another model" in message and "shape" in message
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())  # nothing half-loaded
@@ -166,7 +166,7 @@ def test_metadata_that_would_run_code_is_refused(tmp_path, monkeypatch):
     (step / ".metadata").write_bytes(pickle.dumps(_Payload()))
     checkpointer = Checkpointer(CheckpointingConfig(checkpoint_dir=str(tmp_path / "ckpt")))
     with pytest.raises(CheckpointError, match=r"cannot be read safely .*posix.system.* not DCP metadata"):
-        checkpointer.load(checkpointer.latest(), LlamaForCausalLM(tiny_llama_config(64)))
+        checkpointer.load(checkpointer.latest(), {"model": LlamaForCausalLM(tiny_llama_config(64))})
     assert not (tmp_path / "payload_ran").exists()
 
 

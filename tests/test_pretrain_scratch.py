@@ -4,13 +4,13 @@ from a config learns the shipped text, and a run killed after a checkpoint resum
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from crash_hooks import killed_after_step
 from nemo_like.recipes.llm.run import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -41,15 +41,7 @@ def test_pretraining_from_scratch_learns_and_resumes_exactly(tmp_path, monkeypat
     assert len(curve) == 10 and curve[-1] < curve[0] - 1.0  # random init: ~10.8 falls fast on the shipped text
 
     killed = tmp_path / "killed"
-    pid = os.fork()
-    if pid == 0:
-        os.environ["NEMO_LIKE_TEST_KILL_AFTER_STEP"] = "5"
-        try:
-            run(killed)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert killed_after_step(5, lambda: run(killed)) == signal.SIGKILL
     assert (killed / "LATEST").read_text().strip().endswith("_step_5")
     assert run(killed) == 0
     assert losses(killed) == curve

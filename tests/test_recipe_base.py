@@ -5,7 +5,6 @@ callbacks and trackers with no other code."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
+from crash_hooks import killed_after_step
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigNode
 from nemo_like.config.typed_sections import RecipeSchema, check_recipe
@@ -44,7 +43,7 @@ class LinearProbe(BaseRecipe):
         x, features = torch.randn(48, 8, generator=g), torch.randn(8, 16, generator=g)
         rows = [{"x": torch.tanh(a @ features), "y": a.sum()} for a in x]
         batch = self.sections.step_scheduler.local_batch_size
-        self.dataloader = StepAlignedLoader(StatefulDataLoader(rows[:40], batch_size=batch, shuffle=True))
+        self.dataloader = StatefulDataLoader(rows[:40], batch_size=batch, shuffle=True)
         self.val_dataloader = StatefulDataLoader(rows[40:], batch_size=batch)
         self.step_scheduler = StepScheduler(**vars(self.sections.step_scheduler), dataloader=self.dataloader)
         self.model = self.cfg.model.instantiate()
@@ -101,15 +100,7 @@ def test_a_small_method_gets_the_whole_run_from_the_base(tmp_path):
 
     # A real SIGKILL right after step 5's checkpoint, then the same call resumes it exactly.
     killed = tmp_path / "killed"
-    pid = os.fork()
-    if pid == 0:  # the child trains until the hook kills it
-        os.environ["NEMO_LIKE_TEST_KILL_AFTER_STEP"] = "5"
-        try:
-            run_probe(killed)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert killed_after_step(5, lambda: run_probe(killed)) == signal.SIGKILL
     assert (killed / "LATEST").read_text() == "epoch_1_step_5"
     run_probe(killed)
     assert [r["loss"] for r in records(killed)] == [r["loss"] for r in records(reference)]

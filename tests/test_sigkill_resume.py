@@ -27,6 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import crash_hooks
 from conftest import addition_rows, tiny_llama_config, write_jsonl
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointingConfig
 from nemo_like.components.checkpoint.manifest import verify_manifest
@@ -95,6 +96,7 @@ def _start(env: dict[str, str], ckpt: Path, log: Path, pause: float) -> int:
         sys.stdout = sys.stderr = out
         torch.set_num_threads(1)
         if pause:
+            crash_hooks.install()
             os.environ["NEMO_LIKE_TEST_SAVE_PAUSE"] = str(pause)
         _train(env, ckpt)
         code = 0

@@ -12,13 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 
+import crash_hooks
 from conftest import REPO, addition_rows, write_jsonl
 from nemo_like.recipes.llm.run import main
 
@@ -103,7 +103,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_next_batches(paths, refere
     ckpt = tmp_path / "killed"
     env = {**os.environ, **paths, "TEST_CKPT_DIR": str(ckpt), "NEMO_LIKE_TEST_KILL_AFTER_STEP": "5"}
     log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.run([sys.executable, "examples/llm_finetune/finetune.py", *args], cwd=REPO, env=env,
+    proc = subprocess.run(crash_hooks.command("examples/llm_finetune/finetune.py", *args), cwd=REPO, env=env,
                           stdout=log, stderr=log, timeout=300)
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     assert (ckpt / "LATEST").read_text() == "epoch_1_step_5"

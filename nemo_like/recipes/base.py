@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, drop_records_after
+from nemo_like.components.checkpoint.model_state import ModelState
 from nemo_like.components.distributed.init import initialize_distributed
 from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.training.rng import StatefulRNG
@@ -154,6 +155,14 @@ class BaseRecipe:
         return result["accuracy"]
 
     # ------------------------------------------------------------------ the loop, resume and saves
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The stateful parts a checkpoint holds, by name; a method adds its own (a DPO reference, a generator)."""
+        model = ModelState(self.model, tokenizer=self.tokenizer, adapter=self.peft_config,
+                           base_model_name_or_path=self.model_id)
+        return {"model": model, "optim": self.optimizer, "lr_scheduler": self.lr_scheduler,
+                "step_scheduler": self.step_scheduler, "rng": self.rng,
+                "dataloader": self.step_scheduler.dataloader}  # the view that resumes at the next step
+
     def _restore_checkpoint(self) -> list[float]:
         """Continue from ``checkpoint.restore_from`` (default: LATEST when there is one); returns the losses so far.
 
@@ -167,10 +176,7 @@ class BaseRecipe:
                 for log in (self.train_log, self.val_log):
                     drop_records_after(log.path, -1)
             return []
-        losses = self.checkpointer.load(
-            path, self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-            step_scheduler=self.step_scheduler, dataloader=self.dataloader, rng=self.rng, peft_config=self.peft_config,
-        )
+        losses = self.checkpointer.load(path, self.checkpoint_state())
         done = self.step_scheduler.step - 1
         if self.dist.is_main:
             for log in (self.train_log, self.val_log):
@@ -315,10 +321,8 @@ class BaseRecipe:
             self.checkpointer.config = dataclasses.replace(config, save_consolidated=False)
         try:
             self.checkpointer.save(
-                epoch, sched.step, self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-                lr_scheduler=self.lr_scheduler, step_scheduler=sched, rng=self.rng, dataloader=self.dataloader,
-                config=redact_config(self.cfg), losses={"train": self.prior_train_losses + [h["loss"] for h in history]},
-                val_loss=val_loss, peft_config=self.peft_config, base_model_name_or_path=self.model_id,
+                epoch, sched.step, self.checkpoint_state(), config=redact_config(self.cfg),
+                losses={"train": self.prior_train_losses + [h["loss"] for h in history]}, val_loss=val_loss,
             )
         finally:
             self.checkpointer.config = config

@@ -21,26 +21,28 @@ weights holding NaN/inf (``finite_weights.py``) and a disk too small for it
 directory at once. A resume checks the manifest before anything loads, and a damaged
 checkpoint, a pointer holding garbage or naming a missing directory are one-line
 ``CheckpointError``s. Nothing is read with pickle beyond ``torch.load(weights_only=True)``.
-Test hooks that crash a saving process on purpose are in ``crash_hooks.py``.
+``Checkpointer.observers`` are called at each stage of every save (to copy a finished checkpoint
+elsewhere, or, in the tests, to kill the process at the worst moments).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import shutil
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import yaml
 from safetensors.torch import save_file
 
-from nemo_like.components.checkpoint.compatibility import check_model, check_optimizer, read_states, unique_entries
+from nemo_like.components.checkpoint.compatibility import (
+    check_model, check_optimizer, read_states, state_file, unique_entries,
+)
 from nemo_like.components.checkpoint.config import CheckpointingConfig
-from nemo_like.components.checkpoint.crash_hooks import kill_hook, pause_hook, stall_hook
 from nemo_like.components.checkpoint.disk_space import (
     DiskFullError, checkpoint_bytes, disk_full_error, is_disk_full, refuse_if_no_room,
 )
@@ -49,6 +51,7 @@ from nemo_like.components.checkpoint.finite_weights import refuse_non_finite
 from nemo_like.components.checkpoint.manifest import (
     has_manifest, missing_manifest_error, verify_manifest, write_manifest,
 )
+from nemo_like.components.checkpoint.model_state import ModelState, as_model_state
 from nemo_like.components.checkpoint.pointers import (
     LATEST, LOWEST_VAL, STEP_DIR, TMP_PREFIX, atomic_write_text, fsync_dir, pointer_or_none, read_pointer,
 )
@@ -86,6 +89,10 @@ def drop_records_after(path: str, step: int) -> int:
 
 class Checkpointer:
     """Writes and reads the training state of one step; only the main rank writes files."""
+
+    # Called as observer(stage, step, directory) at each stage of every save: "model_written",
+    # "files_written", "sealed" (manifest written), "renamed", "latest_moved", "saved".
+    observers: ClassVar[list[Callable[[str, int, str], None]]] = []
 
     def __init__(self, config: CheckpointingConfig, is_main: bool = True) -> None:
         self.config = config
@@ -191,26 +198,22 @@ class Checkpointer:
         self,
         epoch: int,
         step: int,
-        model: torch.nn.Module,
-        tokenizer: Any = None,
-        optimizer: torch.optim.Optimizer | None = None,
-        lr_scheduler: Any = None,
-        step_scheduler: Any = None,
-        rng: Any = None,
-        dataloader: Any = None,
+        parts: dict[str, Any],
+        *,
         config: dict[str, Any] | None = None,
         losses: dict[str, Any] | None = None,
-        peft_config: Any = None,
-        base_model_name_or_path: str | None = None,
         val_loss: float | None = None,
     ) -> str | None:
         """Write one step directory, seal it with its manifest, then move ``LATEST`` (and ``LOWEST_VAL``) and prune.
 
-        Returns its path. With several ranks every rank must call this: each writes its model
-        and optimizer shards (see ``dcp``), and rank 0 writes the rest and completes the
-        directory. Weights holding NaN/inf, or a disk without room for the estimate, are
-        refused before anything is written (``CheckpointError`` subclasses); a write that fails
-        removes the partial directory, and a full disk says where and how many bytes it needed.
+        ``parts`` is the run's stateful objects by name: ``model`` (a module or a ``ModelState``),
+        ``optim``, ``lr_scheduler``, ``step_scheduler``, ``dataloader``, ``rng``, and any other
+        object with ``state_dict()``, written as ``<name>.pt``. Returns the directory's path. With
+        several ranks every rank must call this: each writes its model and optimizer shards (see
+        ``dcp``), and rank 0 writes the rest and completes the directory. Weights holding NaN/inf,
+        or a disk without room for the estimate, are refused before anything is written
+        (``CheckpointError`` subclasses); a write that fails removes the partial directory, and a
+        full disk says where and how many bytes it needed.
         """
         from nemo_like.components.checkpoint import dcp
 
@@ -218,17 +221,18 @@ class Checkpointer:
         if not self.config.enabled or not (self.is_main or sharded):
             return None
         start = time.perf_counter()
+        parts = {**parts, "model": as_model_state(parts["model"])}
+        model, adapter_only = parts["model"].model, parts["model"].adapter_only
         name = self.step_dir_name(epoch, step)
         final = os.path.join(self.root, name)
         tmp = os.path.join(self.root, TMP_PREFIX + name)
         latest = self._pointer(LATEST)
-        refuse_non_finite(model, step, peft_config is not None, latest)
-        needed = checkpoint_bytes(model, optimizer, peft_config is not None, self.config.save_consolidated)
+        refuse_non_finite(model, step, adapter_only, latest)
+        needed = checkpoint_bytes(model, parts.get("optim"), adapter_only, self.config.save_consolidated)
         free = refuse_if_no_room(self.root, step, needed, latest)
         self._writing = None
         try:
-            done = self._write(tmp, step, model, tokenizer, optimizer, lr_scheduler, step_scheduler, rng, dataloader,
-                               config, losses, peft_config, base_model_name_or_path, val_loss, sharded)
+            done = self._write(tmp, step, parts, config, losses, val_loss, sharded)
         except BaseException as err:
             if self.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -238,7 +242,7 @@ class Checkpointer:
         if not done:  # ranks other than 0 are done
             return None
         try:
-            self._publish(name, tmp, final)
+            self._publish(name, tmp, final, step)
         except OSError as err:
             if is_disk_full(err):  # the directory is complete and sealed; only a pointer could not be written
                 raise DiskFullError(f"checkpoint of step {step}: no space left on device while writing "
@@ -246,48 +250,44 @@ class Checkpointer:
                                     f"--checkpoint.restore_from {name} once there is space") from err
             raise
         logger.info("checkpoint saved to %s in %.1f s", final, time.perf_counter() - start)
-        kill_hook(step)
+        self._notify("saved", step, final)
         return final
+
+    def _notify(self, stage: str, step: int, directory: str) -> None:
+        for observer in Checkpointer.observers:
+            observer(stage, step, directory)
 
     def _file(self, tmp: str, *parts: str) -> str:
         """The path of the next file written (remembered for a disk-full message)."""
         self._writing = os.path.join(tmp, *parts)
         return self._writing
 
-    def _write(
-        self, tmp: str, step: int, model: torch.nn.Module, tokenizer: Any, optimizer: Any, lr_scheduler: Any,
-        step_scheduler: Any, rng: Any, dataloader: Any, config: dict[str, Any] | None, losses: dict[str, Any] | None,
-        peft_config: Any, base: str | None, val_loss: float | None, sharded: bool,
-    ) -> bool:
+    def _write(self, tmp: str, step: int, parts: dict[str, Any], config: dict[str, Any] | None,
+               losses: dict[str, Any] | None, val_loss: float | None, sharded: bool) -> bool:
         """Every file of the step under ``tmp``, the manifest last; False on ranks other than 0 (their part is done)."""
         from nemo_like.components.checkpoint import dcp
 
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(os.path.join(tmp, "model"), exist_ok=True)
+        part = parts["model"]
+        model = part.model
         if sharded:
-            model = self._save_shards(tmp, model, optimizer, rng, peft_config)
+            model = self._save_shards(tmp, part, parts.get("optim"), parts.get("rng"))
             if model is None:
                 return False
-        self._save_model(tmp, model, tokenizer, peft_config, base, full_weights=not sharded)
-        stall_hook(step, tmp)
-        pause_hook()
-        if optimizer is not None:
-            os.makedirs(os.path.join(tmp, "optim"), exist_ok=True)
-            if not sharded:
-                save_torch(optimizer.state_dict(), self._file(tmp, "optim", "optimizer.pt"))
-            if lr_scheduler is not None:
-                save_torch(lr_scheduler.state_dict(), self._file(tmp, "optim", "lr_scheduler.pt"))
-        if step_scheduler is not None:
-            save_torch(step_scheduler.state_dict(), self._file(tmp, "step_scheduler.pt"))
-        if rng is not None:
-            os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-            save_torch(rng.state_dict(), self._file(tmp, "rng", "rng.pt"))
-        if dataloader is not None and hasattr(dataloader, "state_dict"):
-            os.makedirs(os.path.join(tmp, "dataloader"))
-            save_torch(dataloader.state_dict(), self._file(tmp, "dataloader", "dataloader.pt"))
-            if sharded:
-                dcp.save_loader_layout(os.path.join(tmp, "dataloader"), dataloader)
+        self._save_model(tmp, part, model, full_weights=not sharded)
+        self._notify("model_written", step, tmp)
+        for key, obj in parts.items():
+            if key == "model" or obj is None or (key == "optim" and sharded):
+                continue
+            if key == "dataloader" and not hasattr(obj, "state_dict"):
+                continue
+            where = state_file(key)
+            os.makedirs(os.path.join(tmp, *where[:-1]), exist_ok=True)
+            save_torch(obj.state_dict(), self._file(tmp, *where))
+            if key == "dataloader" and sharded:
+                dcp.save_loader_layout(os.path.join(tmp, "dataloader"), obj)
         if config is not None:
             with open(self._file(tmp, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
@@ -296,13 +296,13 @@ class Checkpointer:
             losses["val_loss"] = val_loss
         with open(self._file(tmp, "losses.json"), "w", encoding="utf-8") as f:
             json.dump(losses, f)
-        pause_hook()
+        self._notify("files_written", step, tmp)
         self._file(tmp, "MANIFEST.json")
         write_manifest(tmp)  # last: its presence says every other file is complete
-        pause_hook()
+        self._notify("sealed", step, tmp)
         return True
 
-    def _publish(self, name: str, tmp: str, final: str) -> None:
+    def _publish(self, name: str, tmp: str, final: str, step: int) -> None:
         """Rename the sealed directory into place, then move the pointers and prune.
 
         A re-save of an existing step (after resuming from an older one) swaps directories; a
@@ -314,47 +314,44 @@ class Checkpointer:
         os.replace(tmp, final)
         fsync_dir(self.root)
         self._verified.discard(final)
-        pause_hook()
+        self._notify("renamed", step, final)
         self._writing = os.path.join(self.root, LATEST)
         atomic_write_text(self._writing, name)
         fsync_dir(self.root)
-        pause_hook()
+        self._notify("latest_moved", step, final)
         self._update_lowest_val()
         shutil.rmtree(replaced, ignore_errors=True)
         self._prune()
 
-    def _save_shards(
-        self, tmp: str, model: torch.nn.Module, optimizer: Any, rng: Any, peft_config: Any
-    ) -> torch.nn.Module | None:
+    def _save_shards(self, tmp: str, part: ModelState, optimizer: Any, rng: Any) -> torch.nn.Module | None:
         """Several ranks: each writes its model/optimizer shards and RNG; rank 0 gets back an unsharded
         copy for the files one writer makes (consolidated model, adapter), the others None."""
         from nemo_like.components.checkpoint import dcp
 
+        model = part.model
         dcp.barrier()  # rank 0 has created the directory
         self._file(tmp, "model")
-        dcp.save_model_shards(model, os.path.join(tmp, "model"), trainable_only=peft_config is not None)
+        dcp.save_model_shards(model, os.path.join(tmp, "model"), trainable_only=part.adapter_only)
         if optimizer is not None:
             dcp.save_optimizer_shards(model, optimizer, self._file(tmp, "optim"))
         dcp.save_rank_rng(self._file(tmp, "rng"), rng)
-        needs_copy = self.config.save_consolidated or peft_config is not None
+        needs_copy = self.config.save_consolidated or part.adapter_only
         full = dcp.gather_full_state(model) if needs_copy else {}
         dcp.barrier()  # every rank's files are written before rank 0 completes the directory
         if not self.is_main:
             return None
-        return dcp.plain_copy(model, full, peft_config) if needs_copy else model
+        return dcp.plain_copy(model, full, part.add_adapters) if needs_copy else model
 
-    def _save_model(
-        self, tmp: str, model: torch.nn.Module, tokenizer: Any, peft_config: Any, base: str | None,
-        full_weights: bool = True,
-    ) -> None:
-        """The adapter (PEFT) or full weights, and the consolidated directory; ``full_weights=False``
-        when the weights are already in the directory as DCP shards."""
-        if peft_config is not None:
-            from nemo_like.components._peft.adapter_io import save_peft_adapter
-
-            save_peft_adapter(model, peft_config, self._file(tmp, "model"), base_model_name_or_path=base)
-            if self.config.save_consolidated:
-                self._save_merged(model, tokenizer, self._file(tmp, "model", "consolidated"))
+    def _save_model(self, tmp: str, part: ModelState, model: torch.nn.Module, full_weights: bool = True) -> None:
+        """The adapter or full weights of ``model`` (the live one, or an unsharded copy), and the consolidated
+        directory; ``full_weights=False`` when the weights are already in the directory as DCP shards."""
+        consolidated = self.config.save_consolidated
+        if part.adapter_only:
+            part.save_adapter(model, self._file(tmp, "model"))
+            if consolidated and (getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None)):
+                logger.info("quantized base: no merged consolidated model; use `nemo-like merge-lora` on the adapter")
+            elif consolidated:  # the adapters folded into a copy of the base: plain transformers loads it as is
+                self._save_pretrained(part.merged(model), part.tokenizer, self._file(tmp, "model", "consolidated"))
             return
         if full_weights:
             state = _unique_state_dict(model)
@@ -362,22 +359,12 @@ class Checkpointer:
                 save_file(state, self._file(tmp, "model", "model.safetensors"), metadata={"format": "pt"})
             else:
                 save_torch(state, self._file(tmp, "model", "model.pt"))
-        if self.config.save_consolidated:
-            consolidated = self._file(tmp, "model", "consolidated")
-            model.save_pretrained(consolidated, safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(consolidated)
+        if consolidated:
+            self._save_pretrained(model, part.tokenizer, self._file(tmp, "model", "consolidated"))
 
     @staticmethod
-    def _save_merged(model: torch.nn.Module, tokenizer: Any, out_dir: str) -> None:
-        """Adapters folded into a copy of the base, so plain transformers loads the result as is."""
-        if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
-            logger.info("quantized base: no merged consolidated model; use `nemo-like merge-lora` on the adapter")
-            return
-        from nemo_like.components._peft.lora import merge_lora_weights
-
-        merged = merge_lora_weights(copy.deepcopy(model))
-        merged.save_pretrained(out_dir, safe_serialization=True)
+    def _save_pretrained(model: torch.nn.Module, tokenizer: Any, out_dir: str) -> None:
+        model.save_pretrained(out_dir, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
 
@@ -414,18 +401,8 @@ class Checkpointer:
                 logger.info("removed old checkpoint %s (max_recent_checkpoints: %d)", name, keep_n)
 
     # ------------------------------------------------------------------ load
-    def load(
-        self,
-        path: str,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        lr_scheduler: Any = None,
-        step_scheduler: Any = None,
-        dataloader: Any = None,
-        rng: Any = None,
-        peft_config: Any = None,
-    ) -> dict[str, Any]:
-        """Restore everything a checkpoint holds; returns its ``losses.json``.
+    def load(self, path: str, parts: dict[str, Any]) -> dict[str, Any]:
+        """Restore every part of ``parts`` (the same names ``save`` took) from ``path``; returns its ``losses.json``.
 
         The manifest is checked first (once per process; ``resume_path`` already did it on
         resume), then every file is read and checked against this model and optimizer before
@@ -437,11 +414,13 @@ class Checkpointer:
         from nemo_like.components.checkpoint import dcp
 
         start = time.perf_counter()
+        parts = {**parts, "model": as_model_state(parts["model"])}
+        model, optimizer = parts["model"].model, parts.get("optim")
         sealed = has_manifest(path)
         if sealed:
             self.verify(path)
         try:
-            load_model = check_model(path, model, peft_config)
+            load_model = check_model(path, parts["model"])
         except CheckpointError:
             raise
         except Exception as err:
@@ -450,7 +429,7 @@ class Checkpointer:
             raise missing_manifest_error(path) from err
         if not sealed:
             raise missing_manifest_error(path)
-        states = read_states(path, optimizer, lr_scheduler, step_scheduler, dataloader, rng)
+        states = read_states(path, parts)
         optim_shards = optimizer is not None and dcp.is_sharded_checkpoint(os.path.join(path, "optim"))
         if optim_shards:
             mismatches = dcp.optimizer_shape_mismatches(os.path.join(path, "optim"), model)
@@ -458,29 +437,30 @@ class Checkpointer:
                 raise CheckpointError(f"checkpoint.restore_from: {path} was written for another model: its optimizer "
                                       f"state {mismatches[0]}; {FRESH_HINT}")
         elif optimizer is not None:
-            check_optimizer(path, optimizer, states["optimizer"])
+            check_optimizer(path, optimizer, states["optim"])
 
         load_model()
         if optim_shards:
             dcp.load_optimizer_shards(model, optimizer, os.path.join(path, "optim"))
         elif optimizer is not None and dcp.has_sharded_parameters(model):
-            dcp.load_full_optimizer_state(model, optimizer, states["optimizer"])
+            dcp.load_full_optimizer_state(model, optimizer, states["optim"])
         elif optimizer is not None:
-            optimizer.load_state_dict(states["optimizer"])
-        if lr_scheduler is not None:
-            lr_scheduler.load_state_dict(states["lr_scheduler"])
-        if step_scheduler is not None:
+            optimizer.load_state_dict(states["optim"])
+        if "step_scheduler" in states:
             # A checkpoint is written once its step is complete; the run goes on with the next one.
             resumed = dict(states["step_scheduler"])
             resumed["step"] = int(resumed["step"]) + 1
-            step_scheduler.load_state_dict(resumed)
-        if dataloader is not None:
+            parts["step_scheduler"].load_state_dict(resumed)
+        if "dataloader" in states:
             # Rescaled when the checkpoint had another number of data-parallel ranks.
-            dataloader.load_state_dict(
-                dcp.reshard_loader_state(states["dataloader"], os.path.join(path, "dataloader"), dataloader)
-            )
-        if rng is not None and "rng" in states:
-            rng.load_state_dict(states["rng"])
+            loader = parts["dataloader"]
+            loader.load_state_dict(dcp.reshard_loader_state(states["dataloader"], os.path.join(path, "dataloader"),
+                                                            loader))
+        for key, state in states.items():
+            if key not in ("optim", "step_scheduler", "dataloader", "rng"):
+                parts[key].load_state_dict(state)  # lr_scheduler and any part a method added
+        if "rng" in states:
+            parts["rng"].load_state_dict(states["rng"])
         losses: dict[str, Any] = {}
         if os.path.isfile(os.path.join(path, "losses.json")):
             with open(os.path.join(path, "losses.json"), encoding="utf-8") as f:

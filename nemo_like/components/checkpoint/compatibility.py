@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from nemo_like.components.checkpoint.errors import FRESH_HINT, CheckpointError
+from nemo_like.components.checkpoint.model_state import ModelState, adapter_file
 
 
 def torch_load(path: str) -> Any:
@@ -43,20 +44,21 @@ def _describe_mismatch(missing: list[str], unexpected: list[str], mismatched: li
     return "; ".join(parts)
 
 
-def check_model(path: str, model: torch.nn.Module, peft_config: Any) -> Any:
-    """Compare the saved tensors' names and shapes with ``model``; returns the loader to run once all checks pass."""
+def check_model(path: str, part: ModelState) -> Any:
+    """Compare the saved tensors' names and shapes with the model; returns the loader to run once all checks pass."""
     from nemo_like.components.checkpoint import dcp
 
+    model = part.model
     model_dir = os.path.join(path, "model")
     if dcp.is_sharded_checkpoint(model_dir):  # written by several ranks: any layout reads it
-        trainable_only = peft_config is not None
+        trainable_only = part.adapter_only
         saved = dcp.saved_shapes(model_dir)
         _refuse_if_different(path, saved, dcp.expected_model_shapes(model, trainable_only))
         return lambda: dcp.load_model_shards(model, model_dir, trainable_only)
-    adapter = os.path.join(model_dir, "adapter_model.safetensors")
+    adapter = adapter_file(model_dir)
     full = [f for f in (os.path.join(model_dir, "model.safetensors"), os.path.join(model_dir, "model.pt"))
             if os.path.isfile(f)]
-    if peft_config is not None:
+    if part.adapter_only:
         if not os.path.isfile(adapter):
             raise CheckpointError(
                 f"checkpoint.restore_from: {path} holds {'full model weights' if full else 'no model'}, "
@@ -65,7 +67,7 @@ def check_model(path: str, model: torch.nn.Module, peft_config: Any) -> Any:
         if dcp.has_sharded_parameters(model):
             raise CheckpointError(f"checkpoint.restore_from: {path} holds a single-process LoRA adapter, which a "
                                   f"sharded run cannot resume; resume it with one process, or {FRESH_HINT}")
-        return _check_adapter(path, adapter, model)
+        return _check_adapter(path, part.adapter_loader(model_dir))
     if not full:
         what = "a LoRA adapter" if os.path.isfile(adapter) else "no model weights"
         raise CheckpointError(
@@ -95,12 +97,10 @@ def check_model(path: str, model: torch.nn.Module, peft_config: Any) -> Any:
     return apply
 
 
-def _check_adapter(path: str, adapter: str, model: torch.nn.Module) -> Any:
-    from nemo_like.components._peft.adapter_io import load_peft_adapter
-
+def _check_adapter(path: str, load_adapter: Any) -> Any:
     def apply() -> None:
         try:
-            load_peft_adapter(model, os.path.dirname(adapter))
+            load_adapter()
         except ValueError as e:  # it checks every tensor before copying any
             raise CheckpointError(
                 f"checkpoint.restore_from: {path} was written for another model: {e}; {FRESH_HINT}"
@@ -140,30 +140,34 @@ def check_optimizer(path: str, optimizer: torch.optim.Optimizer, saved: dict[str
                 )
 
 
-def read_states(path: str, optimizer: Any, lr_scheduler: Any, step_scheduler: Any, dataloader: Any,
-                 rng: Any) -> dict[str, Any]:
-    """The small state files the live parts ask for, read (weights-only) but not applied yet."""
+# Where each part's state goes in a step directory; any other part ``name`` is ``name.pt``.
+STATE_FILES = {
+    "optim": ("optim", "optimizer.pt"),
+    "lr_scheduler": ("optim", "lr_scheduler.pt"),
+    "step_scheduler": ("step_scheduler.pt",),
+    "dataloader": ("dataloader", "dataloader.pt"),
+    "rng": ("rng", "rng.pt"),
+}
+
+
+def state_file(name: str) -> tuple[str, ...]:
+    """The path of part ``name``'s state inside a step directory."""
+    return STATE_FILES.get(name, (f"{name}.pt",))
+
+
+def read_states(path: str, parts: dict[str, Any]) -> dict[str, Any]:
+    """The state files of every part but the model, read (weights-only) but not applied yet."""
     from nemo_like.components.checkpoint import dcp
 
-    files = {
-        "optimizer": ("optim", "optimizer.pt"),
-        "lr_scheduler": ("optim", "lr_scheduler.pt"),
-        "step_scheduler": ("step_scheduler.pt",),
-        "dataloader": ("dataloader", "dataloader.pt"),
-        "rng": ("rng", "rng.pt"),
-    }
-    wanted = {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "step_scheduler": step_scheduler,
-              "dataloader": dataloader, "rng": rng}
-    optim_shards = optimizer is not None and dcp.is_sharded_checkpoint(os.path.join(path, "optim"))
+    optim_shards = parts.get("optim") is not None and dcp.is_sharded_checkpoint(os.path.join(path, "optim"))
     own_rng = dcp.rng_file(os.path.join(path, "rng"))  # rank > 0: its own stream, if the saved run had it
     states: dict[str, Any] = {}
-    for key, parts in files.items():
-        if wanted[key] is None or (key == "optimizer" and optim_shards) or (key == "rng" and own_rng is None):
+    for key, part in parts.items():
+        if key == "model" or part is None or (key == "optim" and optim_shards) or (key == "rng" and own_rng is None):
             continue
-        if key == "rng":
-            parts = ("rng", os.path.basename(own_rng))
-        file = os.path.join(path, *parts)
+        where = ("rng", os.path.basename(own_rng)) if key == "rng" else state_file(key)
+        file = os.path.join(path, *where)
         if not os.path.isfile(file):
-            raise CheckpointError(f"checkpoint.restore_from: {path} is incomplete (no {os.path.join(*parts)})")
+            raise CheckpointError(f"checkpoint.restore_from: {path} is incomplete (no {os.path.join(*where)})")
         states[key] = torch_load(file)
     return states

@@ -127,7 +127,7 @@ def _unwrapped_class(model: nn.Module) -> type:
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
-def plain_copy(model: nn.Module, state: dict[str, torch.Tensor], peft_config: Any = None) -> nn.Module:
+def plain_copy(model: nn.Module, state: dict[str, torch.Tensor], add_adapters: Any = None) -> nn.Module:
     """An unsharded CPU model holding ``state``, for the single-process writers (safetensors, PEFT, merge).
 
     Built on the meta device (no memory, no random init), then given the gathered tensors;
@@ -139,10 +139,8 @@ def plain_copy(model: nn.Module, state: dict[str, torch.Tensor], peft_config: An
     config._attn_implementation = "sdpa"  # never write our context-parallel backend into config.json
     with torch.device("meta"):
         clone = _unwrapped_class(model)(config)
-    if peft_config is not None:
-        from nemo_like.components._peft.lora import apply_lora_to_linear_modules
-
-        apply_lora_to_linear_modules(clone, peft_config)
+    if add_adapters is not None:  # the model part's way to give the copy its adapter layout
+        add_adapters(clone)
     missing, unexpected = clone.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise RuntimeError(f"consolidated save: gathered tensors the model does not have: {unexpected[:3]}")

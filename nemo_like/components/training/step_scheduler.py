@@ -15,12 +15,14 @@ an epoch holds: such a run needs ``max_steps``, an epoch is one pass over the st
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from nemo_like.config.errors import ConfigError
 
+logger = logging.getLogger("nemo_like")
 
 _DEFAULT_EPOCHS = 10  # NeMo AutoModel's num_epochs when max_steps is not given either
 
@@ -48,6 +50,59 @@ def _whole(field: str, value: Any, *, optional: bool = False, hint: str = "") ->
         key = field if "." in field or " " in field else f"step_scheduler.{field}"
         raise ConfigError(f"{key}: expected {what}{hint}, got {value!r}")
     return number
+
+
+class StepAlignedLoader:
+    """The scheduler's view of its loader, whose ``state_dict()`` resumes exactly at the next optimizer step.
+
+    ``StepScheduler`` reads one micro-batch ahead to see where an epoch ends, so when a
+    step's checkpoint is written the loader has already handed out the first batch of the
+    following step (or hit the epoch's end). Its own state would then skip that batch on
+    resume; the state from just before the latest fetch is the one that continues the run.
+    Everything else is passed through to the wrapped loader.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.stateful = hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
+        self._before_last_fetch: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["loader"], name)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.stateful:
+            yield from self.loader
+            return
+        iterator = iter(self.loader)
+        while True:
+            self._before_last_fetch = self.loader.state_dict()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.stateful:
+            return {}
+        if self._before_last_fetch is None:
+            return self.loader.state_dict()
+        return self._before_last_fetch
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load, then build the resumed iterator now: building one draws a seed from torch's global
+        RNG, which must happen before the RNG state itself is restored, as it did in the original run."""
+        if not self.stateful or not state:
+            logger.warning("the dataloader keeps no state (use torchdata's StatefulDataLoader); "
+                           "the resumed run starts its data from the beginning of an epoch")
+            return
+        self.loader.load_state_dict(state)
+        self.loader.state_dict()
+        self._before_last_fetch = None
 
 
 class StepScheduler:
@@ -84,7 +139,8 @@ class StepScheduler:
         self.local_batch_size = local_batch_size
         self.dp_size = dp_size
         self.grad_acc_steps = global_batch_size // (local_batch_size * dp_size)
-        self.dataloader = dataloader
+        # What a checkpoint saves as the data position (see StepAlignedLoader): the loader as this reads it.
+        self.dataloader = StepAlignedLoader(dataloader) if dataloader is not None else None
         self.epoch_len = _epoch_len(dataloader, self.grad_acc_steps)
         if self.epoch_len == 0:
             raise ConfigError("dataloader: one pass over the data gives no batches (an empty dataset, or "

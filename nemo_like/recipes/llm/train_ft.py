@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from nemo_like.components.batch import ignore_index_of, model_batch_keys, split_batch
-from nemo_like.components.checkpoint.step_aligned_loader import StepAlignedLoader
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
 from nemo_like.components.datasets.from_config import build_dataloader, build_dataset
 from nemo_like.components.distributed.context_parallel import shard_batch
@@ -60,9 +59,8 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         sched = vars(sections.step_scheduler)
         loader_args = {"tokenizer": self.tokenizer, "dist": self.dist, "seed": self.rng.seed,
                        "ranked": bool(getattr(self.rng, "ranked", False))}
-        self.dataloader = StepAlignedLoader(
-            build_dataloader(cfg, "dataloader", self.dataset, sched["local_batch_size"], train=True, **loader_args)
-        )
+        self.dataloader = build_dataloader(cfg, "dataloader", self.dataset, sched["local_batch_size"], train=True,
+                                           **loader_args)
         self.val_dataloader = (
             build_dataloader(cfg, "validation_dataloader", self.val_dataset, sched["local_batch_size"], train=False,
                              **loader_args)
