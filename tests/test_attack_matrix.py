@@ -257,13 +257,13 @@ def _tp_plan(custom: str) -> Callable[[], Any]:
 
 
 def _callbacks(bait: dict[str, str]) -> Any:
-    from nemo_like.components.callbacks.from_config import build_callbacks
+    from nemo_like.recipes.builders.callbacks import build_callbacks
 
     return build_callbacks([RUN_CMD])
 
 
 def _tracker(bait: dict[str, str]) -> Any:
-    from nemo_like.components.loggers.metric_loggers import build_metric_loggers
+    from nemo_like.recipes.builders.trackers import build_metric_loggers
 
     node = ConfigNode({"wandb": {"_target_": "torch.save", "obj": [1], "f": bait["M"]}})
     return build_metric_loggers(node, str(Path(bait["M"]).parent))

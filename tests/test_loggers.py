@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from nemo_like.components.loggers.metric_loggers import build_metric_loggers
+from nemo_like.recipes.builders.trackers import build_metric_loggers
 from nemo_like.components.loggers.optional import MissingExtraError
 from nemo_like.components.loggers.params import REDACTED, flatten_params
 from nemo_like.config.loader import ConfigNode

@@ -107,3 +107,26 @@ def test_a_small_method_gets_the_whole_run_from_the_base(tmp_path):
     ref = load_file(str(reference / "epoch_2_step_11" / "model" / "model.safetensors"))
     got = load_file(str(killed / "epoch_2_step_11" / "model" / "model.safetensors"))
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_the_loss_plot_and_the_evaluations_after_training_are_callbacks_the_base_adds(tmp_path):
+    """The method writes nothing for them: the loss plot (and the held-out and lm-eval scores, from their
+    sections) come as callbacks ahead of the listed ones, and only a run that finished gets them."""
+    finished = LinearProbe(probe_config(tmp_path / "finished"))
+    finished.setup()
+    assert [type(cb).__name__ for cb in finished.callbacks] == ["LossPlot", "ProgressBar", "EarlyStopping"]
+    finished.run_train_validation_loop()
+    curves = json.loads((tmp_path / "finished" / "loss_curves.json").read_text())
+    assert [step for step, _ in curves["train_loss"]] == list(range(12))
+
+    class Preempted(LinearProbe):
+        def _run_train_optim_step(self, batches: list[dict]) -> dict:
+            if self.step_scheduler.step == 2:
+                self.step_scheduler.sigterm = True  # what the SIGTERM handler sets
+            return super()._run_train_optim_step(batches)
+
+    preempted = Preempted(probe_config(tmp_path / "preempted"))
+    preempted.setup()
+    assert len(preempted.run_train_validation_loop()["history"]) == 3
+    assert (tmp_path / "preempted" / "training.jsonl").is_file()
+    assert not (tmp_path / "preempted" / "loss_curves.json").exists()  # no plot on the way out of a preempted run

@@ -113,7 +113,8 @@ DENIED_TARGETS: dict[str, str] = {
                      "nemo_like.components.datasets.mixture.instantiate_dataset",
                      "nemo_like.components.datasets.llm.prompt_template",
                      "nemo_like.components.datasets.llm.packed_attention",
-                     "nemo_like.components.datasets.llm.row_stream", "nemo_like.components.callbacks.from_config",
+                     "nemo_like.components.datasets.llm.row_stream", "nemo_like.components.callbacks.generation_eval",
+                     "nemo_like.components.callbacks.lm_eval_after_training", "nemo_like.components.callbacks.loss_plot",
                      "nemo_like.components.loggers.optional", "nemo_like.components.loggers.metric_loggers"),
                     _OURS),
 }

@@ -3,8 +3,8 @@
 A method recipe builds its parts (model, data, optimizer, loss) and writes
 ``_run_train_optim_step(batches)`` and ``_run_validation_epoch()``; the base owns the rest of
 the run: distributed set-up, logging, the checkpointer and resume, signals, the loop over
-epochs and steps with its validation and checkpoint cadence, callbacks, trackers, lm-eval
-after training and the loss plot.
+epochs and steps with its validation and checkpoint cadence, callbacks and trackers. The held-out
+generation eval, lm-eval after training and the loss plot are callbacks it adds from the shared sections.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import os
 import shlex
 import signal
 import sys
-import time
 from typing import Any
 
 import torch
 
+from nemo_like.components.callbacks.callback import CallbackList, TrainState
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, drop_records_after
 from nemo_like.components.checkpoint.model_state import ModelState
 from nemo_like.components.distributed.init import initialize_distributed
@@ -28,6 +28,9 @@ from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.config.loader import ConfigNode
 from nemo_like.config.secrets import redact_config
+from nemo_like.recipes.builders.callbacks import build_callbacks, build_run_callbacks
+from nemo_like.recipes.builders.evaluation import evaluation_section
+from nemo_like.recipes.builders.trackers import build_metric_loggers
 
 logger = logging.getLogger("nemo_like")
 
@@ -80,8 +83,6 @@ class BaseRecipe:
         self.model_id: str | None = None
         self.lr_scheduler: Any = None
         self.val_dataloader: Any = None
-        self.generation_eval = getattr(sections, "generation_eval", None)  # held-out exact match, before and after
-        self.accuracy_before: float | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup_run(self) -> None:
@@ -97,16 +98,18 @@ class BaseRecipe:
         self.autocast_dtype = self._autocast_dtype()
 
     def setup_observers(self) -> None:
-        """Metric files, callbacks, ``evaluation:``, trackers; then the resume, which trims the metric files."""
+        """Metric files, ``callbacks:``, ``evaluation:``, trackers, the run's own callbacks; then the resume."""
         root = self.checkpointer.root
         self.train_log = JSONLLogger(os.path.join(root, "training.jsonl"), enabled=self.dist.is_main)
         self.val_log = JSONLLogger(os.path.join(root, "validation.jsonl"), enabled=self.dist.is_main)
-        self.callbacks = self._build_callbacks()
-        self.evaluation = self._evaluation_section()
-        from nemo_like.components.loggers.metric_loggers import build_metric_loggers
-
+        listed = build_callbacks(self.cfg.get("callbacks", None), self.sections.disable_progress_bar)
+        evaluation = evaluation_section(self.cfg)  # a typo or a missing lm-eval fails now, not after training
         self.metric_loggers = build_metric_loggers(self.cfg, root, enabled=self.dist.is_main)  # W&B, MLflow, TB
         self.metric_loggers.log_params(redact_config(self.cfg))
+        # Held-out generation eval, lm-eval and the loss plot come with the shared sections, for every method.
+        ours = build_run_callbacks(getattr(self.sections, "generation_eval", None), evaluation, self.model,
+                                   self.tokenizer, self.dist, self._autocast, self.metric_loggers)
+        self.callbacks = CallbackList([*ours, *listed])
         self.prior_train_losses = self._restore_checkpoint()
 
     # ------------------------------------------------------------------ what a method supplies
@@ -117,42 +120,6 @@ class BaseRecipe:
     def _run_validation_epoch(self) -> float:
         """The validation loss over ``val_dataloader``."""
         raise NotImplementedError
-
-    def _before_training(self) -> None:
-        """Runs once before the first step: the ``generation_eval`` score to compare with, when asked for."""
-        if self.generation_eval and self.generation_eval.before_training:
-            self.accuracy_before = self._run_generation_eval("before training")
-
-    def _after_training(self, result: dict[str, Any]) -> None:
-        """Runs once after the last step of a run that finished: the ``generation_eval`` score after training."""
-        if self.generation_eval:
-            result["accuracy_before"] = self.accuracy_before
-            result["accuracy_after"] = self._run_generation_eval("after training")
-
-    def _run_generation_eval(self, when: str) -> float | None:
-        """Held-out exact match. Under torchrun every rank generates the same rows (sharded weights are
-        gathered collectively, so a rank that sat out would stall the others); rank 0 logs."""
-        if self.dist.cp_size > 1:
-            logger.warning("generation_eval %s: skipped; context parallel splits sequences over ranks, "
-                           "which token-by-token generation cannot use", when)
-            return None
-        if self.dist.world_size > 1:
-            from nemo_like.components.distributed.parallelizer import prepare_for_inference_mode
-
-            prepare_for_inference_mode(self.model)
-        from nemo_like.components.eval.exact_match import generation_exact_match, load_jsonl_rows
-
-        ev = self.generation_eval
-        rows = load_jsonl_rows(ev.path_or_dataset_id, limit=ev.limit)
-        start = time.perf_counter()
-        with self._autocast():
-            result = generation_exact_match(
-                self.model, self.tokenizer, rows, column_mapping=ev.column_mapping,
-                use_chat_template=ev.use_hf_chat_template, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-            )
-        logger.info("held-out exact match %s: %.3f (%d rows, %.1f s)", when, result["accuracy"], result["n"],
-                    time.perf_counter() - start)
-        return result["accuracy"]
 
     # ------------------------------------------------------------------ the loop, resume and saves
     def checkpoint_state(self) -> dict[str, Any]:
@@ -199,8 +166,7 @@ class BaseRecipe:
     def run_train_validation_loop(self) -> dict[str, Any]:
         sched = self.step_scheduler
         self._install_signal_handlers()
-        self._before_training()
-        state = self._start_callbacks()  # the progress bar is one of them
+        state = self._start_callbacks()  # the progress bar and the score before training are among them
         last_val: float | None = None
         history: list[dict[str, Any]] = []
         try:
@@ -233,25 +199,16 @@ class BaseRecipe:
             self._restore_signal_handlers()
         if sched.sigterm:
             self._log_how_to_resume()
-        result: dict[str, Any] = {"history": history, "val_loss": last_val, "stop_reason": state.stop_reason,
-                                  "stopped_by_signal": self.stopped_by_signal}
-        if not sched.sigterm:
-            self._after_training(result)
-        self._finish_run(result, status="killed" if sched.sigterm else "success")
-        return result
+        else:
+            self._complete_run(state)
+        self.metric_loggers.finish("killed" if sched.sigterm else "success")
+        return {"history": history, "val_loss": last_val, "stop_reason": state.stop_reason,
+                "stopped_by_signal": self.stopped_by_signal, **state.results}  # accuracy_after, evaluation, ...
 
     # ------------------------------------------------------------------ observing the run
 
-    def _build_callbacks(self) -> Any:
-        """The ``callbacks:`` list (``_target_`` entries); a default progress bar when none is listed."""
-        from nemo_like.components.callbacks.from_config import build_callbacks
-
-        return build_callbacks(self.cfg.get("callbacks", None), self.sections.disable_progress_bar)
-
-    def _start_callbacks(self) -> Any:
+    def _start_callbacks(self) -> TrainState:
         """The state callbacks see, with the records of a resumed run, then ``on_train_start``."""
-        from nemo_like.components.callbacks import TrainState
-
         sched = self.step_scheduler
         state = TrainState(max_steps=sched.max_steps, run_dir=self.checkpointer.root, is_main=self.dist.is_main,
                            step=sched.step, epoch=sched.epoch, train_history=self.train_log.read(),
@@ -259,58 +216,14 @@ class BaseRecipe:
         self.callbacks.on_train_start(state)
         return state
 
-    def _finish_run(self, result: dict[str, Any], status: str) -> None:
-        """After the loop: lm-eval (``evaluation:``), the loss plot, the trackers' last metrics and close."""
+    def _complete_run(self, state: TrainState) -> None:
+        """A finished run's evaluations and reports: held-out exact match, lm-eval, the loss plot (callbacks)."""
         try:
-            if result.get("accuracy_after") is not None:
-                accuracy = {"generation_eval/accuracy_after": result["accuracy_after"]}
-                if result.get("accuracy_before") is not None:
-                    accuracy["generation_eval/accuracy_before"] = result["accuracy_before"]
-                self.metric_loggers.log_metrics(accuracy, max(self.step_scheduler.step - 1, 0))
-            if self.evaluation and status == "success":
-                result["evaluation"] = self._run_lm_evaluation()
-            if self.dist.is_main and os.path.isfile(self.train_log.path) and status == "success":
-                self._plot_loss_curves()  # not on the way out of a preempted run: the grace period is short
+            state.latest_checkpoint = self.checkpointer.latest() if self.checkpointer.config.enabled else None
+            self.callbacks.on_training_complete(state)
         except BaseException:
             self.metric_loggers.finish("failed")
             raise
-        self.metric_loggers.finish(status)
-
-    def _plot_loss_curves(self) -> None:
-        """``loss_curves.png`` (and the plotted data) in the run dir; a plot never fails a finished run."""
-        from nemo_like.components.plotting import plot_run
-
-        try:
-            plot = plot_run(self.checkpointer.root, require_png=False)
-        except (ValueError, OSError) as err:
-            logger.warning("loss curves: not drawn (%s)", err)
-            return
-        logger.info("loss curves: %s", plot["png"] or f"{plot['data']} (pip install 'nemo_like[plot]' for the PNG)")
-
-    def _evaluation_section(self) -> dict[str, Any] | None:
-        """``evaluation:`` checked at set-up, so a typo or a missing lm-eval fails before training, not after."""
-        from nemo_like.components.eval.after_training import evaluation_section
-
-        section = self.cfg.get("evaluation") if "evaluation" in self.cfg else None
-        return evaluation_section(section.to_dict() if section is not None else None)
-
-    def _run_lm_evaluation(self) -> dict[str, Any] | None:
-        """The ``evaluation:`` section: lm-eval on the trained model (in memory; from LATEST under torchrun)."""
-        from nemo_like.components.eval.after_training import run_lm_evaluation
-
-        if not self.dist.is_main:
-            return None
-        latest = self.checkpointer.latest() if self.checkpointer.config.enabled else None
-        out = run_lm_evaluation(
-            self.evaluation, self.model, self.tokenizer, run_dir=self.checkpointer.root,
-            latest_dir=os.path.join(self.checkpointer.root, latest) if latest else None,
-            world_size=self.dist.world_size, autocast=self._autocast(),
-        )
-        if out is None:
-            return None
-        summary, metrics = out
-        self.metric_loggers.log_metrics(metrics, max(self.step_scheduler.step - 1, 0))
-        return summary
 
     def _save_checkpoint(self, epoch: int, history: list[dict[str, Any]], val_loss: float | None) -> None:
         sched = self.step_scheduler

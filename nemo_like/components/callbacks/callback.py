@@ -2,7 +2,8 @@
 
 A callback reacts to the loop; it never drives it. To stop a run it calls
 ``state.request_stop(reason)``: the loop then saves a checkpoint of that step and ends as a
-finished run (the after-training evaluation still runs).
+finished run (the after-training evaluation still runs). Evaluations and reports of a run that
+finished go in ``on_training_complete``, which a preempted or failed run never calls.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ class TrainState:
     val_history: list[dict[str, Any]] = field(default_factory=list)
     should_stop: bool = False
     stop_reason: str | None = None
+    latest_checkpoint: str | None = None  # set before ``on_training_complete``: the last step directory saved
+    results: dict[str, Any] = field(default_factory=dict)  # what callbacks report; the loop returns it too
+
+    @property
+    def last_step(self) -> int:
+        """The last step trained (in this run or the one it resumed); 0 before any."""
+        return int(self.train_history[-1]["step"]) if self.train_history else 0
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to finish after the current step; the first reason given is kept."""
@@ -47,6 +55,9 @@ class Callback:
 
     def on_train_end(self, state: TrainState) -> None:
         pass
+
+    def on_training_complete(self, state: TrainState) -> None:
+        """After ``on_train_end``, only on a run that finished (not stopped by a signal, not failed)."""
 
 
 class CallbackList(Callback):
@@ -83,3 +94,7 @@ class CallbackList(Callback):
     def on_train_end(self, state: TrainState) -> None:
         for cb in self.callbacks:
             cb.on_train_end(state)
+
+    def on_training_complete(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_training_complete(state)

@@ -1,8 +1,7 @@
-"""The recipe's ``evaluation:`` section: lm-eval on the model a run just trained.
+"""lm-eval on the model a run just trained: in memory, or from its last checkpoint under torchrun.
 
-Checked at set-up (``evaluation_section``) so that a typo or a missing lm-eval stops the run
-before training, not after it; run at the end (``run_lm_evaluation``) on the model in
-memory, or, under torchrun where the weights are sharded, on the last saved checkpoint.
+The ``evaluation:`` section that asks for it is checked at set-up by the recipe's builder, so
+a typo or a missing lm-eval stops the run before training, not after it.
 """
 
 from __future__ import annotations
@@ -15,31 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from nemo_like.config.errors import ConfigError
-
 logger = logging.getLogger("nemo_like")
-
-EVALUATION_KEYS = frozenset({"tasks", "limit", "batch_size", "apply_chat_template", "include_path", "num_fewshot",
-                             "output", "log_samples"})
-
-
-def evaluation_section(section: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The validated section (None when the recipe has none); needs the ``eval`` extra."""
-    from nemo_like.components.loggers.optional import import_optional
-
-    if not section:
-        return None
-    unknown = sorted(set(section) - EVALUATION_KEYS)
-    if unknown:
-        raise ConfigError(f"evaluation.{unknown[0]}: not an evaluation key (known: {', '.join(sorted(EVALUATION_KEYS))})")
-    if not section.get("tasks"):
-        raise ConfigError("evaluation.tasks: required (e.g. [nemo_like_quickstart])")
-    from nemo_like.config.target_gate import check_user_code
-
-    check_user_code(section.get("include_path"), "evaluation.include_path",
-                    "lm-eval imports the Python files its task YAMLs name with !function")
-    import_optional("lm_eval", "eval", "evaluation")
-    return section
 
 
 def run_lm_evaluation(

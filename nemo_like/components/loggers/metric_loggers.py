@@ -1,22 +1,18 @@
 """Every experiment tracker a recipe asked for, behind one object the training loop talks to.
 
-The ``wandb``, ``mlflow`` and ``tensorboard`` sections of a recipe each turn on one tracker
-(``wandb: null`` or ``enabled: false`` turns it off again); a section with a ``_target_`` builds
-that class instead, with the same keys. Only rank 0 tracks: other ranks get an empty set.
-JSONL files are written by the recipe whatever is configured here.
+The recipe's builder (``recipes/builders/trackers.py``) makes the trackers from the ``wandb``,
+``mlflow`` and ``tensorboard`` sections; this fans params and metrics out to them. JSONL files
+are written by the recipe whatever trackers there are.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from nemo_like.components.loggers.params import flatten_params, numeric_metrics
 
 logger = logging.getLogger("nemo_like")
-
-TRACKER_SECTIONS = ("wandb", "mlflow", "tensorboard")
 
 
 class MetricLoggers:
@@ -65,60 +61,3 @@ class MetricLoggers:
         """Close every tracker; ``status`` is ``success``, ``failed`` or ``killed``."""
         self._each("finish", status)
         self.loggers.clear()
-
-
-def _section_kwargs(section: Any) -> dict[str, Any] | None:
-    if section is None or section is False:
-        return None
-    kwargs = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-    if not kwargs.pop("enabled", True):
-        return None
-    return kwargs
-
-
-def build_metric_loggers(config: Any, run_dir: str, enabled: bool = True) -> MetricLoggers:
-    """Build the trackers named in ``config`` (a ConfigNode or dict); defaults put files under ``run_dir``.
-
-    ``run_dir`` is the checkpoint directory: W&B's ``save_dir`` and TensorBoard's ``log_dir``
-    default to it (``run_dir/wandb``, ``run_dir/tensorboard``).
-    """
-    if not enabled:
-        return MetricLoggers()
-    sections = {name: config.get(name) if name in config else None for name in TRACKER_SECTIONS}
-    built: dict[str, Any] = {}
-    try:
-        for name, section in sections.items():
-            kwargs = _section_kwargs(section)
-            if kwargs is None:
-                continue
-            target = kwargs.pop("_target_", None)
-            if target is not None:
-                built[name] = config.get(name).instantiate()
-                continue
-            built[name] = _build_tracker(name, kwargs, run_dir)
-    except BaseException:
-        MetricLoggers(built).finish("failed")
-        raise
-    return MetricLoggers(built)
-
-
-def _build_tracker(name: str, kwargs: dict[str, Any], run_dir: str) -> Any:
-    from nemo_like.config.errors import ConfigError
-
-    try:
-        if name == "wandb":
-            from nemo_like.components.loggers.wandb import WandbLogger
-
-            kwargs.setdefault("save_dir", None)
-            kwargs["save_dir"] = kwargs["save_dir"] or run_dir
-            return WandbLogger(**kwargs)
-        if name == "mlflow":
-            from nemo_like.components.loggers.mlflow import MLflowLogger
-
-            return MLflowLogger(**kwargs)
-        from nemo_like.components.loggers.tensorboard import TensorBoardLogger
-
-        kwargs["log_dir"] = kwargs.get("log_dir") or os.path.join(run_dir, "tensorboard")
-        return TensorBoardLogger(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{name}: {err}") from err

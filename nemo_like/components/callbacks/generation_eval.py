@@ -1,0 +1,94 @@
+"""Held-out exact match by greedy generation, before and after training, as a callback.
+
+The score before training is the baseline the one after is read against, so both run on the
+same rows with the same settings. Under torchrun every rank generates the same rows (sharded
+weights are gathered collectively, so a rank that sat out would stall the others); rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Callable
+
+from torch import nn
+
+from nemo_like.components.callbacks.callback import Callback, TrainState
+from nemo_like.components.distributed.parallelizer import prepare_for_inference_mode
+from nemo_like.components.eval.exact_match import generation_exact_match, load_jsonl_rows
+from nemo_like.components.loggers.metric_loggers import MetricLoggers
+
+logger = logging.getLogger("nemo_like")
+
+
+class GenerationEval(Callback):
+    """Scores ``model`` on ``path_or_dataset_id`` at the start (when ``before_training``) and on a finished run.
+
+    Reports ``accuracy_before`` and ``accuracy_after`` in ``state.results`` and to the trackers
+    as ``generation_eval/accuracy_*``. ``autocast`` makes the context the training step runs in.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        path_or_dataset_id: str,
+        column_mapping: dict[str, str] | None = None,
+        use_hf_chat_template: bool = True,
+        max_new_tokens: int = 16,
+        batch_size: int = 32,
+        limit: int | None = None,
+        before_training: bool = True,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        world_size: int = 1,
+        cp_size: int = 1,
+        metric_loggers: MetricLoggers | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path_or_dataset_id = path_or_dataset_id
+        self.column_mapping = column_mapping
+        self.use_hf_chat_template = use_hf_chat_template
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.limit = limit
+        self.before_training = before_training
+        self.autocast = autocast
+        self.world_size = world_size
+        self.cp_size = cp_size
+        self.metric_loggers = metric_loggers or MetricLoggers()
+        self.accuracy_before: float | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        if self.before_training:
+            self.accuracy_before = self.score("before training")
+
+    def on_training_complete(self, state: TrainState) -> None:
+        after = self.score("after training")
+        state.results.update(accuracy_before=self.accuracy_before, accuracy_after=after)
+        if after is not None:
+            accuracy = {"generation_eval/accuracy_after": after}
+            if self.accuracy_before is not None:
+                accuracy["generation_eval/accuracy_before"] = self.accuracy_before
+            self.metric_loggers.log_metrics(accuracy, state.last_step)
+
+    def score(self, when: str) -> float | None:
+        """The exact-match accuracy, or None under context parallel, which token-by-token generation cannot use."""
+        if self.cp_size > 1:
+            logger.warning("generation_eval %s: skipped; context parallel splits sequences over ranks, "
+                           "which token-by-token generation cannot use", when)
+            return None
+        if self.world_size > 1:
+            prepare_for_inference_mode(self.model)
+        rows = load_jsonl_rows(self.path_or_dataset_id, limit=self.limit)
+        start = time.perf_counter()
+        with self.autocast():
+            result = generation_exact_match(
+                self.model, self.tokenizer, rows, column_mapping=self.column_mapping,
+                use_chat_template=self.use_hf_chat_template, max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+            )
+        logger.info("held-out exact match %s: %.3f (%d rows, %.1f s)", when, result["accuracy"], result["n"],
+                    time.perf_counter() - start)
+        return result["accuracy"]
