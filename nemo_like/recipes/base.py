@@ -70,8 +70,9 @@ class BaseRecipe:
 
     A subclass's ``setup`` calls ``setup_run()`` first (processes, logging, checkpointer, RNG) and
     ``setup_observers()`` last (metric files, callbacks, trackers, resume), after it has set
-    ``model``, ``optimizer``, ``lr_scheduler``, ``step_scheduler``, ``dataloader`` and
-    ``val_dataloader`` (plus ``tokenizer``, ``peft_config`` and ``model_id`` when it has them).
+    ``model``, ``optimizer``, ``step_scheduler`` (over the training loader) and, when it has them,
+    ``lr_scheduler``, ``val_dataloader``, ``tokenizer``, ``peft_config`` and ``model_id``.
+    ``checkpoint_state()`` names what a checkpoint holds; a method with more state extends it.
     """
 
     def __init__(self, cfg: ConfigNode, sections: Any) -> None:
@@ -83,6 +84,7 @@ class BaseRecipe:
         self.model_id: str | None = None
         self.lr_scheduler: Any = None
         self.val_dataloader: Any = None
+        self._previous_handlers: dict[int, Any] = {}  # signal handlers to put back after the loop
 
     # ------------------------------------------------------------------ set-up
     def setup_run(self) -> None:
@@ -242,7 +244,7 @@ class BaseRecipe:
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT finish the current step, save, and stop; a second SIGINT interrupts at once."""
-        self._previous_handlers: dict[int, Any] = {}
+        self._previous_handlers = {}
 
         def handler(signum: int, frame: Any) -> None:
             logger.warning("%s received: finishing this step and saving a checkpoint",
@@ -257,7 +259,7 @@ class BaseRecipe:
                 self._previous_handlers[signum] = signal.signal(signum, handler)
 
     def _restore_signal_handlers(self) -> None:
-        for signum, previous in getattr(self, "_previous_handlers", {}).items():
+        for signum, previous in self._previous_handlers.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signum, previous)
 
