@@ -10,8 +10,9 @@ environment of the process it runs in, and does nothing when these are unset:
 - ``NEMO_LIKE_TEST_SAVE_PAUSE=SECONDS``: sleep that long at each stage of every save, so that a
   kill at a random moment lands inside a save more often.
 
-``conftest.py`` installs it in the test process (forked children inherit it). A spawned process
-runs ``python tests/crash_hooks.py SCRIPT ARGS...``, which installs it and runs ``SCRIPT`` as ``__main__``.
+A forked training child calls ``install()`` (``killed_after_step`` does it for the common case);
+a spawned process runs ``python tests/crash_hooks.py SCRIPT ARGS...`` (see ``command``), which
+installs it and runs ``SCRIPT`` as ``__main__``.
 """
 
 from __future__ import annotations
