@@ -19,11 +19,14 @@ commands:
                                          greedy answers with the chat template, for a quick look
   merge-lora --adapter DIR --output DIR [--base ID] [--dtype D]
                                          fold a saved adapter into its base: one plain HF model dir
+  dry-run -c X.yaml [--world-size N] [--a.b value ...]
+                                         a multi-GPU recipe's mesh and rank 0's shards on the meta
+                                         device: no GPUs, no weights
 
 Run `nemo-like <command> --help` for a command's options.
 """
 
-COMMANDS = ("finetune", "eval", "plot", "generate", "merge-lora")
+COMMANDS = ("finetune", "eval", "plot", "generate", "merge-lora", "dry-run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return generate_main(rest)
     if command == "merge-lora":
         return merge_lora_main(rest)
+    if command == "dry-run":
+        return dry_run_main(rest)
     print(f"nemo-like: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 
@@ -265,6 +270,55 @@ def merge_lora_main(argv: list[str] | None = None, prog: str = "nemo-like merge-
         return 2
     print(out)
     return 0
+
+
+def dry_run_main(argv: list[str] | None = None, prog: str = "nemo-like dry-run") -> int:
+    """Shard a recipe's model for its ranks on the meta device and print rank 0's share; a mistake is one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        from nemo_like.config.arg_parser import USAGE as OVERRIDES
+
+        print(f"usage: {prog} -c RECIPE.yaml [--world-size N] [--section.key VALUE ...]\n"
+              "  --world-size N: ranks to simulate (default: dp_size x tp_size x cp_size of the recipe)\n"
+              + OVERRIDES.split("\n", 1)[1])
+        return 0
+    from nemo_like.config.arg_parser import parse_args_and_load_config
+    from nemo_like.config.errors import ConfigError
+    from nemo_like.recipes.llm.sft_config import SFT_SCHEMA
+
+    try:
+        world_size, rest = _pop_world_size(argv)
+        cfg = parse_args_and_load_config(rest, known_sections=SFT_SCHEMA.override_names)
+        from nemo_like.components.distributed.dry_run import format_report
+        from nemo_like.recipes.llm.dry_run import dry_run_recipe
+
+        print(format_report(dry_run_recipe(cfg, world_size)))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _pop_world_size(argv: list[str]) -> tuple[int | None, list[str]]:
+    """Take ``--world-size N`` (or ``--world_size`` / ``--nproc``) out of the recipe's overrides."""
+    from nemo_like.config.errors import ConfigError
+
+    rest: list[str] = []
+    world_size = None
+    i = 0
+    while i < len(argv):
+        name, has_eq, value = argv[i].partition("=")
+        if name in ("--world-size", "--world_size", "--nproc"):
+            if not has_eq:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+                i += 1
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"{name}: {value!r} is not a positive number of ranks")
+            world_size = int(value)
+        else:
+            rest.append(argv[i])
+        i += 1
+    return world_size, rest
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ ATTEMPTS = [
     Attempt("the_gate_itself", {"_target_": "nemo_like.config.target_gate.resolve_target", "target": RUN_CMD}),
     Attempt("import_optional", {"_target_": "nemo_like.components.loggers.optional.import_optional",
             "module": "evil_pkg", "extra": "x", "section": "x"}),
-    Attempt("instantiate_dataset", {"_target_": "nemo_like.components.datasets.mixture.instantiate_dataset"}),
+    Attempt("instantiate_dataset", {"_target_": "nemo_like.recipes.builders.data.instantiate_dataset"}),
     Attempt("embedded_model_writer", {"_target_": "nemo_like._transformers.embedded.embedded_model_dir"}),
     Attempt("nemo_like_helper_off_the_list", {"_target_": "nemo_like.components.distributed.grad_clip.clip_grad_norm"}),
 ]
@@ -250,8 +250,9 @@ def test_attempt_is_refused(attempt: Attempt, bait: dict[str, str]) -> None:
 def _tp_plan(custom: str) -> Callable[[], Any]:
     def call() -> Any:
         from nemo_like.components.distributed.tp_plans import get_tp_plan
+        from nemo_like.recipes.builders.model import resolve_tp_plan
 
-        return get_tp_plan(torch.nn.Linear(2, 2), False, custom)
+        return get_tp_plan(torch.nn.Linear(2, 2), False, resolve_tp_plan(custom))
 
     return call
 
@@ -270,7 +271,7 @@ def _tracker(bait: dict[str, str]) -> Any:
 
 
 def _mixture_member(bait: dict[str, str]) -> Any:
-    from nemo_like.components.datasets.mixture import instantiate_dataset
+    from nemo_like.recipes.builders.data import instantiate_dataset
 
     node = ConfigNode({"dataset": {"_target_": "nemo_like.components.datasets.mixture.make_dataset_mixture",
                                    "datasets": [{"_target_": "torch.save", "obj": [1], "f": bait["M"]}]}})
@@ -279,8 +280,9 @@ def _mixture_member(bait: dict[str, str]) -> Any:
 
 def _prompt_func(bait: dict[str, str]) -> Any:
     from nemo_like.components.datasets.llm.prompt_template import row_formatter
+    from nemo_like.recipes.builders.data import resolve_row_functions
 
-    return row_formatter("prompt", func="os.system")
+    return row_formatter("prompt", func=resolve_row_functions({"prompt_func": "os.system"})["prompt_func"])
 
 
 OTHER_SITES = [
@@ -343,10 +345,11 @@ def test_trust_remote_code_opt_in_is_only_for_that_argument(bait: dict[str, str]
 
 def test_the_reviewed_tp_plan_path_still_resolves() -> None:
     from nemo_like.components.distributed.tp_plans import get_tp_plan
+    from nemo_like.recipes.builders.model import resolve_tp_plan
 
     model = torch.nn.Module()
     model.config = SimpleNamespace(model_type="llama")
-    plan = get_tp_plan(model, False, "nemo_like.components.distributed.tp_plans.llama_tp_plan")
+    plan = get_tp_plan(model, False, resolve_tp_plan("nemo_like.components.distributed.tp_plans.llama_tp_plan"))
     assert "model.layers.*.self_attn.q_proj" in plan and "lm_head" in plan
 
 

@@ -183,6 +183,8 @@ def test_parse_cli_forms() -> None:
 
 
 def test_apply_overrides_creates_known_and_targeted_sections(tmp_path: Path) -> None:
+    from nemo_like.recipes.llm.sft_config import SFT_SCHEMA
+
     cfg = load_yaml_config(write(tmp_path, RECIPE))
     apply_overrides(cfg, [
         ("optimizer.lr", 2e-4),
@@ -191,7 +193,7 @@ def test_apply_overrides_creates_known_and_targeted_sections(tmp_path: Path) -> 
         ("my_extras._target_", "torch.nn.Identity"),
         ("step_scheduler.val_every_steps", 3),
         ("seed", 7),
-    ])
+    ], known_sections=SFT_SCHEMA.override_names)
     assert cfg.optimizer.lr == 2e-4
     assert cfg.peft.to_dict() == {"dim": 8, "_target_": "nemo_like.config.loader.ConfigNode"}
     assert isinstance(cfg.my_extras.instantiate(), torch.nn.Identity)
@@ -420,3 +422,4 @@ def test_misspelled_targets_suggest_the_nearest_name() -> None:
         resolve_target("nemo_like.componnts.loss.masked_ce.MaskedCrossEntropy", "loss_fn._target_")
     with pytest.raises(ConfigError, match="did you mean 'torch'"):
         resolve_target("torhc.optim.AdamW", "optimizer._target_")
+

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from transformers import GPT2Config, LlamaConfig
 
-from nemo_like.components.datasets.from_config import build_dataset, context_length_of
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.chat_dataset import ChatDataset
 from nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset import (
@@ -24,11 +23,13 @@ from nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset im
 from nemo_like.components.datasets.llm.column_mapped_text_instruction_iterable_dataset import (
     ColumnMappedTextInstructionIterableDataset,
 )
+from nemo_like.components.datasets.llm.context_limit import context_length_of
 from nemo_like.components.datasets.llm.pretrain_text_dataset import PretrainTextDataset
 from nemo_like.components.datasets.llm.pretrain_text_iterable_dataset import PretrainTextIterableDataset
 from nemo_like.components.datasets.llm.xlam import make_xlam_dataset
-from nemo_like.components.datasets.mixture import instantiate_dataset
 from nemo_like.config.loader import ConfigError, ConfigNode
+from nemo_like.recipes.builders.data import build_dataset as build_dataset_section
+from nemo_like.recipes.builders.data import instantiate_dataset
 
 MIXTURE = "nemo_like.components.datasets.mixture.make_dataset_mixture"
 CHAT = "nemo_like.components.datasets.llm.chat_dataset.ChatDataset"
@@ -332,6 +333,11 @@ def _cfg(section: dict[str, Any], packing: dict[str, Any] | None = None) -> Conf
     if packing is not None:
         data["packed_sequence"] = packing
     return ConfigNode(data)
+
+
+def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any, max_length: int | None = None) -> Any:
+    """The builder over the ``name`` section and the ``packed_sequence`` section of ``cfg``."""
+    return build_dataset_section(cfg[name], tokenizer, max_length=max_length, packing=cfg.get("packed_sequence"))
 
 
 def test_build_dataset_passes_the_context_to_every_dataset_and_yaml_wins(tmp_path, tiny_tokenizer):

@@ -34,10 +34,10 @@ def test_torchrun_two_ranks_runs_the_recipe_end_to_end(tmp_path, tiny_model_dir)
 
 
 def _dry_run(argv: list[str]) -> dict:
-    from nemo_like.components.distributed.dry_run import dry_run
     from nemo_like.config.arg_parser import parse_args_and_load_config
+    from nemo_like.recipes.llm.dry_run import dry_run_recipe
 
-    report = dry_run(parse_args_and_load_config(argv))
+    report = dry_run_recipe(parse_args_and_load_config(argv))
     by_name = {r["name"]: r for r in report["parameters_by_name"]}
     return {"plan": report["plan"].shape, "total": report["parameters"], "local": report["local_parameters"],
             "memory": report["memory_gib"], "grad_acc": report["grad_acc_steps"],
@@ -57,7 +57,7 @@ def test_llama3_8b_tp2_fsdp4_recipe_passes_its_dry_run():
 
 
 def test_dry_run_reports_a_bad_layout_in_one_line(capsys):
-    from nemo_like.components.distributed.dry_run import main
+    from nemo_like.cli import dry_run_main as main
 
     assert main(["--config", RECIPE_8B, "--distributed.tp_size", "3", "--distributed.dp_size", "none",
                  "--world-size", "8"]) == 2

@@ -13,8 +13,9 @@ import pytest
 from conftest import REPO
 from nemo_like.recipes.builders.trackers import build_metric_loggers
 from nemo_like.components.loggers.optional import MissingExtraError
-from nemo_like.components.loggers.params import REDACTED, flatten_params
+from nemo_like.components.loggers.params import flatten_params
 from nemo_like.config.loader import ConfigNode
+from nemo_like.config.secrets import REDACTED, redact_config
 
 TINY = str(REPO / "tests" / "configs" / "tiny_sft.yaml")
 
@@ -109,6 +110,7 @@ def test_trackers_are_off_unless_asked_and_on_rank_zero_only(tmp_path):
 
 
 def test_params_are_the_flattened_config_without_secrets():
-    flat = flatten_params({"optimizer": {"lr": 1e-5, "betas": [0.9, 0.95]}, "hub": {"hf_token": "abc", "pad_token": "x"}})
+    flat = flatten_params(redact_config({"optimizer": {"lr": 1e-5, "betas": [0.9, 0.95]},
+                                         "hub": {"hf_token": "abc", "pad_token": "x"}}))
     assert flat == {"optimizer.lr": 1e-5, "optimizer.betas.0": 0.9, "optimizer.betas.1": 0.95,
                     "hub.hf_token": REDACTED, "hub.pad_token": "x"}

@@ -25,12 +25,12 @@ from nemo_like.components.datasets.llm.packed_sequence import PackedSequence
 from nemo_like.components.datasets.mixture import (
     IterableDatasetMixture,
     MapDatasetMixture,
-    instantiate_dataset,
     make_dataset_mixture,
     mixture_indices,
 )
 from nemo_like.components.datasets.utils import default_collater
 from nemo_like.config.loader import ConfigError, ConfigNode
+from nemo_like.recipes.builders.data import instantiate_dataset
 from nemo_like.recipes.llm.run import main
 
 MAPPING = {"context": "instruction", "question": "input", "answer": "response"}

@@ -14,6 +14,7 @@ from nemo_like.components.datasets.llm.column_mapped_text_instruction_iterable_d
 )
 from nemo_like.components.datasets.llm.prompt_functions import alpaca_prompt
 from nemo_like.config.loader import ConfigNode
+from nemo_like.recipes.builders.data import instantiate_dataset, resolve_row_functions
 
 ALPACA = "nemo_like.components.datasets.llm.prompt_functions.alpaca_prompt"
 ROWS = [
@@ -21,6 +22,11 @@ ROWS = [
     {"instruction": "Name a primary colour.", "input": "", "output": "Red"},
     {"instruction": "Say hi.", "output": "Hi"},  # no input column at all
 ]
+
+
+def _resolved(**kwargs):
+    """The dataset's arguments with their prompt/completion function paths resolved, as the recipe's builder does."""
+    return {**kwargs, **resolve_row_functions(kwargs)}
 
 
 @pytest.fixture()
@@ -46,8 +52,8 @@ def test_alpaca_prompt_function_has_both_forms():
 
 
 def test_prompt_func_and_completion_template_give_the_reference_samples(alpaca_file, tiny_tokenizer):
-    ds = ColumnMappedTextInstructionDataset(alpaca_file, tokenizer=tiny_tokenizer, prompt_func=ALPACA,
-                                            completion_template="{output}")
+    ds = ColumnMappedTextInstructionDataset(alpaca_file, tokenizer=tiny_tokenizer,
+                                            **_resolved(prompt_func=ALPACA, completion_template="{output}"))
     assert len(ds) == 3
     for row, sample in zip(ROWS, ds):
         assert sample == _expected(tiny_tokenizer, alpaca_prompt(row), row["output"])
@@ -61,11 +67,11 @@ def test_templates_quoted_fields_and_completion_func_from_a_file(tmp_path, tiny_
     funcs = tmp_path / "funcs.py"
     funcs.write_text("def shout(row):\n    return row['summary'].upper()\n")
     with pytest.raises(DatasetError, match=r"dataset\.completion_func: refusing file target .*NEMO_LIKE_ENABLE_USER"):
-        ColumnMappedTextInstructionDataset(path, tokenizer=tiny_tokenizer, prompt_template=template,
-                                           completion_func=f"{funcs}:shout")
+        ColumnMappedTextInstructionDataset(path, tokenizer=tiny_tokenizer,
+                                           **_resolved(prompt_template=template, completion_func=f"{funcs}:shout"))
     monkeypatch.setenv("NEMO_LIKE_ENABLE_USER_MODULES", "1")
-    ds = ColumnMappedTextInstructionDataset(path, tokenizer=tiny_tokenizer, prompt_template=template,
-                                            completion_func=f"{funcs}:shout")
+    ds = ColumnMappedTextInstructionDataset(path, tokenizer=tiny_tokenizer,
+                                            **_resolved(prompt_template=template, completion_func=f"{funcs}:shout"))
     prompt = "Summarize the following conversation:\n\nA: hi\nB: hello\n\nSummary:\n"
     assert ds[0] == _expected(tiny_tokenizer, prompt, "THEY GREET.")
 
@@ -82,7 +88,7 @@ def test_templates_with_the_chat_template_supervise_the_assistant_turn(alpaca_fi
 
 
 def test_streaming_variant_gives_the_same_samples(alpaca_file, tiny_tokenizer):
-    kw = {"tokenizer": tiny_tokenizer, "prompt_func": ALPACA, "completion_template": "{output}"}
+    kw = _resolved(tokenizer=tiny_tokenizer, prompt_func=ALPACA, completion_template="{output}")
     stream = ColumnMappedTextInstructionIterableDataset(alpaca_file, repeat_on_exhaustion=False, **kw)
     assert list(stream) == ColumnMappedTextInstructionDataset(alpaca_file, **kw).samples
 
@@ -93,7 +99,7 @@ def test_built_from_yaml_as_a_dataset_section(alpaca_file, tiny_tokenizer):
                     "ColumnMappedTextInstructionDataset",
         "path_or_dataset_id": alpaca_file, "prompt_func": ALPACA, "completion_template": "{output}",
     }, path="dataset")
-    ds = node.instantiate(tokenizer=tiny_tokenizer)
+    ds = instantiate_dataset(node, tokenizer=tiny_tokenizer)
     assert ds[1] == _expected(tiny_tokenizer, alpaca_prompt(ROWS[1]), "Red")
 
 
@@ -119,5 +125,5 @@ def test_built_from_yaml_as_a_dataset_section(alpaca_file, tiny_tokenizer):
 )
 def test_bad_settings_are_one_line_errors_naming_the_keys(alpaca_file, tiny_tokenizer, kwargs, pattern):
     with pytest.raises(DatasetError, match=pattern) as err:
-        ColumnMappedTextInstructionDataset(alpaca_file, tokenizer=tiny_tokenizer, **kwargs)
+        ColumnMappedTextInstructionDataset(alpaca_file, tokenizer=tiny_tokenizer, **_resolved(**kwargs))
     assert "\n" not in str(err.value)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nemo_like.components.datasets.from_config import build_dataloader
 from nemo_like.components.distributed.fork_launcher import run_on_ranks
 from nemo_like.components.loss.linear_ce import FusedLinearCrossEntropy
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode, load_yaml_config
+from nemo_like.recipes.builders.data import build_dataloader
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 40
@@ -50,7 +50,7 @@ def _orders_on_two_ranks(recipes: list[str], tokenizer) -> dict[str, list[list[i
         packed = "packed_sequence_collater" in str(cfg.get("dataloader").get("collate_fn"))
         # A pack of 4 tokens holds exactly one 4-token sample: pack i is sample i.
         dataset = PackedSequence(_rows(), packed_sequence_size=4) if packed else _rows()
-        loader = build_dataloader(cfg, "dataloader", dataset, local, train=True, tokenizer=tokenizer, dist=dist,
+        loader = build_dataloader(cfg.get("dataloader"), dataset, local, train=True, tokenizer=tokenizer, dist=dist,
                                   seed=42, ranked=False)
         sched = StepScheduler(global_batch_size=2 * local, local_batch_size=local, dp_size=2, num_epochs=2,
                               dataloader=loader)
@@ -84,7 +84,7 @@ def test_one_rank_shuffles_with_the_shipped_section(tiny_tokenizer):
     cfg = load_yaml_config(REPO / "recipes" / "smollm2_135m" / "sft_chat.yaml")
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
     torch.manual_seed(0)
-    loader = build_dataloader(cfg, "dataloader", _rows(), 4, train=True, tokenizer=tiny_tokenizer, dist=dist,
+    loader = build_dataloader(cfg.get("dataloader"), _rows(), 4, train=True, tokenizer=tiny_tokenizer, dist=dist,
                               seed=42, ranked=False)
     order = [int(i) for batch in loader for i in batch["input_ids"][:, 0]]
     assert sorted(order) == list(range(ROWS)) and order != list(range(ROWS))
@@ -97,7 +97,7 @@ def test_local_batch_size_errors_name_the_step_scheduler_field(tiny_tokenizer):
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
     for bad in (0, -2, "abc", 2.5, True):
         with pytest.raises(ConfigError, match=r"^step_scheduler\.local_batch_size: expected a positive integer"):
-            build_dataloader(cfg, "dataloader", _rows(), bad, train=True, tokenizer=tiny_tokenizer, dist=dist,
+            build_dataloader(cfg.get("dataloader"), _rows(), bad, train=True, tokenizer=tiny_tokenizer, dist=dist,
                              seed=0, ranked=False)
 
 

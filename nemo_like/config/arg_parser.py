@@ -1,8 +1,9 @@
 """Command-line overrides on top of a recipe: `--config X --optimizer.lr 1e-5 --peft none`.
 
 Any field of the YAML can be changed from the shell without editing the file. A
-misspelled section would otherwise silently create a new, unused one, so only known
-section names (or sections that get a `_target_`) may be created.
+misspelled section would otherwise silently create a new, unused one, so only the section
+names a recipe's schema knows (`known_sections`, e.g. `SFT_SCHEMA.override_names`) or
+sections that get a `_target_` may be created.
 """
 
 from __future__ import annotations
@@ -13,17 +14,8 @@ from typing import Any
 from nemo_like.config.errors import did_you_mean as _did_you_mean
 from nemo_like.config.loader import ConfigError, ConfigNode, interpolate_env, load_yaml_config, parse_literal
 
-__all__ = ["KNOWN_SECTIONS", "apply_overrides", "parse_args_and_load_config", "parse_cli"]
+__all__ = ["apply_overrides", "parse_args_and_load_config", "parse_cli"]
 
-# Top-level sections an override may create even when the YAML lacks them.
-KNOWN_SECTIONS: frozenset[str] = frozenset({
-    "model", "peft", "quantization", "dataset", "validation_dataset", "packed_sequence",
-    "dataloader", "validation_dataloader", "step_scheduler", "optimizer", "lr_scheduler",
-    "clip_grad_norm", "loss_fn", "distributed", "distributed_config", "checkpoint", "rng",
-    "dist_env", "wandb", "mlflow", "tensorboard", "callbacks", "evaluation", "tokenizer",
-    "generation_eval", "autocast", "disable_progress_bar", "contiguous_grads", "trim_cpu_heap", "nan_policy",
-    "benchmark", "seed",  # refused by the recipe's check, with the reason
-})
 # Flags that launchers append for their own use; they are not recipe fields.
 _LAUNCHER_FLAGS = ("local_rank", "local-rank")
 
@@ -83,9 +75,10 @@ def _is_option(token: str) -> bool:
 
 
 def apply_overrides(
-    cfg: ConfigNode, overrides: list[tuple[str, Any]], known_sections: frozenset[str] = KNOWN_SECTIONS
+    cfg: ConfigNode, overrides: list[tuple[str, Any]], known_sections: frozenset[str] = frozenset()
 ) -> ConfigNode:
-    """Set each override on `cfg` in place (creating missing keys of `known_sections`) and return it."""
+    """Set each override on `cfg` in place and return it; a missing top-level key is created when the
+    recipe's schema names it (`known_sections`) or the overrides give it a `_target_`."""
     targeted = {
         key.split(".")[0] for key, _ in overrides
         if key.count(".") == 1 and key.endswith("._target_")
@@ -135,9 +128,10 @@ def _leaf_paths(node: ConfigNode, prefix: str) -> list[str]:
 
 def parse_args_and_load_config(
     argv: list[str] | None = None, default_config: str | None = None,
-    known_sections: frozenset[str] = KNOWN_SECTIONS,
+    known_sections: frozenset[str] = frozenset(),
 ) -> ConfigNode:
-    """The entry point of every recipe script: read `--config`, load it, apply overrides."""
+    """The entry point of every recipe script: read `--config`, load it, apply overrides
+    (`known_sections`: the top-level names the recipe's schema lets an override create)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)

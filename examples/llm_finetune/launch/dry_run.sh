@@ -9,4 +9,4 @@
 set -euo pipefail
 args=("$@")
 if [ -n "${RANKS:-}" ]; then args+=(--world-size "${RANKS}"); fi
-exec python -m nemo_like.components.distributed.dry_run "${args[@]}"
+exec python -m nemo_like.cli dry-run "${args[@]}"

@@ -2,8 +2,9 @@
 
 Why our own: the members are our tokenized datasets (map-style or streamed), the mixture
 must resume exactly from a checkpoint when streamed, and a recipe builds it from YAML as
-its ``dataset:`` section. The sampling follows Hugging Face ``interleave_datasets`` draw
-for draw (the same seed gives the same order), so a mixture tried there carries over:
+its ``dataset:`` section (the data builder makes the members and hands them over, built).
+The sampling follows Hugging Face ``interleave_datasets`` draw for draw (the same seed
+gives the same order), so a mixture tried there carries over:
 
 * ``mixture_proportion``: the chance of drawing each member (must sum to 1); without it
   the members take turns (round robin).
@@ -29,7 +30,6 @@ In a recipe, members carry their proportion next to their own keys::
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -38,8 +38,6 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset
 
 from nemo_like.components.datasets.llm.row_stream import shard
-from nemo_like.config.errors import ConfigError
-from nemo_like.config.loader import ConfigNode, resolve_target
 
 STRATEGIES = ("first_exhausted", "all_exhausted")
 _BLOCK = 1000  # sources are drawn in blocks of this size, as Hugging Face datasets does (same seed, same draws)
@@ -327,48 +325,3 @@ def make_dataset_mixture(
     cls = IterableDatasetMixture if streamed else MapDatasetMixture
     return cls(datasets, mixture_proportion=mixture_proportion, mixture_strategy=mixture_strategy, seed=seed,
                tokenizer=tokenizer)
-
-
-def _takes(target: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def instantiate_dataset(node: ConfigNode, defaults: dict[str, Any] | None = None, **runtime: Any) -> Any:
-    """Build a ``dataset:`` section; datasets nested in it (a mixture's members) get the runtime arguments too.
-
-    ``defaults`` are arguments the YAML may override (the model's context ``max_length``):
-    each goes to a dataset that takes it and does not set it. A member may carry
-    ``mixture_proportion`` next to its own keys; it is taken off the member and handed to
-    the mixture as the list of proportions, in member order.
-    """
-    defaults = dict(defaults or {})
-    members = node.get("datasets")
-    if not (isinstance(members, list) and members and all(isinstance(m, ConfigNode) and "_target_" in m
-                                                          for m in members)):
-        extra = {}
-        if defaults and "_target_" in node:
-            target = resolve_target(node["_target_"], f"{node.node_path or 'dataset'}._target_")
-            extra = {k: v for k, v in defaults.items() if k not in node and k not in runtime and _takes(target, k)}
-        return node.instantiate(**runtime, **extra)
-    built, proportions = [], []
-    for member in members:
-        proportions.append(member.get("mixture_proportion"))
-        keys = {k: v for k, v in member.items() if k != "mixture_proportion"}
-        plain = ConfigNode(keys, path=member.node_path)
-        target = resolve_target(plain["_target_"], f"{member.node_path}._target_")
-        built.append(instantiate_dataset(plain, defaults, **{k: v for k, v in runtime.items() if _takes(target, k)}))
-    extra: dict[str, Any] = {"datasets": built}
-    where = node.node_path or "dataset"
-    if any(p is not None for p in proportions):
-        if node.get("mixture_proportion") is not None:
-            raise ConfigError(f"{where}.mixture_proportion: given both as a list and on the datasets; use one")
-        missing = [i for i, p in enumerate(proportions) if p is None]
-        if missing:
-            raise ConfigError(f"{where}.datasets.{missing[0]}.mixture_proportion: missing; when one member "
-                              "has a proportion, every member needs one")
-        extra["mixture_proportion"] = proportions
-    return node.instantiate(**runtime, **extra)

@@ -1,6 +1,6 @@
-"""Check a multi-GPU recipe on any machine: build its mesh and shard its model without weights or GPUs.
+"""Check a multi-GPU layout on any machine: build its mesh and shard its model without weights or GPUs.
 
-    python -m nemo_like.components.distributed.dry_run --config recipes/llama3_8b/sft_tp2_fsdp4.yaml
+    nemo-like dry-run -c recipes/llama3_8b/sft_tp2_fsdp4.yaml   # the recipe's sections: recipes/llm/dry_run.py
 
 A fake process group stands in for the N ranks (this process plays rank 0), the model is
 built on the meta device (shapes only, no memory), and the real parallelizer applies the
@@ -13,13 +13,13 @@ here in seconds instead of after a queue wait.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
 
+from nemo_like.components.distributed.mesh import MeshPlan, build_device_mesh
+from nemo_like.components.distributed.parallelizer import parallelize_model
 from nemo_like.config.errors import ConfigError
-from nemo_like.config.loader import ConfigNode
 
 # Architecture (shapes only) of models the recipes name, for machines without the hub.
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -33,13 +33,10 @@ KNOWN_ARCHITECTURES["meta-llama/Llama-3.1-8B"] = dict(KNOWN_ARCHITECTURES["meta-
                                                       max_position_embeddings=131072)
 
 
-def _model_config(cfg: ConfigNode) -> Any:
+def architecture_config(name: str) -> Any:
+    """The transformers config of model ``name`` (hub id or directory); shapes of known models without the hub."""
     from transformers import AutoConfig
 
-    name = cfg.get("model.pretrained_model_name_or_path", None) or cfg.get("model.config", None)
-    if name is None:
-        raise ConfigError("model.pretrained_model_name_or_path: the dry run needs it to know the architecture")
-    name = str(name)
     try:
         # A model we know the shapes of is not worth a hub round trip (or its retries offline).
         return AutoConfig.from_pretrained(name, local_files_only=name in KNOWN_ARCHITECTURES)
@@ -52,50 +49,30 @@ def _model_config(cfg: ConfigNode) -> Any:
                           ) from None
 
 
-def _dtype(cfg: ConfigNode) -> torch.dtype:
-    from nemo_like.components.distributed.config import resolve_dtype
+def dry_run(model_config: Any, plan: MeshPlan, strategy: Any, *, dtype: torch.dtype, sequence_parallel: bool = False,
+            peft_config: Any = None) -> dict[str, Any]:
+    """Shard a model of ``model_config`` for ``plan``'s ranks on the meta device; returns rank 0's view.
 
-    value = cfg.get("model.torch_dtype", None) or cfg.get("model.dtype", None)
-    return resolve_dtype(value, "model.torch_dtype") or torch.bfloat16
-
-
-def dry_run(cfg: ConfigNode, world_size: int | None = None) -> dict[str, Any]:
-    """Plan and shard ``cfg``'s model for ``world_size`` ranks on the meta device; returns rank 0's view."""
+    ``strategy`` is the ``FSDP2Config`` / ``DDPConfig`` (its ``tp_plan`` already resolved) and
+    ``peft_config`` the LoRA settings, when the run adds adapters.
+    """
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
     from transformers import AutoModelForCausalLM
 
-    from nemo_like.components.distributed.config import DistributedConfig, FSDP2Config
-    from nemo_like.components.distributed.mesh import build_device_mesh, plan_mesh
-    from nemo_like.components.distributed.parallelizer import parallelize_model
-
-    layout = DistributedConfig.from_section(cfg.get("distributed").to_dict() if "distributed" in cfg else None)
-    if world_size is None:
-        if layout.dp_size is None:
-            raise ConfigError("distributed.dp_size: is none, so give the number of ranks (--world-size N)")
-        world_size = layout.dp_size * layout.tp_size * layout.cp_size
-    plan = plan_mesh(world_size, layout)
-    sched = cfg.get("step_scheduler").to_dict() if "step_scheduler" in cfg else {}
-    gbs, lbs = sched.get("global_batch_size"), sched.get("local_batch_size")
-    if gbs and lbs and gbs % (lbs * plan.dp):
-        raise ConfigError(f"step_scheduler.global_batch_size: {gbs} is not divisible by local_batch_size * dp_size "
-                          f"= {lbs} * {plan.dp}")
-    strategy = cfg.distributed_config.instantiate() if "distributed_config" in cfg else FSDP2Config()
-    config = _model_config(cfg)
-    dtype = _dtype(cfg)
     if dist.is_initialized():
         raise RuntimeError("dry_run: a process group is already running in this process")
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=plan.world_size)
     try:
         meshes = build_device_mesh(plan, "cpu")
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        if "peft" in cfg:
+            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        if peft_config is not None:
             from nemo_like.components._peft.lora import apply_lora_to_linear_modules
 
-            apply_lora_to_linear_modules(model, cfg.peft.instantiate())
+            apply_lora_to_linear_modules(model, peft_config)
         total = sum(p.numel() for p in model.parameters())
-        parallelize_model(model, meshes, strategy, sequence_parallel=layout.sequence_parallel)
+        parallelize_model(model, meshes, strategy, sequence_parallel=sequence_parallel)
         rows, local_params, local_trainable, param_bytes = [], 0, 0, 0
         for name, p in model.named_parameters():
             local = p.to_local() if hasattr(p, "to_local") else p
@@ -113,18 +90,18 @@ def dry_run(cfg: ConfigNode, world_size: int | None = None) -> dict[str, Any]:
     adam = local_trainable * 8
     return {
         "plan": plan,
-        "world_size": world_size,
-        "model_type": getattr(config, "model_type", None),
+        "world_size": plan.world_size,
+        "model_type": getattr(model_config, "model_type", None),
         "parameters": total,
         "local_parameters": local_params,
         "memory_gib": {"params": param_bytes / gib, "grads": grads / gib, "adamw": adam / gib,
                        "total": (param_bytes + grads + adam) / gib},
         "parameters_by_name": rows,
-        "grad_acc_steps": (gbs // (lbs * plan.dp)) if gbs and lbs else None,
     }
 
 
 def format_report(report: dict[str, Any], examples: int = 12) -> str:
+    """The report as the dry-run command prints it: the mesh, the memory per GPU, a few parameters' shards."""
     plan, mem = report["plan"], report["memory_gib"]
     lines = [
         f"mesh: {plan.describe()}",
@@ -144,26 +121,3 @@ def format_report(report: dict[str, Any], examples: int = 12) -> str:
         lines.append(f"  {row['name']}: {list(row['global'])} -> local {list(row['local'])} {list(row['placements'])}")
     lines.append("dry run OK")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from nemo_like.config.arg_parser import parse_args_and_load_config
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    world_size = None
-    for flag in ("--world-size", "--world_size", "--nproc"):
-        if flag in argv:
-            i = argv.index(flag)
-            world_size = int(argv[i + 1])
-            del argv[i : i + 2]
-    try:
-        cfg = parse_args_and_load_config(argv)
-        print(format_report(dry_run(cfg, world_size)))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

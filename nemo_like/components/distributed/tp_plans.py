@@ -15,13 +15,13 @@ the class (``model._tp_plan``); a model with neither gets a one-line error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from nemo_like.config.errors import ConfigError
-from nemo_like.config.target_gate import resolve_target
 
 # Families whose decoder uses the Llama module names (model.layers.N.self_attn.q_proj, ...).
 LLAMA_LIKE = ("llama", "qwen2", "qwen3", "mistral")
@@ -115,13 +115,21 @@ def _hf_plan(model: nn.Module) -> dict[str, str] | None:
     return dict(plan) if plan else None
 
 
-def get_tp_plan(model: nn.Module, sequence_parallel: bool = False, custom: Any = None) -> dict[str, Any]:
-    """The plan for ``model``: ``custom`` when given, the built-in family plan, else transformers' own."""
+def get_tp_plan(
+    model: nn.Module, sequence_parallel: bool = False,
+    custom: dict[str, Any] | Callable[[nn.Module, bool], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The plan for ``model``: ``custom`` when given, the built-in family plan, else transformers' own.
+
+    ``custom`` is a plan mapping or a plan function ``(model, sequence_parallel) -> mapping``; an
+    import path written in YAML is resolved through the gate by the recipe before sharding.
+    """
     if custom is not None:
         if isinstance(custom, str):
-            # An import path from the YAML: a plan function (model, sequence_parallel) or a plan mapping.
-            found = resolve_target(custom, "distributed_config.tp_plan")
-            custom = found(model, sequence_parallel) if callable(found) else found
+            raise ConfigError(f"distributed_config.tp_plan: {custom!r} is an import path; pass the plan or the "
+                              "plan function itself (a recipe's model builder resolves the path through the gate)")
+        if callable(custom):
+            custom = custom(model, sequence_parallel)
         if not isinstance(custom, dict) or not custom:
             raise ConfigError("distributed_config.tp_plan: must be a non-empty mapping of module pattern -> style")
         return translate_plan(custom, "distributed_config.tp_plan")

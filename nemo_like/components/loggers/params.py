@@ -1,16 +1,18 @@
-"""The run's resolved config as flat ``section.key`` params, the shape every experiment tracker takes."""
+"""The run's resolved config as flat ``section.key`` params, the shape every experiment tracker takes.
+
+Secrets are the caller's to remove first (the recipe passes ``config.secrets.redact_config(cfg)``):
+one rule, applied where the config leaves the run, not again in each part.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from nemo_like.config.secrets import REDACTED, is_secret_key
-
 
 def flatten_params(config: Any, prefix: str = "") -> dict[str, Any]:
     """``{"optimizer": {"lr": 1e-5}}`` -> ``{"optimizer.lr": 1e-5}``; list items get their index.
 
-    Scalars (str, int, float, bool, None) are kept as they are; secrets are replaced by ``***``.
+    Scalars (str, int, float, bool, None) are kept as they are; give it an already-redacted config.
     """
     if hasattr(config, "to_dict"):
         config = config.to_dict()
@@ -26,8 +28,6 @@ def flatten_params(config: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, (dict, list, tuple)) or hasattr(value, "to_dict"):
             nested = flatten_params(value, name)
             flat.update(nested if nested else {name: str(value)})
-        elif is_secret_key(key) and value is not None:
-            flat[name] = REDACTED
         else:
             flat[name] = value
     return flat

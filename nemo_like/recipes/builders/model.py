@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from nemo_like.config.errors import ConfigError
-from nemo_like.config.loader import ConfigNode
+from nemo_like.config.loader import ConfigNode, resolve_target
 
 logger = logging.getLogger("nemo_like")
 
@@ -117,12 +117,27 @@ def _load_quantized_model(cfg: ConfigNode, dist: Any, device: torch.device) -> t
     return model
 
 
+def resolve_tp_plan(plan: Any) -> Any:
+    """``distributed_config.tp_plan`` as the parallelizer takes it: an import path from the YAML resolved
+    through the gate (to a plan function ``(model, sequence_parallel)`` or a plan mapping), else as given."""
+    return resolve_target(plan, "distributed_config.tp_plan") if isinstance(plan, str) else plan
+
+
+def build_parallel_strategy(section: ConfigNode | None) -> Any:
+    """The ``distributed_config`` section (None: FSDP2 defaults) with its ``tp_plan`` resolved."""
+    from nemo_like.components.distributed.config import FSDP2Config
+
+    strategy = section.instantiate() if section is not None else FSDP2Config()
+    if isinstance(getattr(strategy, "tp_plan", None), str):
+        strategy.tp_plan = resolve_tp_plan(strategy.tp_plan)
+    return strategy
+
+
 def _shard(cfg: ConfigNode, model: torch.nn.Module, dist: Any, layout: Any, built: BuiltModel) -> torch.nn.Module:
     """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
-    from nemo_like.components.distributed.config import FSDP2Config
     from nemo_like.components.distributed.parallelizer import parallelize_model
 
-    strategy = cfg.distributed_config.instantiate() if "distributed_config" in cfg else FSDP2Config()
+    strategy = build_parallel_strategy(cfg.get("distributed_config"))
     built.sequence_parallel = dist.tp_size > 1 and (layout.sequence_parallel or
                                                      bool(getattr(strategy, "sequence_parallel", False)))
     built.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))

@@ -13,7 +13,6 @@ import torch
 
 from nemo_like.components.batch import ignore_index_of, model_batch_keys, split_batch
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
-from nemo_like.components.datasets.from_config import build_dataloader, build_dataset
 from nemo_like.components.distributed.context_parallel import shard_batch
 from nemo_like.components.distributed.grad_clip import clip_grad_norm
 from nemo_like.components.distributed.init import all_reduce_sum
@@ -26,6 +25,7 @@ from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.recipes.base import BaseRecipe
+from nemo_like.recipes.builders.data import build_dataloader, build_dataset
 from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
 from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
 from nemo_like.recipes.llm.sft_config import check_sft_config
@@ -53,17 +53,19 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         self.tokenizer = build_tokenizer(cfg, self.model_id)
         # Data before the model: a bad row stops the run in seconds, before anything is written.
         context = model_context_length(self.model_id)  # a row longer than the model takes is refused (or cut) now
-        self.dataset = build_dataset(cfg, "dataset", self.tokenizer, max_length=context)
+        packing = cfg.get("packed_sequence")
+        self.dataset = build_dataset(cfg.dataset, self.tokenizer, max_length=context, packing=packing)
         has_val = "validation_dataset" in cfg
-        self.val_dataset = build_dataset(cfg, "validation_dataset", self.tokenizer, max_length=context) if has_val else None
+        self.val_dataset = (build_dataset(cfg.validation_dataset, self.tokenizer, max_length=context, packing=packing)
+                            if has_val else None)
         sched = vars(sections.step_scheduler)
         loader_args = {"tokenizer": self.tokenizer, "dist": self.dist, "seed": self.rng.seed,
                        "ranked": bool(getattr(self.rng, "ranked", False))}
-        self.dataloader = build_dataloader(cfg, "dataloader", self.dataset, sched["local_batch_size"], train=True,
-                                           **loader_args)
+        self.dataloader = build_dataloader(cfg.get("dataloader"), self.dataset, sched["local_batch_size"], train=True,
+                                           name="dataloader", **loader_args)
         self.val_dataloader = (
-            build_dataloader(cfg, "validation_dataloader", self.val_dataset, sched["local_batch_size"], train=False,
-                             **loader_args)
+            build_dataloader(cfg.get("validation_dataloader"), self.val_dataset, sched["local_batch_size"],
+                             train=False, name="validation_dataloader", **loader_args)
             if self.val_dataset is not None
             else None
         )

@@ -5,9 +5,10 @@ run at set-up, naming its file and line, before anything is trained or written.
 
 The prompt and the completion can also be written from the row's columns, as in
 prompt/completion fine-tuning configs: ``prompt_template`` (``"Summarize:\n{dialogue}\n"``,
-a ``str.format`` template) or ``prompt_func`` (a function of the row, given as
-``pkg.module.fn`` or ``path/file.py:fn``), and likewise ``completion_template`` /
-``completion_func``. The loss stays on the completion.
+a ``str.format`` template) or ``prompt_func`` (a function of the row; a YAML names it as
+``pkg.module.fn`` or ``path/file.py:fn`` and the recipe's data builder resolves it through the
+import gate), and likewise ``completion_template`` / ``completion_func``. The loss stays on the
+completion.
 """
 
 from __future__ import annotations

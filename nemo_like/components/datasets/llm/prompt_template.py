@@ -2,8 +2,9 @@
 
 Why both: a template covers the common case in one YAML line (``"{question}\n\nAnswer:\n"``);
 a function covers rows that need logic (Alpaca's prompt differs when ``input`` is empty).
-Functions are resolved through the config import gate, so a function in a user's file
-(``path/to/file.py:fn``) needs ``NEMO_LIKE_ENABLE_USER_MODULES=1`` like any other user code.
+This part takes the function itself: a path written in YAML is resolved through the import gate
+by the recipe's data builder, so a function in a user's file (``path/to/file.py:fn``) needs
+``NEMO_LIKE_ENABLE_USER_MODULES=1`` like any other user code.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def _checked_template(key: str, template: Any) -> str:
     return template
 
 
-def row_formatter(role: str, template: Any = None, func: Any = None) -> RowFormatter | None:
+def row_formatter(
+    role: str, template: Any = None, func: Callable[[dict[str, Any]], Any] | None = None
+) -> RowFormatter | None:
     """The ``{role}_template`` / ``{role}_func`` pair of a dataset config as one formatter (None when unset)."""
     template_key, func_key = f"{role}_template", f"{role}_func"
     if template is not None and func is not None:
@@ -73,13 +76,9 @@ def row_formatter(role: str, template: Any = None, func: Any = None) -> RowForma
         return RowFormatter(template_key, template=_checked_template(template_key, template))
     if func is None:
         return None
-    from nemo_like.config.errors import ConfigError
-    from nemo_like.config.loader import resolve_target
-
-    try:
-        resolved = resolve_target(func, key=f"dataset.{func_key}")
-    except ConfigError as e:
-        raise DatasetError(str(e)) from None
-    if not callable(resolved):
+    if isinstance(func, str):
+        raise DatasetError(f"dataset.{func_key}: {func!r} is an import path; pass the function itself "
+                           "(a recipe's data builder resolves the path through the import gate)")
+    if not callable(func):
         raise DatasetError(f"dataset.{func_key}: {func!r} is not callable")
-    return RowFormatter(func_key, func=resolved)
+    return RowFormatter(func_key, func=func)
