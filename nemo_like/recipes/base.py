@@ -24,6 +24,7 @@ from nemo_like.components.callbacks.callback import CallbackList, TrainState
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, drop_records_after
 from nemo_like.components.checkpoint.model_state import ModelState
 from nemo_like.components.distributed.init import initialize_distributed
+from nemo_like.components.dtypes import parse_dtype
 from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.config.loader import ConfigNode
@@ -153,8 +154,6 @@ class BaseRecipe:
         return list(losses.get("train", []))[: done + 1]
 
     def _autocast_dtype(self) -> torch.dtype | None:
-        from nemo_like.components.dtypes import parse_dtype
-
         autocast = self.sections.autocast
         return parse_dtype(autocast.dtype, "autocast.dtype") if autocast.enabled else None
 
