@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -22,6 +24,7 @@ from nemo_like.components.loggers.metric_loggers import MetricLoggers
 logger = logging.getLogger("nemo_like")
 
 
+@dataclass(eq=False)
 class GenerationEval(Callback):
     """Scores ``model`` on ``path_or_dataset_id`` at the start (when ``before_training``) and on a finished run.
 
@@ -29,36 +32,20 @@ class GenerationEval(Callback):
     as ``generation_eval/accuracy_*``. ``autocast`` makes the context the training step runs in.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        path_or_dataset_id: str,
-        column_mapping: dict[str, str] | None = None,
-        use_hf_chat_template: bool = True,
-        max_new_tokens: int = 16,
-        batch_size: int = 32,
-        limit: int | None = None,
-        before_training: bool = True,
-        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-        world_size: int = 1,
-        cp_size: int = 1,
-        metric_loggers: MetricLoggers | None = None,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.path_or_dataset_id = path_or_dataset_id
-        self.column_mapping = column_mapping
-        self.use_hf_chat_template = use_hf_chat_template
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.limit = limit
-        self.before_training = before_training
-        self.autocast = autocast
-        self.world_size = world_size
-        self.cp_size = cp_size
-        self.metric_loggers = metric_loggers or MetricLoggers()
-        self.accuracy_before: float | None = None
+    model: nn.Module
+    tokenizer: Any
+    path_or_dataset_id: str
+    column_mapping: dict[str, str] | None = None
+    use_hf_chat_template: bool = True
+    max_new_tokens: int = 16
+    batch_size: int = 32
+    limit: int | None = None
+    before_training: bool = True
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    world_size: int = 1
+    cp_size: int = 1
+    metric_loggers: MetricLoggers = field(default_factory=MetricLoggers)
+    accuracy_before: float | None = field(default=None, init=False)
 
     def on_train_start(self, state: TrainState) -> None:
         if self.before_training:

@@ -7,7 +7,9 @@ benchmark takes. Under torchrun, where the weights are sharded, it scores the la
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -16,25 +18,17 @@ from nemo_like.components.eval.after_training import run_lm_evaluation
 from nemo_like.components.loggers.metric_loggers import MetricLoggers
 
 
+@dataclass(eq=False)
 class LmEvalAfterTraining(Callback):
     """Scores ``model`` on ``section['tasks']`` on rank 0; reports ``evaluation`` in ``state.results``
     (the per-task summary; None on other ranks or when nothing was scored) and ``eval/...`` to the trackers."""
 
-    def __init__(
-        self,
-        section: dict[str, Any],
-        model: nn.Module,
-        tokenizer: Any,
-        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-        world_size: int = 1,
-        metric_loggers: MetricLoggers | None = None,
-    ) -> None:
-        self.section = section
-        self.model = model
-        self.tokenizer = tokenizer
-        self.autocast = autocast
-        self.world_size = world_size
-        self.metric_loggers = metric_loggers or MetricLoggers()
+    section: dict[str, Any]
+    model: nn.Module
+    tokenizer: Any
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    world_size: int = 1
+    metric_loggers: MetricLoggers = field(default_factory=MetricLoggers)
 
     def on_training_complete(self, state: TrainState) -> None:
         state.results["evaluation"] = None
