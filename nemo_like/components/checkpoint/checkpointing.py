@@ -39,6 +39,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from nemo_like.components.checkpoint import dcp
 from nemo_like.components.checkpoint.compatibility import (
     check_model, check_optimizer, read_states, state_file, unique_entries,
 )
@@ -215,8 +216,6 @@ class Checkpointer:
         (``CheckpointError`` subclasses); a write that fails removes the partial directory, and a
         full disk says where and how many bytes it needed.
         """
-        from nemo_like.components.checkpoint import dcp
-
         sharded = dcp.distributed_run()
         if not self.config.enabled or not (self.is_main or sharded):
             return None
@@ -265,8 +264,6 @@ class Checkpointer:
     def _write(self, tmp: str, step: int, parts: dict[str, Any], config: dict[str, Any] | None,
                losses: dict[str, Any] | None, val_loss: float | None, sharded: bool) -> bool:
         """Every file of the step under ``tmp``, the manifest last; False on ranks other than 0 (their part is done)."""
-        from nemo_like.components.checkpoint import dcp
-
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(os.path.join(tmp, "model"), exist_ok=True)
@@ -326,8 +323,6 @@ class Checkpointer:
     def _save_shards(self, tmp: str, part: ModelState, optimizer: Any, rng: Any) -> torch.nn.Module | None:
         """Several ranks: each writes its model/optimizer shards and RNG; rank 0 gets back an unsharded
         copy for the files one writer makes (consolidated model, adapter), the others None."""
-        from nemo_like.components.checkpoint import dcp
-
         model = part.model
         dcp.barrier()  # rank 0 has created the directory
         self._file(tmp, "model")
@@ -411,8 +406,6 @@ class Checkpointer:
         (never unpickled) had the chance to name a more specific problem. The RNG goes last:
         building the resumed data iterator draws from it.
         """
-        from nemo_like.components.checkpoint import dcp
-
         start = time.perf_counter()
         parts = {**parts, "model": as_model_state(parts["model"])}
         model, optimizer = parts["model"].model, parts.get("optim")

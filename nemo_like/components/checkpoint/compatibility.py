@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from nemo_like.components.checkpoint import dcp
 from nemo_like.components.checkpoint.errors import FRESH_HINT, CheckpointError
 from nemo_like.components.checkpoint.model_state import ModelState, adapter_file
 
@@ -46,8 +47,6 @@ def _describe_mismatch(missing: list[str], unexpected: list[str], mismatched: li
 
 def check_model(path: str, part: ModelState) -> Any:
     """Compare the saved tensors' names and shapes with the model; returns the loader to run once all checks pass."""
-    from nemo_like.components.checkpoint import dcp
-
     model = part.model
     model_dir = os.path.join(path, "model")
     if dcp.is_sharded_checkpoint(model_dir):  # written by several ranks: any layout reads it
@@ -157,8 +156,6 @@ def state_file(name: str) -> tuple[str, ...]:
 
 def read_states(path: str, parts: dict[str, Any]) -> dict[str, Any]:
     """The state files of every part but the model, read (weights-only) but not applied yet."""
-    from nemo_like.components.checkpoint import dcp
-
     optim_shards = parts.get("optim") is not None and dcp.is_sharded_checkpoint(os.path.join(path, "optim"))
     own_rng = dcp.rng_file(os.path.join(path, "rng"))  # rank > 0: its own stream, if the saved run had it
     states: dict[str, Any] = {}

@@ -29,6 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nemo_like.components.checkpoint.errors import CheckpointError
+from nemo_like.components.checkpoint.torch_file import save_torch
+
 logger = logging.getLogger("nemo_like")
 
 METADATA = ".metadata"
@@ -164,8 +167,6 @@ def save_rank_rng(directory: str, rng: Any) -> None:
     """Ranks other than 0 keep their own RNG stream (a ranked seed differs per rank)."""
     r = rank()
     if r > 0 and rng is not None:
-        from nemo_like.components.checkpoint.torch_file import save_torch
-
         os.makedirs(directory, exist_ok=True)
         save_torch(rng.state_dict(), os.path.join(directory, f"rng_rank{r}.pt"))
 
@@ -251,8 +252,6 @@ def _dcp_load(state: dict[str, Any], directory: str) -> None:
 
 def saved_shapes(directory: str) -> dict[str, tuple[int, ...]]:
     """Global shape of every tensor a DCP directory holds; unreadable or unsafe metadata is a one-line error."""
-    from nemo_like.components.checkpoint.errors import CheckpointError
-
     try:
         metadata = _safe_reader(directory).read_metadata()
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:

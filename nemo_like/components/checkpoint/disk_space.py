@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nemo_like.components.checkpoint import dcp
 from nemo_like.components.checkpoint.errors import CheckpointError
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -113,8 +114,6 @@ def refuse_if_no_room(root: str, step: int, needed: int, latest: str | None) -> 
 
     Collective when several ranks run: the ranks agree, so all refuse together.
     """
-    from nemo_like.components.checkpoint import dcp
-
     free = free_bytes(root)
     short = dcp.all_ranks_max(int(free is not None and needed > free))
     if short:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nemo_like.components.checkpoint import dcp
 from nemo_like.components.checkpoint.errors import CheckpointError
 
 
@@ -34,8 +35,6 @@ def first_non_finite(model: nn.Module, trainable_only: bool = False) -> str | No
 
     Collective when several ranks run: every rank must call it.
     """
-    from nemo_like.components.checkpoint import dcp
-
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only]
     checked = [(i, _local(p.detach())) for i, (_, p) in enumerate(named)]
     checked = [(i, t) for i, t in checked if t.is_floating_point() and t.numel() > 0 and not t.is_meta]

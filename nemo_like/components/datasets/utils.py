@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from nemo_like.components.batch import IGNORE_INDEX
+from nemo_like.components.datasets.llm.packed_sequence import block_causal_mask
 
 # Padding value per key: labels are ignored by the loss, masks mark padding with 0.
 _PAD_VALUES = {"labels": IGNORE_INDEX, "attention_mask": 0, "loss_mask": 0, "position_ids": 0}
@@ -45,8 +47,6 @@ def packed_sequence_collater(
     positions alone does not stop attention across documents, the mask does. Rows of
     unequal length are padded first (each padding token becomes a block of its own).
     """
-    from nemo_like.components.datasets.llm.packed_sequence import block_causal_mask
-
     if any("position_ids" not in sample for sample in batch):
         raise ValueError("packed_sequence_collater: rows need position_ids (build them with PackedSequence)")
     plain = [{k: v for k, v in sample.items() if k != "attention_mask"} for sample in batch]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from nemo_like.components._peft.lora import apply_lora_to_linear_modules
 from nemo_like.components.distributed.mesh import MeshPlan, build_device_mesh
 from nemo_like.components.distributed.parallelizer import parallelize_model
 from nemo_like.config.errors import ConfigError
@@ -68,8 +69,6 @@ def dry_run(model_config: Any, plan: MeshPlan, strategy: Any, *, dtype: torch.dt
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
         if peft_config is not None:
-            from nemo_like.components._peft.lora import apply_lora_to_linear_modules
-
             apply_lora_to_linear_modules(model, peft_config)
         total = sum(p.numel() for p in model.parameters())
         parallelize_model(model, meshes, strategy, sequence_parallel=sequence_parallel)

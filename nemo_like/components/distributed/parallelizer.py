@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from nemo_like.components.distributed.config import DDPConfig, FSDP2Config
+from nemo_like.components.distributed.context_parallel import enable_context_parallel
 from nemo_like.components.distributed.mesh import DeviceMeshes
+from nemo_like.components.distributed.tp_plans import check_tp_divisibility, get_tp_plan, tied_output_embedding
 from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
@@ -56,8 +58,6 @@ def _has_lora(model: nn.Module) -> bool:
 def apply_tensor_parallel(model: nn.Module, tp_mesh: Any, sequence_parallel: bool = False, plan: Any = None) -> None:
     """Split the model's weights over ``tp_mesh`` by its TP plan (see ``tp_plans``)."""
     from torch.distributed.tensor.parallel import parallelize_module
-
-    from nemo_like.components.distributed.tp_plans import check_tp_divisibility, get_tp_plan, tied_output_embedding
 
     if _has_lora(model):
         raise ConfigError("distributed.tp_size: LoRA layers cannot be split by tensor parallel here; "
@@ -129,8 +129,6 @@ def parallelize_model(
     sequence_parallel: bool = False,
 ) -> nn.Module:
     """Shard ``model`` in place for ``meshes`` with the ``distributed_config`` strategy; returns it."""
-    from nemo_like.components.distributed.context_parallel import enable_context_parallel
-
     strategy = strategy if strategy is not None else FSDP2Config()
     plan = meshes.plan
     sequence_parallel = bool(sequence_parallel or getattr(strategy, "sequence_parallel", False))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.length_grouped_sampler import LengthGroupedSampler, sample_lengths
 from nemo_like.components.datasets.llm.context_limit import resolve_max_length
 from nemo_like.components.datasets.llm.packed_sequence import PackedSequence, pack_dataset
 from nemo_like.components.datasets.utils import default_collater, packed_sequence_collater
@@ -120,8 +121,6 @@ def build_dataloader(section: ConfigNode | None, dataset: Any, batch_size: int, 
         if "sampler" in kwargs or isinstance(dataset, (PackedSequence, torch.utils.data.IterableDataset)):
             logger.warning("%s.group_by_length: not applied to packed, streamed or multi-rank data", name)
         else:
-            from nemo_like.components.datasets.length_grouped_sampler import LengthGroupedSampler, sample_lengths
-
             kwargs["sampler"] = LengthGroupedSampler(sample_lengths(dataset), batch_size, seed=seed)
             kwargs["shuffle"] = False
     if "group_by_length" in node:  # ours, not a StatefulDataLoader argument

@@ -9,6 +9,13 @@ from typing import Any
 
 import torch
 
+from nemo_like._transformers.embedded import resolve_pretrained_path, split_gguf_path
+from nemo_like._transformers.tokenizer import build_tokenizer as load_tokenizer
+from nemo_like.components._peft.lora import apply_lora_to_linear_modules
+from nemo_like.components.datasets.llm.context_limit import context_length_of
+from nemo_like.components.distributed.config import FSDP2Config
+from nemo_like.components.distributed.parallelizer import apply_activation_checkpointing, parallelize_model
+from nemo_like.components.quantization.qlora import create_bnb_config, prepare_model_for_qlora
 from nemo_like.config.errors import ConfigError
 from nemo_like.config.loader import ConfigNode, resolve_target
 
@@ -29,8 +36,6 @@ def build_tokenizer(cfg: ConfigNode, model_id: str | None) -> Any:
     """The ``tokenizer`` section, else the tokenizer that ships with ``model.pretrained_model_name_or_path``."""
     if "tokenizer" in cfg:
         return cfg.tokenizer.instantiate()
-    from nemo_like._transformers.tokenizer import build_tokenizer as load_tokenizer
-
     if model_id is None:
         raise ConfigError("model.pretrained_model_name_or_path: needed to build the tokenizer (or add a tokenizer section)")
     try:
@@ -44,9 +49,6 @@ def model_context_length(model_id: Any) -> int | None:
     if not isinstance(model_id, str):
         return None
     from transformers import AutoConfig
-
-    from nemo_like._transformers.embedded import resolve_pretrained_path, split_gguf_path
-    from nemo_like.components.datasets.llm.context_limit import context_length_of
 
     try:
         path, gguf_file = split_gguf_path(resolve_pretrained_path(model_id))
@@ -62,8 +64,6 @@ def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -
     model = _load_quantized_model(cfg, dist, device) if quantized else cfg.model.instantiate()
     built = BuiltModel(model)
     if "peft" in cfg:
-        from nemo_like.components._peft.lora import apply_lora_to_linear_modules
-
         built.peft_config = cfg.peft.instantiate()
         count = apply_lora_to_linear_modules(model, built.peft_config)
         logger.info("LoRA applied to %d linear modules", count)
@@ -79,8 +79,6 @@ def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -
     elif cfg.get("distributed_config.activation_checkpointing", False):
         # With several ranks the parallelizer applies it while sharding. Each decoder block then
         # recomputes its activations in backward instead of keeping them (less memory, ~1/3 more compute).
-        from nemo_like.components.distributed.parallelizer import apply_activation_checkpointing
-
         blocks = apply_activation_checkpointing(model)
         logger.info("activation checkpointing: %d decoder blocks recompute their activations in backward", blocks)
     built.model.train()
@@ -89,8 +87,6 @@ def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -
 
 def _load_quantized_model(cfg: ConfigNode, dist: Any, device: torch.device) -> torch.nn.Module:
     """QLoRA: load the base through bitsandbytes and make its 4-bit layers safe to train through."""
-    from nemo_like.components.quantization.qlora import create_bnb_config, prepare_model_for_qlora
-
     if "peft" not in cfg:
         raise ConfigError("quantization: needs a peft section; quantized base weights cannot be trained directly")
     if dist.world_size > 1:
@@ -125,8 +121,6 @@ def resolve_tp_plan(plan: Any) -> Any:
 
 def build_parallel_strategy(section: ConfigNode | None) -> Any:
     """The ``distributed_config`` section (None: FSDP2 defaults) with its ``tp_plan`` resolved."""
-    from nemo_like.components.distributed.config import FSDP2Config
-
     strategy = section.instantiate() if section is not None else FSDP2Config()
     if isinstance(getattr(strategy, "tp_plan", None), str):
         strategy.tp_plan = resolve_tp_plan(strategy.tp_plan)
@@ -135,8 +129,6 @@ def build_parallel_strategy(section: ConfigNode | None) -> Any:
 
 def _shard(cfg: ConfigNode, model: torch.nn.Module, dist: Any, layout: Any, built: BuiltModel) -> torch.nn.Module:
     """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
-    from nemo_like.components.distributed.parallelizer import parallelize_model
-
     strategy = build_parallel_strategy(cfg.get("distributed_config"))
     built.sequence_parallel = dist.tp_size > 1 and (layout.sequence_parallel or
                                                      bool(getattr(strategy, "sequence_parallel", False)))

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm import packed_attention  # noqa: F401  registers attn "packed_sdpa"
+from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
 
@@ -341,8 +342,6 @@ def prepare_packed_attention(
 
 def pack_dataset(dataset: Any, packed_sequence_size: int | None = 0, **options: Any) -> Any:
     """Apply a ``packed_sequence:`` section: pack when the size is > 0 (NeMo's "0 = off"), else return ``dataset``."""
-    from nemo_like.config.errors import ConfigError
-
     known = [n for n in inspect.signature(PackedSequence).parameters if n not in ("dataset", "packed_sequence_size")]
     for key in options:
         if key not in known:

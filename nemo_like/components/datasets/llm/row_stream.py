@@ -19,6 +19,7 @@ from nemo_like.components.datasets.json_rows import (
     parse_jsonl_line,
     read_json_rows,
 )
+from nemo_like.components.distributed.init import data_parallel_rank_and_size
 
 Row = tuple[str, dict[str, Any], dict[str, Any]]  # (location, row, position after the row)
 
@@ -30,8 +31,6 @@ def start_position() -> dict[str, Any]:
 
 def shard() -> tuple[int, int]:
     """(index, count) of this reader among data-parallel ranks x dataloader workers."""
-    from nemo_like.components.distributed.init import data_parallel_rank_and_size
-
     rank, world = data_parallel_rank_and_size()  # tensor/context-parallel peers read the same rows
     info = get_worker_info()
     if info is None:
