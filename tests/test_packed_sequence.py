@@ -253,3 +253,78 @@ def test_quickstart_fill_ratio_at_512_with_the_smollm2_tokenizer():
               f"{packed.stats['packs']} packs, fill ratio {packed.stats['fill_ratio']:.2%} "
               f"(sequential {sequential.stats['fill_ratio']:.2%})")
         assert packed.stats["fill_ratio"] >= 0.95
+
+
+# ---------------------------------------------------------------- planning at scale (lengths only)
+def _lognormal_lengths(n: int, size: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(np.log(size / 16), 1.0, n), 8, size).astype(np.int64)
+
+
+def _check_plan(plan, lengths, size: int) -> None:
+    """No pack over the size, every document exactly once and whole, dataset order inside a pack."""
+    import numpy as np
+
+    per_pack = np.add.reduceat(plan.length, plan.pack_offsets[:-1])
+    assert len(plan) > 0 and per_pack.max() <= size and (np.diff(plan.pack_offsets) > 0).all()
+    assert np.array_equal(np.sort(plan.doc), np.arange(len(lengths)))
+    assert (plan.start == 0).all() and np.array_equal(plan.length, lengths[plan.doc])
+    inside = np.diff(plan.doc)[np.diff(np.repeat(np.arange(len(plan)), np.diff(plan.pack_offsets))) == 0]
+    assert (inside > 0).all()
+
+
+@pytest.mark.parametrize("strategy", ["max_fill", "best_fit", "sequential"])
+def test_planner_on_200k_lengths_keeps_every_document_once_within_the_size(strategy):
+    from nemo_like.components.datasets.llm.pack_planner import plan_packs
+
+    size = 2048
+    lengths = _lognormal_lengths(200_000, size)
+    plan = plan_packs(lengths, size, strategy)
+    _check_plan(plan, lengths, size)
+    assert plan.tokens == lengths.sum()
+
+
+@pytest.mark.parametrize("low, high, size", [(90, 160, 512), (8, 2048, 2048)])
+def test_planner_at_scale_stays_within_a_point_of_max_fill_on_a_sample(low, high, size):
+    """Many documents (max_fill past its budget, or runs placed at once) vs the exact per-pack max_fill."""
+    import numpy as np
+
+    from nemo_like.components.datasets.llm import pack_planner
+
+    rng = np.random.default_rng(1)
+    if high == size:
+        big = _lognormal_lengths(200_000, size, seed=1)
+    else:
+        big = rng.integers(low, high, 200_000)
+    sample = big[:5_000]
+    reference = pack_planner._max_fill(sample, size)  # the per-pack exact subset sums, no budget
+    fill = lambda plan: plan.tokens / (len(plan) * size)  # noqa: E731
+    scaled = pack_planner.plan_packs(big, size)
+    _check_plan(scaled, big, size)
+    assert fill(scaled) >= fill(reference) - 0.01
+    assert fill(scaled) >= fill(pack_planner.plan_packs(big, size, "best_fit")) - 1e-9  # never below best_fit
+
+
+def test_max_fill_past_its_budget_falls_back_to_the_fuller_best_fit(monkeypatch, caplog):
+    from nemo_like.components.datasets.llm import pack_planner
+
+    monkeypatch.setattr(pack_planner, "MAX_FILL_STEP_BUDGET", 1_000)
+    lengths = _lognormal_lengths(20_000, 1024)
+    with caplog.at_level(logging.WARNING, logger="nemo_like"):
+        plan = pack_planner.plan_packs(lengths, 1024)
+    assert plan.strategy in ("best_fit", "best_fit_decreasing") and "too many for max_fill" in caplog.text
+    _check_plan(plan, lengths, 1024)
+    assert len(plan) <= len(pack_planner.plan_packs(lengths, 1024, "best_fit"))
+
+
+def test_packs_are_built_when_read_and_split_pieces_keep_every_token():
+    rows = [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1))} for n in (5, 23, 7, 40, 3)]
+    packed = PackedSequence(rows, packed_sequence_size=16, split_across_pack=True)
+    assert not hasattr(packed, "packs") and packed[-1] == packed[len(packed) - 1]
+    runs = sorted((run for i in range(len(packed)) for run in _blocks(packed[i]) if run[0] != 0), key=len)
+    assert sum(len(r) for r in runs) == packed.stats["tokens"] == 78
+    assert all(len(packed[i]["input_ids"]) == 16 for i in range(len(packed)))
+    with pytest.raises(IndexError):
+        packed[len(packed)]

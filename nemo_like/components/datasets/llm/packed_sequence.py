@@ -17,19 +17,19 @@ makes one document's last token predict the next one's first.
 
 from __future__ import annotations
 
-import bisect
-import collections
 import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import numpy as np
 from torch.utils.data import Dataset
 
 from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm import packed_attention  # noqa: F401  registers attn "packed_sdpa"
+from nemo_like.components.datasets.llm.pack_planner import STRATEGIES, PackPlan, plan_packs
 from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
@@ -45,40 +45,15 @@ def _row_name(dataset: Any, idx: int) -> str:
     return f"dataset row {idx}"
 
 
-_STRATEGIES = ("max_fill", "best_fit", "sequential")
-# max_fill costs about (packs x distinct lengths) bitset steps; past this many it would take
-# tens of seconds at set-up, so best_fit (near-optimal on varied lengths) is used instead.
-_MAX_FILL_STEP_BUDGET = 20_000_000
-
-Document = tuple[list[int], list[int]]  # (input_ids, labels) of one document or piece
+_STRATEGIES = STRATEGIES
 
 
-def fullest_subset(counts: dict[int, int], size: int) -> dict[int, int]:
-    """How many documents of each length fill ``size`` tokens the most (exact bounded subset sum).
+def _as_list(tokens: Any) -> list[int]:
+    """The row's own list when it is one (packs are read-only views of it, no copy), else a list of it."""
+    return tokens if type(tokens) is list else list(tokens)
 
-    Reachable totals are bits of one integer; each length enters in binary-split chunks so
-    that ``c`` copies cost ``log c`` steps. Lengths are tried in the order given, and the
-    walk back prefers earlier ones, so passing them longest first keeps long documents
-    from being left to the last, half-empty packs.
-    """
-    mask = (1 << (size + 1)) - 1
-    reach, before, steps = 1, [], []
-    for length, count in counts.items():
-        copies, chunk = min(count, size // length), 1
-        while copies > 0:
-            take = min(chunk, copies)
-            before.append(reach)
-            reach = (reach | (reach << (length * take))) & mask
-            steps.append((length, take))
-            copies -= take
-            chunk *= 2
-    total, chosen = reach.bit_length() - 1, {}
-    for j in range(len(steps) - 1, -1, -1):
-        if not (before[j] >> total) & 1:  # this total needs step j
-            length, take = steps[j]
-            chosen[length] = chosen.get(length, 0) + take
-            total -= length * take
-    return chosen
+
+Document = tuple[list[int], list[int]]  # (input_ids, labels) of one document
 
 
 class PackedSequence(Dataset):
@@ -91,8 +66,10 @@ class PackedSequence(Dataset):
       their lengths; longer ones first, earlier rows first among equal lengths). On short,
       near-uniform chat rows this reaches ~99% where the online strategies stop at ~95%; on
       short rows with a long tail, long rows are not left to the last, half-empty packs.
-      Very large datasets fall back to ``best_fit`` (logged), since the cost grows with
-      packs x distinct lengths.
+      Runs of packs that make the same choice are placed at once, so a million documents
+      of few distinct lengths stay cheap; past a budget of subset-sum work (many documents
+      of many lengths) the fuller of ``best_fit`` and best-fit-decreasing is used instead
+      (logged; ``stats["packing_strategy"]`` says which).
     * ``best_fit``: each document, in dataset order, goes into the open pack with the
       least room that still holds it (fast, near-optimal on varied lengths).
     * ``sequential``: append to the current pack while it fits; the next document that
@@ -108,7 +85,9 @@ class PackedSequence(Dataset):
 
     Items hold ``input_ids``, ``labels`` and ``position_ids`` (lists); batch them with
     :func:`nemo_like.components.datasets.utils.packed_sequence_collater`. ``stats`` has
-    the counts that are logged once, when packing is done.
+    the counts that are logged once, when packing is done. The packs are planned from the
+    document lengths (:mod:`~nemo_like.components.datasets.llm.pack_planner`) and built when
+    read, so a million documents cost the plan's few arrays, not a million rows of lists.
     """
 
     def __init__(
@@ -136,23 +115,19 @@ class PackedSequence(Dataset):
         self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
         self.skip_long_samples = skip_long_samples
         self.stats: dict[str, Any] = {"documents": 0, "skipped_too_long": 0, "label_tokens": 0}
-        documents = self._documents(dataset)
-        if packing_strategy == "max_fill" and self._max_fill_steps(documents) > _MAX_FILL_STEP_BUDGET:
-            logger.warning("packed sequences: %d documents are too many for max_fill at set-up; using best_fit",
-                           len(documents))
-            packing_strategy = "best_fit"
-        pack = {"max_fill": self._max_fill, "best_fit": self._best_fit, "sequential": self._sequential}
-        bins = pack[packing_strategy](documents)
+        self.documents = self._documents(dataset)
+        lengths = np.fromiter((len(ids) for ids, _ in self.documents), dtype=np.int64, count=len(self.documents))
+        plan = plan_packs(lengths, size, packing_strategy, self.split_across_pack)
         if max_packs is not None:
-            bins = bins[: int(max_packs)]
-        if not bins:
+            plan = plan.truncated(int(max_packs))
+        if not len(plan):
             skipped = self.stats["skipped_too_long"]
             why = f" ({skipped} longer than a pack skipped)" if skipped else ""
             raise DatasetError(f"packed_sequence: no documents to pack{why}")
-        self.packs = [self._materialize(pieces) for pieces in bins]
-        tokens = sum(len(ids) for pieces in bins for ids, _ in pieces)
-        self.stats.update(packs=len(self.packs), packed_sequence_size=size, tokens=tokens,
-                          fill_ratio=tokens / (len(self.packs) * size), packing_strategy=packing_strategy)
+        self.plan: PackPlan = plan  # packs are built when read: a million of them would not fit in memory
+        tokens = plan.tokens
+        self.stats.update(packs=len(plan), packed_sequence_size=size, tokens=tokens,
+                          fill_ratio=tokens / (len(plan) * size), packing_strategy=plan.strategy)
         self._log_stats()
 
     # ------------------------------------------------------------------ packing
@@ -162,7 +137,7 @@ class PackedSequence(Dataset):
         documents: list[Document] = []
         for idx in range(len(dataset)):
             sample = dataset[idx]
-            ids, labels = list(sample["input_ids"]), list(sample["labels"])
+            ids, labels = _as_list(sample["input_ids"]), _as_list(sample["labels"])
             mask = sample.get("attention_mask")
             if mask is not None and 0 in mask:  # a dataset padded its rows: pack only the real tokens
                 keep = [i for i, m in enumerate(mask) if m]
@@ -181,98 +156,25 @@ class PackedSequence(Dataset):
                     "or skip such rows with packed_sequence.skip_long_samples: true"
                 )
             self.stats["documents"] += 1
-            self.stats["label_tokens"] += sum(1 for label in labels if label != IGNORE_INDEX)
+            self.stats["label_tokens"] += len(labels) - labels.count(IGNORE_INDEX)
             documents.append((ids, labels))
         return documents
 
-    def _sequential(self, documents: list[Document]) -> list[list[Document]]:
-        size = self.packed_sequence_size
-        bins: list[list[Document]] = [[]]
-        used = 0
-        for ids, labels in documents:
-            if len(ids) > size - used and not self.split_across_pack:
-                bins.append([])
-                used = 0
-            while ids:
-                if used == size:
-                    bins.append([])
-                    used = 0
-                take = min(size - used, len(ids))
-                bins[-1].append((ids[:take], labels[:take]))
-                used += take
-                ids, labels = ids[take:], labels[take:]
-        return [b for b in bins if b]
-
-    def _best_fit(self, documents: list[Document]) -> list[list[Document]]:
-        size = self.packed_sequence_size
-        bins, rest = self._cut_long(documents)
-        room: list[tuple[int, int]] = []  # (free tokens, bin index), sorted: the tightest fit is found by bisection
-        for _, (ids, labels) in rest:
-            at = bisect.bisect_left(room, (len(ids), -1))
-            if at == len(room):
-                free, index = size, len(bins)
-                bins.append([])
-            else:
-                free, index = room.pop(at)
-            bins[index].append((ids, labels))
-            if free - len(ids) > 0:
-                bisect.insort(room, (free - len(ids), index))
-        return bins
-
-    def _cut_long(self, documents: list[Document]) -> tuple[list[list[Document]], list[tuple[int, Document]]]:
-        """Whole packs of the parts longer than a pack (only with split_across_pack), and the rest numbered."""
-        size = self.packed_sequence_size
-        full: list[list[Document]] = []
-        rest: list[tuple[int, Document]] = []
-        for order, (ids, labels) in enumerate(documents):
-            while len(ids) > size:
-                full.append([(ids[:size], labels[:size])])
-                ids, labels = ids[size:], labels[size:]
-            rest.append((order, (ids, labels)))
-        return full, rest
-
-    def _max_fill_steps(self, documents: list[Document]) -> float:
-        """Rough count of bitset steps max_fill would take: packs x chunked distinct lengths."""
-        size = self.packed_sequence_size
-        counts: dict[int, int] = {}
-        for ids, _ in documents:
-            length = min(len(ids), size)
-            counts[length] = counts.get(length, 0) + 1
-        per_pack = sum(min(c, size // n).bit_length() for n, c in counts.items())
-        return per_pack * sum(len(ids) for ids, _ in documents) / size
-
-    def _max_fill(self, documents: list[Document]) -> list[list[Document]]:
-        bins, rest = self._cut_long(documents)
-        by_length: dict[int, collections.deque[tuple[int, Document]]] = {}
-        for order, doc in rest:
-            by_length.setdefault(len(doc[0]), collections.deque()).append((order, doc))
-        while by_length:
-            # The longest document left opens the pack and the fullest subset of the rest fills it:
-            # long documents are spent while short ones remain to fill around them.
-            longest = max(by_length)
-            chosen: list[tuple[int, Document]] = [by_length[longest].popleft()]
-            if not by_length[longest]:
-                del by_length[longest]
-            counts = {n: len(by_length[n]) for n in sorted(by_length, reverse=True)}
-            for length, take in fullest_subset(counts, self.packed_sequence_size - longest).items():
-                queue = by_length[length]
-                chosen += [queue.popleft() for _ in range(take)]
-                if not queue:
-                    del by_length[length]
-            bins.append([doc for _, doc in sorted(chosen, key=lambda item: item[0])])
-        return bins
-
-    def _materialize(self, pieces: list[Document]) -> dict[str, list[int]]:
-        """One row: the documents end to end, positions restarting, then a padding block without loss."""
+    def _materialize(self, idx: int) -> dict[str, list[int]]:
+        """One row: the pieces end to end, positions restarting, then a padding block without loss."""
+        plan = self.plan
+        lo, hi = int(plan.pack_offsets[idx]), int(plan.pack_offsets[idx + 1])
         pack: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-        for ids, labels in pieces:
-            pack["input_ids"] += ids
-            pack["labels"] += labels
-            pack["position_ids"] += list(range(len(ids)))
+        for doc, start, n in zip(plan.doc[lo:hi].tolist(), plan.start[lo:hi].tolist(), plan.length[lo:hi].tolist()):
+            ids, labels = self.documents[doc]
+            whole = start == 0 and n == len(ids)
+            pack["input_ids"] += ids if whole else ids[start : start + n]
+            pack["labels"] += labels if whole else labels[start : start + n]
+            pack["position_ids"] += range(n)
         pad = self.packed_sequence_size - len(pack["input_ids"])
         pack["input_ids"] += [self.pad_token_id] * pad
         pack["labels"] += [IGNORE_INDEX] * pad
-        pack["position_ids"] += list(range(pad))
+        pack["position_ids"] += range(pad)
         return pack
 
     def _log_stats(self) -> None:
@@ -286,10 +188,14 @@ class PackedSequence(Dataset):
 
     # ------------------------------------------------------------------ Dataset
     def __len__(self) -> int:
-        return len(self.packs)
+        return len(self.plan)
 
     def __getitem__(self, idx: int) -> dict[str, list[int]]:
-        return self.packs[idx]
+        if idx < 0:
+            idx += len(self.plan)
+        if not 0 <= idx < len(self.plan):
+            raise IndexError(f"pack {idx} out of range ({len(self.plan)} packs)")
+        return self._materialize(idx)
 
 
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
