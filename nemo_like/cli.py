@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from nemo_like.config.errors import ConfigError  # light: the commands check their arguments before torch loads
+
 USAGE = """usage: nemo-like <command> [args]
 
 commands:
@@ -62,26 +64,26 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _pop_nproc(argv: list[str]) -> tuple[int, list[str]]:
-    """Take ``--nproc-per-node N`` / ``--nproc_per_node=N`` out of the recipe's overrides."""
+def _pop_count(argv: list[str], names: tuple[str, ...], what: str) -> tuple[int | None, list[str]]:
+    """Take ``--name N`` / ``--name=N`` (any of ``names``) out of the recipe's overrides; None when absent."""
     rest: list[str] = []
-    nproc = 1
+    count = None
     i = 0
     while i < len(argv):
         name, has_eq, value = argv[i].partition("=")
-        if name in ("--nproc-per-node", "--nproc_per_node"):
+        if name in names:
             if not has_eq:
                 if i + 1 >= len(argv):
-                    raise ValueError(f"{name}: expects a number of processes")
+                    raise ConfigError(f"{name}: expects a number of {what}")
                 value = argv[i + 1]
                 i += 1
             if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"{name}: {value!r} is not a positive number of processes")
-            nproc = int(value)
+                raise ConfigError(f"{name}: {value!r} is not a positive number of {what}")
+            count = int(value)
         else:
             rest.append(argv[i])
         i += 1
-    return nproc, rest
+    return count, rest
 
 
 def finetune_main(argv: list[str]) -> int:
@@ -93,7 +95,8 @@ def finetune_main(argv: list[str]) -> int:
               + OVERRIDES.split("\n", 1)[1])
         return 0
     try:
-        nproc, rest = _pop_nproc(argv)
+        nproc, rest = _pop_count(argv, ("--nproc-per-node", "--nproc_per_node"), "processes")
+        nproc = nproc or 1
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -101,7 +104,6 @@ def finetune_main(argv: list[str]) -> int:
         import subprocess
 
         from nemo_like.config.arg_parser import parse_args_and_load_config
-        from nemo_like.config.errors import ConfigError
         from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, check_sft_config
 
         try:  # a mistake is reported once, here, not by each of the N processes
@@ -140,7 +142,6 @@ def eval_main(argv: list[str] | None = None, prog: str = "nemo-like eval") -> in
     args = parser.parse_args(argv)
     _quiet_libraries()
     from nemo_like.components.eval.lm_eval_harness import evaluate_checkpoint, format_table
-    from nemo_like.config.loader import ConfigError
 
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
@@ -170,7 +171,6 @@ def plot_main(argv: list[str] | None = None, prog: str = "nemo-like plot") -> in
     parser.add_argument("--sweep", action="store_true", help="sweep output even for a single run")
     args = parser.parse_args(argv)
     from nemo_like.components.plotting import plot_run, plot_sweep
-    from nemo_like.config.loader import ConfigError
 
     try:
         if len(args.runs) == 1 and not args.sweep:
@@ -283,11 +283,10 @@ def dry_run_main(argv: list[str] | None = None, prog: str = "nemo-like dry-run")
               + OVERRIDES.split("\n", 1)[1])
         return 0
     from nemo_like.config.arg_parser import parse_args_and_load_config
-    from nemo_like.config.errors import ConfigError
     from nemo_like.recipes.llm.sft_config import SFT_SCHEMA
 
     try:
-        world_size, rest = _pop_world_size(argv)
+        world_size, rest = _pop_count(argv, ("--world-size", "--world_size", "--nproc"), "ranks")
         cfg = parse_args_and_load_config(rest, known_sections=SFT_SCHEMA.override_names)
         from nemo_like.components.distributed.dry_run import format_report
         from nemo_like.recipes.llm.dry_run import dry_run_recipe
@@ -297,28 +296,6 @@ def dry_run_main(argv: list[str] | None = None, prog: str = "nemo-like dry-run")
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def _pop_world_size(argv: list[str]) -> tuple[int | None, list[str]]:
-    """Take ``--world-size N`` (or ``--world_size`` / ``--nproc``) out of the recipe's overrides."""
-    from nemo_like.config.errors import ConfigError
-
-    rest: list[str] = []
-    world_size = None
-    i = 0
-    while i < len(argv):
-        name, has_eq, value = argv[i].partition("=")
-        if name in ("--world-size", "--world_size", "--nproc"):
-            if not has_eq:
-                value = argv[i + 1] if i + 1 < len(argv) else ""
-                i += 1
-            if not value.isdigit() or int(value) < 1:
-                raise ConfigError(f"{name}: {value!r} is not a positive number of ranks")
-            world_size = int(value)
-        else:
-            rest.append(argv[i])
-        i += 1
-    return world_size, rest
 
 
 if __name__ == "__main__":
