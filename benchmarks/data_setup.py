@@ -3,9 +3,9 @@
     python benchmarks/data_setup.py [--rows 2000 20000] [--forms instruction chat] [--repeats 2] [--num-proc N]
     python benchmarks/data_setup.py --rows 100000 1000000     # long: minutes to tens of minutes a measure
 
-Why: today every dataset tokenizes all its rows eagerly at set-up, into Python lists, in one process,
-without a cache. The planned rewrite makes them Arrow-backed (``datasets.load_dataset("json")`` +
-``.map(batched=True, num_proc=N)`` with the fast tokenizer, and a cache); this is its yardstick.
+Why: what a user with 100K-1M rows pays before training starts, against the usual Hugging Face way.
+The datasets are Arrow-backed: rows tokenized in batches by ``datasets.map(num_proc=N)`` into a token
+cache keyed by content (``components/datasets/token_table.py``); a second run maps the cache.
 
 Data: synthetic, seeded, written to a temp dir (lognormal word counts, so lengths vary, with a tail):
 
@@ -19,7 +19,9 @@ Data: synthetic, seeded, written to a temp dir (lognormal word counts, so length
 Sides, per form and size, each measure in a fresh process (so ``ru_maxrss`` is that measure's own peak):
 
 * ``nemo_like``: the section built as the recipe builds it (``build_dataset`` with the recipe's tokenizer,
-  ``max_length`` = the model's context, no packing), then ``len(ds)`` and ``ds[0]``.
+  ``max_length`` = the model's context, no packing, ``num_proc`` as the peer's), then ``len(ds)`` and
+  ``ds[0]``, on an empty token cache (``NEMO_LIKE_DATASETS_CACHE`` in the temp dir).
+* ``nemo_like_warm``: the same again on the cache the cold run left.
 * ``peer``: ``datasets.load_dataset("json", data_files=..., split="train", cache_dir=...)`` then
   ``.map(batched=True, num_proc=N)`` with the same fast tokenizer giving ``input_ids``
   (``tokenizer.apply_chat_template(batch, tokenize=True)``; for the instruction form on the same
@@ -57,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"instruction": REPO / "recipes/smollm2_135m/sft_quickstart.yaml",
            "chat": REPO / "recipes/smollm2_135m/sft_chat.yaml"}
 INSTRUCTION_MAPPING = {"context": "instruction", "question": "input", "answer": "response"}
-SIDES = ("nemo_like", "peer", "peer_warm")
+SIDES = ("nemo_like", "nemo_like_warm", "peer", "peer_warm")
 WORDS = ("the a of to and in is it that for on with as was at by this be from or have an are not which one "
          "all were when we there can more if no out so what up its about into than them time only could new "
          "model data number list largest smallest sum order value token train step batch answer question "
@@ -146,7 +148,9 @@ def measure_one(side: str, form: str, data_file: str, cache_dir: str, num_proc: 
     tokenizer = build_tokenizer(model_id)
     tok_seconds = time.perf_counter() - start
     before = _peak_mib()
-    if side == "nemo_like":
+    if side.startswith("nemo_like"):
+        os.environ["NEMO_LIKE_DATASETS_CACHE"] = os.path.join(cache_dir, "nemo_like_tokens")
+        section["num_proc"] = num_proc
         from nemo_like.recipes.builders.data import build_dataset
         from nemo_like.recipes.builders.model import model_context_length
 
@@ -155,8 +159,8 @@ def measure_one(side: str, form: str, data_file: str, cache_dir: str, num_proc: 
         rows, first = len(ds), ds[0]
         seconds = time.perf_counter() - start
         peak = _peak_mib()
-        tokens = sum(len(s["input_ids"]) for s in ds.samples) if hasattr(ds, "samples") else None
-        extra = {}
+        tokens = int(ds.lengths.sum()) if hasattr(ds, "lengths") else None
+        extra = {"workers_peak_mib": _peak_mib(resource.RUSAGE_CHILDREN)}
     else:
         import datasets
 
@@ -207,7 +211,9 @@ def line(label: str, r: dict | None, timeout: float) -> str:
             f"(+{r['peak_rss_mib'] - r['rss_before_mib']:.0f} in set-up)  tok {r['tok_seconds']:.2f} s  "
             f"{r['rows']} rows  {r['tokens']} tokens  row0 {r['first_len']} ids")
     if "workers_peak_mib" in r:
-        text += f"  workers {r['workers_peak_mib']:.0f} MiB  new cache files {r['new_cache_files']}"
+        text += f"  workers {r['workers_peak_mib']:.0f} MiB"
+    if "new_cache_files" in r:
+        text += f"  new cache files {r['new_cache_files']}"
     return text
 
 
@@ -217,7 +223,7 @@ def main() -> None:
                         help="dataset sizes (100000 1000000 possible; long)")
     parser.add_argument("--forms", nargs="+", default=["instruction", "chat"], choices=sorted(RECIPES))
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES,
-                        help="peer_warm needs peer (it reuses that run's cache)")
+                        help="a *_warm side needs its cold side (it reuses that run's cache)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats per form and size")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="the peer's map workers")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before one measure is given up")
@@ -240,27 +246,26 @@ def main() -> None:
                       f"(written in {time.perf_counter() - start:.1f} s)", flush=True)
                 results: dict[str, list[dict]] = {side: [] for side in SIDES}
                 for rep in range(args.repeats):
-                    cache = root / f"cache_{form}_{n}_{rep}"  # a fresh, empty cache per cold peer run
+                    cache = root / f"cache_{form}_{n}_{rep}"  # a fresh, empty cache per cold run, each side
                     cache.mkdir()
-                    order = [s for s in SIDES if s in args.sides]
-                    if rep % 2:  # alternate which side runs first
-                        order = [s for s in order if s != "nemo_like"] + (["nemo_like"] if "nemo_like" in order else [])
-                    cold_ok = False
+                    ours = [s for s in SIDES[:2] if s in args.sides]
+                    theirs = [s for s in SIDES[2:] if s in args.sides]
+                    order = ours + theirs if rep % 2 == 0 else theirs + ours  # alternate which side runs first
+                    cold_ok = set()
                     for side in order:
-                        if side == "peer_warm" and not cold_ok:
+                        if side.endswith("_warm") and side.removesuffix("_warm") not in cold_ok:
                             continue  # no cold run to warm on
                         r = run_child(side, form, data_file, cache, args.num_proc, args.timeout)
-                        print(line(f"  {form:<11} {n:>9,} {side:<9} #{rep + 1}", r, args.timeout), flush=True)
+                        print(line(f"  {form:<11} {n:>9,} {side:<14} #{rep + 1}", r, args.timeout), flush=True)
                         if r is not None:
                             results[side].append(r)
-                            cold_ok = cold_ok or side == "peer"
+                            cold_ok.add(side)
                 med = {side: (statistics.median(r["seconds"] for r in rs),
                               statistics.median(r["peak_rss_mib"] for r in rs)) for side, rs in results.items() if rs}
-                if "nemo_like" in med:
-                    for ref in ("peer", "peer_warm"):
-                        if ref in med:
-                            print(f"ratio setup_time_{form}_{n} nemo_like/{ref} {med['nemo_like'][0] / med[ref][0]:.2f}")
-                            print(f"ratio peak_rss_{form}_{n} nemo_like/{ref} {med['nemo_like'][1] / med[ref][1]:.2f}")
+                for ours, ref in (("nemo_like", "peer"), ("nemo_like_warm", "peer_warm")):
+                    if ours in med and ref in med:
+                        print(f"ratio setup_time_{form}_{n} {ours}/{ref} {med[ours][0] / med[ref][0]:.2f}")
+                        print(f"ratio peak_rss_{form}_{n} {ours}/{ref} {med[ours][1] / med[ref][1]:.2f}")
                 for rep in range(args.repeats):  # datasets' cache for this size: not needed any more
                     _rmtree(root / f"cache_{form}_{n}_{rep}")
                 data_file.unlink()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Token tables built by the tests go to one scratch cache for the session, not to the user's.
+_DATASETS_CACHE = tempfile.mkdtemp(prefix="nemo_like_test_tokens_")
+atexit.register(shutil.rmtree, _DATASETS_CACHE, True)
+os.environ["NEMO_LIKE_DATASETS_CACHE"] = _DATASETS_CACHE
 
 REPO = Path(__file__).resolve().parents[1]
 

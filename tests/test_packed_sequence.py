@@ -252,7 +252,7 @@ def test_quickstart_fill_ratio_at_512_with_the_smollm2_tokenizer():
         print(f"\nquickstart at 512, chat template {chat}: {packed.stats['documents']} documents, "
               f"{packed.stats['packs']} packs, fill ratio {packed.stats['fill_ratio']:.2%} "
               f"(sequential {sequential.stats['fill_ratio']:.2%})")
-        assert packed.stats["fill_ratio"] >= 0.95
+        assert packed.stats["fill_ratio"] >= 0.99
 
 
 # ---------------------------------------------------------------- planning at scale (lengths only)

@@ -18,18 +18,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import (
     is_padding_to_max_length,
     is_truncation_on,
-    load_rows,
     pad_token_id_of,
     shift_and_pad,
 )
+from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 logger = logging.getLogger("nemo_like")
 
@@ -143,7 +141,7 @@ def inline_tools(messages: list[dict[str, Any]], tools: list[Any] | None) -> lis
     return out
 
 
-class ChatDataset(Dataset):
+class ChatDataset(TokenizedDataset):
     """Chat rows with loss on assistant turns only (all of them, or the last with ``mask_history``).
 
     Rows hold OpenAI ``messages`` (roles system/user/assistant/tool; assistant
@@ -156,7 +154,9 @@ class ChatDataset(Dataset):
     ``tool_calls`` may leave it null). A row longer than ``seq_length``, or without it than
     the model's context ``max_length`` (see ``context_limit``), is such an error, or is cut
     with ``truncation`` (the count is logged once).
-    Items hold pre-shifted ``input_ids`` / ``labels`` / ``attention_mask`` lists.
+    Items hold pre-shifted ``input_ids`` / ``labels`` / ``attention_mask`` lists. ``num_proc``
+    processes tokenize (default: the machine's cores) into a token cache under ``cache_dir``
+    (default ``$NEMO_LIKE_HOME/datasets``), which the next run maps instead.
     """
 
     def __init__(
@@ -173,6 +173,8 @@ class ChatDataset(Dataset):
         limit_dataset_samples: int | None = None,
         start_of_turn_token: str | None = None,
         max_length: int | None = None,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         # start_of_turn_token is accepted for NeMo YAMLs; turns are found by rendering, not by a marker.
         del start_of_turn_token
@@ -187,31 +189,12 @@ class ChatDataset(Dataset):
         self.mask_history = mask_history
         self.pad_token_id = pad_token_id_of(tokenizer)
         self._renders_tools: bool | None = None
-        rows = load_rows(path_or_dataset_id, split)
-        if limit_dataset_samples is not None:
-            rows = rows[: int(limit_dataset_samples)]
-        self.samples: list[dict[str, list[int]]] = []
-        self.locations: list[str] = []
-        self.skipped = 0
-        first_problem = None
-        for where, row in rows:
-            try:
-                sample = self._tokenize(where, row)
-            except DatasetError as err:
-                if not skip_invalid_samples:
-                    raise
-                self.skipped += 1
-                first_problem = first_problem or str(err)
-                continue
-            self.samples.append(sample)
-            self.locations.append(where)
-        if self.skipped:
-            logger.warning("chat dataset: skipped %d invalid row(s) of %d; the first: %s",
-                           self.skipped, len(rows), first_problem)
-        if not self.samples:
-            why = f" ({self.skipped} skipped)" if self.skipped else ""
-            raise DatasetError(f"{path_or_dataset_id}: no usable rows{why}")
-        self.row_limit.report()
+        self.skip_invalid_samples = skip_invalid_samples
+        self._load_table(path_or_dataset_id, split, limit_dataset_samples, cache_dir, num_proc)
+
+    def _settings(self) -> dict[str, Any] | None:
+        return {"chat_template": self.chat_template, "mask_history": self.mask_history,
+                "skip_invalid_samples": self.skip_invalid_samples}
 
     def _template(self, chat_template: str | None) -> str:
         template = chat_template
@@ -314,28 +297,24 @@ class ChatDataset(Dataset):
                 done = text
         return [(text, flag) for text, flag in pieces if text]
 
-    def _tokenize(self, where: str, row: dict[str, Any]) -> dict[str, list[int]]:
+    def _pieces(self, where: str, row: dict[str, Any]) -> Pieces:
         messages, tools = self.conversation(where, row)
         messages = self._checked(where, messages)
         needs_tools = bool(tools) or any(m.get("tool_calls") for m in messages)
         if needs_tools and not self._template_renders_tools():
             messages, tools = inline_tools(messages, tools), None
+        segments = self._segments(where, messages, tools)
+        return Pieces([text for text, _ in segments], [False] * len(segments), [flag for _, flag in segments])
+
+    def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]]:
         ids: list[int] = []
         labels: list[int] = []
-        for text, supervised in self._segments(where, messages, tools):
-            piece = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        for piece, supervised in zip(encoded, pieces.state):
             ids += piece
             labels += piece if supervised else [IGNORE_INDEX] * len(piece)
         keep = self.row_limit.keep(where, len(ids) - 1) + 1  # n tokens are n - 1 model inputs once shifted
-        ids, labels = ids[:keep], labels[:keep]
-        sample = shift_and_pad(ids, labels, self.seq_length if self.pad_to_seq_length else None, self.pad_token_id)
+        sample = shift_and_pad(ids[:keep], labels[:keep], None, self.pad_token_id)
         if sample is None:
             raise DatasetError(f"{where}: no assistant token is left to learn from after truncation to "
                                f"{self.row_limit.describe()}")
         return sample
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, idx: int) -> dict[str, list[int]]:
-        return self.samples[idx]

@@ -1,6 +1,7 @@
 """Instruction data from any column names: context / question / answer -> pre-shifted tokens.
 
-Every row is tokenized and checked when the dataset is built, so a bad row stops the
+Every row is tokenized and checked when the dataset is built (in batches, by several
+processes, into a cached token table; see ``tokenized_dataset``), so a bad row stops the
 run at set-up, naming its file and line, before anything is trained or written.
 
 The prompt and the completion can also be written from the row's columns, as in
@@ -16,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
-from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, load_rows, shift_and_pad
+from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, shift_and_pad
 from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
+from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset, callable_identity
 
 _COLUMNS = ("context", "question", "answer")
 
@@ -32,7 +32,7 @@ def format_prompt(context: str | None, question: str | None) -> str:
     return " ".join(part for part in (context, question) if part)
 
 
-class ColumnMappedTextInstructionDataset(Dataset):
+class ColumnMappedTextInstructionDataset(TokenizedDataset):
     """Supervised rows mapped from arbitrary columns, answer-only loss by default.
 
     Each item holds ``input_ids``, ``labels`` and ``attention_mask`` as lists, already
@@ -41,6 +41,8 @@ class ColumnMappedTextInstructionDataset(Dataset):
     supervised, also when the tokenizer pads with it. A row longer than ``seq_length``, or
     without it than the model's context ``max_length`` (see ``context_limit``), is an error
     naming it, or has its answer cut with ``truncation`` (the count is logged once).
+    ``num_proc`` processes tokenize (default: the machine's cores); ``cache_dir`` holds the
+    token cache (default ``$NEMO_LIKE_HOME/datasets``).
     """
 
     def __init__(
@@ -61,6 +63,8 @@ class ColumnMappedTextInstructionDataset(Dataset):
         completion_template: str | None = None,
         completion_func: str | Callable[[dict[str, Any]], str] | None = None,
         max_length: int | None = None,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         if tokenizer is None:
             raise DatasetError("dataset: a tokenizer is required")
@@ -84,19 +88,22 @@ class ColumnMappedTextInstructionDataset(Dataset):
         self.row_limit = RowLimit(tokenizer, max_length, seq_length, self.truncate, source=path_or_dataset_id)
         self.use_hf_chat_template = use_hf_chat_template and getattr(tokenizer, "chat_template", None) is not None
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._load_samples(path_or_dataset_id, split, limit_dataset_samples)
+        self._load_samples(path_or_dataset_id, split, limit_dataset_samples, cache_dir, num_proc)
 
-    def _load_samples(self, path_or_dataset_id: str | Sequence[str], split: str | None, limit: int | None) -> None:
-        """Read and tokenize every row now (the streaming variant overrides this to read lazily)."""
-        rows = load_rows(path_or_dataset_id, split)
-        if limit is not None:
-            rows = rows[: int(limit)]
-        tokenized = [(where, self._tokenize(where, row)) for where, row in rows]
-        self.samples = [s for _, s in tokenized if s is not None]
-        self.locations = [where for where, s in tokenized if s is not None]  # file:line of each sample
-        if not self.samples:
-            raise DatasetError(f"{path_or_dataset_id}: no usable rows")
-        self.row_limit.report()
+    def _load_samples(self, path_or_dataset_id: str | Sequence[str], split: str | None, limit: int | None,
+                      cache_dir: str | None, num_proc: int | None) -> None:
+        """Tokenize every row now, or map the cached tokens (the streaming variant overrides this to read lazily)."""
+        self._load_table(path_or_dataset_id, split, limit, cache_dir, num_proc)
+
+    def _settings(self) -> dict[str, Any] | None:
+        functions = [callable_identity(f.func if f is not None else None)
+                     for f in (self.prompt_format, self.completion_format)]
+        if None in functions:
+            return None
+        return {"column_mapping": self.column_mapping, "answer_only_loss_mask": self.answer_only_loss_mask,
+                "use_hf_chat_template": self.use_hf_chat_template, "functions": functions,
+                "templates": [f.template if f is not None else None for f in (self.prompt_format,
+                                                                               self.completion_format)]}
 
     def _column(self, where: str, row: dict[str, Any], key: str) -> str | None:
         name = self.column_mapping.get(key)
@@ -125,27 +132,27 @@ class ColumnMappedTextInstructionDataset(Dataset):
             raise DatasetError(f"{where}: empty answer (column '{self.column_mapping['answer']}')")
         return answer
 
-    def _prompt_and_answer_ids(self, prompt_text: str, answer: str) -> tuple[list[int], list[int]]:
-        tok = self.tokenizer
-        if self.use_hf_chat_template:
-            user = [{"role": "user", "content": prompt_text}]
-            prompt_ids = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
-            full_ids = tok.apply_chat_template(
-                user + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False
-            )
-            if full_ids[: len(prompt_ids)] != prompt_ids:
-                raise DatasetError("the chat template does not render the prompt as a prefix of the conversation")
-            return list(prompt_ids), list(full_ids[len(prompt_ids) :])
-        # A written prompt ends as its template or function says; the column prompt gets one space.
-        separator = "" if self.prompt_format is not None else " "
-        prompt_ids = tok(prompt_text + separator, add_special_tokens=True)["input_ids"]
-        answer_ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        return list(prompt_ids), list(answer_ids)
-
-    def _tokenize(self, where: str, row: dict[str, Any]) -> dict[str, list[int]] | None:
+    def _pieces(self, where: str, row: dict[str, Any]) -> Pieces:
         answer = self._answer_text(where, row)
         prompt_text = self._prompt_text(where, row)
-        prompt_ids, answer_ids = self._prompt_and_answer_ids(prompt_text, answer)
+        if self.use_hf_chat_template:
+            user = [{"role": "user", "content": prompt_text}]
+            render = self.tokenizer.apply_chat_template
+            prompt = render(user, add_generation_prompt=True, tokenize=False)
+            full = render(user + [{"role": "assistant", "content": answer}], tokenize=False)
+            return Pieces([prompt, full], [False, False], "chat_template")  # as apply_chat_template tokenizes
+        # A written prompt ends as its template or function says; the column prompt gets one space.
+        separator = "" if self.prompt_format is not None else " "
+        return Pieces([prompt_text + separator, answer], [True, False], "plain")
+
+    def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
+        if pieces.state == "chat_template":
+            prompt_ids, full_ids = encoded
+            if full_ids[: len(prompt_ids)] != prompt_ids:
+                raise DatasetError("the chat template does not render the prompt as a prefix of the conversation")
+            answer_ids = full_ids[len(prompt_ids) :]
+        else:
+            prompt_ids, answer_ids = encoded[0], encoded[1] + [self.tokenizer.eos_token_id]
         # Lengths count model inputs: the pair is shifted, so n tokens are n - 1 inputs.
         limit = self.row_limit.limit
         if limit is not None and len(prompt_ids) >= limit:
@@ -158,11 +165,4 @@ class ColumnMappedTextInstructionDataset(Dataset):
             labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
         else:
             labels = list(ids)
-        pad_to = self.seq_length if self.pad_to_seq_length else None
-        return shift_and_pad(ids, labels, pad_to, self.pad_token_id)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, idx: int) -> dict[str, list[int]]:
-        return self.samples[idx]
+        return shift_and_pad(ids, labels, None, self.pad_token_id)

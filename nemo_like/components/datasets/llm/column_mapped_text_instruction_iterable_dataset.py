@@ -24,8 +24,9 @@ from nemo_like.components.datasets.llm.row_stream import hub_rows, local_paths, 
 class _RowFormatter(ColumnMappedTextInstructionDataset):
     """The column-mapped tokenization of one row, without reading any rows up front."""
 
-    def _load_samples(self, path_or_dataset_id: str | Sequence[str], split: str | None, limit: int | None) -> None:
-        self.samples, self.locations = [], []
+    def _load_samples(self, path_or_dataset_id: str | Sequence[str], split: str | None, limit: int | None,
+                      cache_dir: str | None, num_proc: int | None) -> None:
+        """Nothing is read up front: rows are tokenized one by one as they stream."""
 
 
 class ColumnMappedTextInstructionIterableDataset(IterableDataset):

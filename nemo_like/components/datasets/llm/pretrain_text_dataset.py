@@ -5,7 +5,9 @@ the documents are laid end to end in one token stream, and the stream is cut int
 blocks of ``seq_length`` model inputs. Labels are the inputs shifted by one; consecutive
 blocks overlap by one token, so every token of the stream after the first is a target
 exactly once. Attention runs across document boundaries inside a block, as in GPT-style
-pretraining; the EOS between documents tells the model where one ends.
+pretraining; the EOS between documents tells the model where one ends. The documents'
+tokens are kept in a cached token table (see ``tokenized_dataset``) and a block is cut from
+them when it is read, so the stream is never held in memory.
 
 With ``seq_length: null`` each document is a sample of its own (shifted, all supervised),
 which is the layout to combine with ``packed_sequence``: packing then lays documents end
@@ -17,14 +19,15 @@ document may not be longer than the model's context (``max_length``, see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from torch.utils.data import Dataset
+import numpy as np
 
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
-from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, load_rows, pad_token_id_of
+from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, pad_token_id_of
+from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 
 def row_text(where: str, row: dict[str, Any], text_column: str) -> str:
@@ -69,23 +72,14 @@ def fit_document(row_limit: RowLimit, where: str, ids: list[int]) -> list[int]:
     return ids[: row_limit.keep(where, len(ids) - 1) + 1]
 
 
-def cut_blocks(stream: list[int], seq_length: int, drop_remainder: bool) -> Iterable[tuple[int, list[int]]]:
-    """(start, tokens) of each block: ``seq_length + 1`` tokens every ``seq_length`` tokens."""
-    start = 0
-    while start + seq_length + 1 <= len(stream):
-        yield start, stream[start : start + seq_length + 1]
-        start += seq_length
-    if not drop_remainder and len(stream) - start >= 2:
-        yield start, stream[start:]
-
-
-class PretrainTextDataset(Dataset):
+class PretrainTextDataset(TokenizedDataset):
     """Documents from a text column, tokenized at build time and cut into ``seq_length`` blocks.
 
     ``limit_dataset_samples`` caps the documents read; empty documents are skipped.
     ``drop_remainder`` drops the last, shorter block (so every batch has one shape), as
     Hugging Face's ``group_texts`` does. Each item names the row its block starts in
-    (``locations``), for error messages downstream.
+    (``locations``), for error messages downstream. ``num_proc`` and ``cache_dir`` as in the
+    other datasets.
     """
 
     def __init__(
@@ -99,45 +93,93 @@ class PretrainTextDataset(Dataset):
         drop_remainder: bool = True,
         truncation: str | bool = "do_not_truncate",
         max_length: int | None = None,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         if tokenizer is None:
             raise DatasetError("dataset: a tokenizer is required")
+        if tokenizer.eos_token_id is None:
+            raise DatasetError("pretraining text needs a tokenizer with an EOS token to separate documents")
+        self.tokenizer = tokenizer
         self.seq_length = check_seq_length(seq_length)
+        self.text_column = text_column
+        self.drop_remainder = drop_remainder
         self.pad_token_id = pad_token_id_of(tokenizer)
         self.row_limit = RowLimit(tokenizer, max_length, self.seq_length, is_truncation_on(truncation),
                                   source=path_or_dataset_id)
-        rows = load_rows(path_or_dataset_id, split)
-        if limit_dataset_samples is not None:
-            rows = rows[: int(limit_dataset_samples)]
-        texts = [(where, row_text(where, row, text_column)) for where, row in rows]
-        texts = [(where, text) for where, text in texts if text.strip()]
-        documents = document_tokens(tokenizer, [text for _, text in texts]) if texts else []
-        self.samples: list[dict[str, list[int]]] = []
-        self.locations: list[str] = []
-        if self.seq_length is None:
-            for (where, _), ids in zip(texts, documents):
-                if len(ids) >= 2:
-                    self.samples.append(sample_from(fit_document(self.row_limit, where, ids)))
-                    self.locations.append(where)
-        else:
-            stream = [t for ids in documents for t in ids]
-            ends, total = [], 0  # where each document ends in the stream, to name a block's first row
-            for ids in documents:
-                total += len(ids)
-                ends.append(total)
-            doc = 0
-            for start, tokens in cut_blocks(stream, self.seq_length, drop_remainder):
-                while ends[doc] <= start:
-                    doc += 1
-                self.samples.append(sample_from(tokens))
-                self.locations.append(texts[doc][0])
-        if not self.samples:
-            hint = "" if self.seq_length is None else f" (fewer than seq_length {self.seq_length} + 1 tokens in all)"
-            raise DatasetError(f"{path_or_dataset_id}: no training blocks{hint}")
-        self.row_limit.report()
+        self._load_table(path_or_dataset_id, split, limit_dataset_samples, cache_dir, num_proc,
+                         require_samples=self.seq_length is None)
+        if self.seq_length is not None:
+            self._cut_stream()
+            if not len(self.blocks):
+                raise DatasetError(f"{path_or_dataset_id}: no training blocks (fewer than seq_length "
+                                   f"{self.seq_length} + 1 tokens in all)")
+
+    def _settings(self) -> dict[str, Any]:
+        return {"text_column": self.text_column, "blocks": self.seq_length is not None}
+
+    def _pieces(self, where: str, row: dict[str, Any]) -> Pieces:
+        text = row_text(where, row, self.text_column)
+        return Pieces([text], [True]) if text.strip() else Pieces([], [])
+
+    def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
+        if not encoded:
+            return None  # an empty document
+        ids = encoded[0]
+        if not ids or ids[-1] != self.tokenizer.eos_token_id:
+            ids = ids + [self.tokenizer.eos_token_id]
+        if self.seq_length is not None:
+            return {"input_ids": ids, "labels": []}  # a document of the stream, cut into blocks when read
+        if len(ids) < 2:
+            return None
+        return sample_from(fit_document(self.row_limit, where, ids))
+
+    # ------------------------------------------------------------------ blocks of the stream
+    def _cut_stream(self) -> None:
+        """Where each block starts in the stream of documents, and which document that is."""
+        self.doc_ends = np.cumsum(self.table.lengths)
+        total, size = int(self.doc_ends[-1]) if len(self.doc_ends) else 0, self.seq_length
+        full = (total - size - 1) // size + 1 if total >= size + 1 else 0
+        starts = list(range(0, full * size, size))
+        if not self.drop_remainder and total - full * size >= 2:
+            starts.append(full * size)
+        self.blocks = np.asarray(starts, dtype=np.int64)
+        self.stream_length = total
+
+    def _stream(self, start: int, stop: int) -> list[int]:
+        doc = int(np.searchsorted(self.doc_ends, start, side="right"))
+        out: list[int] = []
+        while start < stop:
+            begin = int(self.doc_ends[doc - 1]) if doc else 0
+            ids = self.table.input_ids[doc]
+            piece = ids[start - begin : min(stop, int(self.doc_ends[doc])) - begin]
+            out += piece.tolist()
+            start += len(piece)
+            doc += 1
+        return out
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.blocks) if self.seq_length is not None else len(self.table)
 
     def __getitem__(self, idx: int) -> dict[str, list[int]]:
-        return self.samples[idx]
+        if self.seq_length is None:
+            return super().__getitem__(idx)
+        n = len(self.blocks)
+        if idx < 0:
+            idx += n
+        if not 0 <= idx < n:
+            raise IndexError(f"block {idx} out of range ({n} blocks)")
+        start = int(self.blocks[idx])
+        return sample_from(self._stream(start, min(start + self.seq_length + 1, self.stream_length)))
+
+    def location(self, idx: int) -> str:
+        if self.seq_length is None:
+            return super().location(idx)
+        doc = int(np.searchsorted(self.doc_ends, int(self.blocks[idx]), side="right"))
+        return self.sources.where(int(self.table.file[doc]), int(self.table.row[doc]))
+
+    @property
+    def lengths(self) -> Any:
+        if self.seq_length is None:
+            return self.table.lengths
+        return np.minimum(self.stream_length - self.blocks, self.seq_length + 1) - 1

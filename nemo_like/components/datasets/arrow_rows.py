@@ -1,0 +1,177 @@
+"""The rows of a dataset source as one memory-mapped Arrow table, each row keeping its file and line.
+
+Why: tokenizing a million rows needs them in a form that ``datasets.map(num_proc=N)`` can
+shard across processes without holding them in Python. Local JSON Lines are stored as their
+raw lines (bytes, with line number and byte offset) and decoded inside the map, so a bad
+line is still reported as ``file:line`` by the same reader as before (``json_rows``), and
+rows keep their exact JSON shape (Arrow's schema inference would add null keys to every
+object and merge unlike tool schemas). A ``.json`` array is parsed here, each object kept
+as its JSON text, named ``file[i]``. Parquet and CSV files and hub ids are read by
+``datasets`` with their own columns, named ``file[i]`` / ``dataset[i]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import xxhash
+
+from nemo_like.components.datasets.json_rows import (
+    DatasetError,
+    check_data_file,
+    is_local_data_path,
+    parse_jsonl_line,
+    read_json_rows,
+    slice_split,
+)
+
+NATIVE_FORMATS = {".parquet": "parquet", ".csv": "csv"}  # read by datasets with their own columns
+_BATCH_ROWS = 8192
+_SCHEMA = pa.schema([("line", pa.binary()), ("file", pa.int32()), ("row", pa.int64()), ("offset", pa.int64())])
+
+
+@dataclass
+class RowSource:
+    """Where rows come from, and what they are named by, before anything is read."""
+
+    path_or_dataset_id: str | list[str]
+    split: str | None
+    paths: list[str] | None  # local files, or None for a hub id
+    array: list[bool] = field(default_factory=list)  # per path: a JSON array (rows named file[i]) or not
+    bounds: list[int] = field(default_factory=lambda: [0])  # first table index of each native file
+
+    @classmethod
+    def of(cls, path_or_dataset_id: str | Sequence[str], split: str | None = None) -> RowSource:
+        source = path_or_dataset_id if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
+        if not is_local_data_path(source):
+            return cls(source, split, None)
+        paths = [check_data_file(p) if _native_format(p) is None else _checked_native(p)
+                 for p in ([source] if isinstance(source, str) else source)]
+        kinds = {_native_format(p) or "json" for p in paths}
+        if len(kinds) > 1:
+            raise DatasetError(f"{source}: mixes file formats ({sorted(kinds)}); give files of one format")
+        return cls(source, split, paths, [p.endswith(".json") for p in paths])
+
+    @property
+    def native(self) -> str | None:
+        """The ``datasets`` builder for Parquet / CSV files, ``"hub"`` for a hub id, None for JSON text."""
+        if self.paths is None:
+            return "hub"
+        return _native_format(self.paths[0])
+
+    def fingerprint(self) -> str:
+        """A hash of the rows' content: the local files' bytes (a hub dataset is fingerprinted once loaded)."""
+        digest = xxhash.xxh3_128()
+        digest.update(json.dumps([self.split, self.native]).encode())
+        for path in self.paths or []:
+            digest.update(path.encode() + b"\0")
+            with open(path, "rb") as f:
+                while block := f.read(1 << 23):
+                    digest.update(block)
+        return digest.hexdigest()
+
+    def where(self, file: int, row: int) -> str:
+        """The name of a row: ``file:line`` in JSON Lines, ``file[i]`` elsewhere, ``dataset[i]`` on a hub."""
+        if self.paths is None:
+            return f"{self.path_or_dataset_id}[{row}]"
+        path = self.paths[file]
+        return f"{path}[{row}]" if self.array[file] or self.native else f"{path}:{row}"
+
+    def decode(self, batch: dict[str, list], i: int, index: int) -> tuple[int, int, dict[str, Any]]:
+        """Row ``i`` of a ``datasets.map`` batch as (file, row number, the row as a dict); ``index`` is its table
+        index. A JSON Lines row is parsed here, so a bad line is named as the reader names it."""
+        if "line" in batch:
+            file, row = batch["file"][i], batch["row"][i]
+            if self.array[file]:
+                return file, row, json.loads(batch["line"][i])
+            return file, row, parse_jsonl_line(self.paths[file], row, batch["offset"][i], batch["line"][i])
+        file, row = self.locate(index)
+        return file, row, {k: v[i] for k, v in batch.items()}
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(file, row within it) of a native table's row ``index`` (files are concatenated in order)."""
+        file = max(j for j, start in enumerate(self.bounds) if start <= index)
+        return file, index - self.bounds[file]
+
+    def load(self, scratch: Path) -> Any:
+        """The rows as a ``datasets.Dataset`` (memory-mapped), sliced by ``split`` for local files."""
+        import datasets
+
+        if self.paths is None:
+            try:
+                table = datasets.load_dataset(self.path_or_dataset_id, split=self.split or "train")
+            except Exception as e:
+                raise DatasetError(f"{self.path_or_dataset_id}: cannot load this dataset ({type(e).__name__}); "
+                                   "on an offline machine give a local JSON/JSONL path") from e
+            return table
+        if self.native:
+            parts = [datasets.load_dataset(self.native, data_files=p, split="train", cache_dir=str(scratch / "hf"))
+                     for p in self.paths]
+            self.bounds = [sum(len(t) for t in parts[:j]) for j in range(len(parts))]
+            table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        else:
+            path = scratch / "rows.arrow"
+            _write_json_rows(self.paths, path)
+            table = datasets.Dataset.from_file(str(path))
+        span = slice_split(range(len(table)), self.split)
+        if not span:
+            raise DatasetError(f"{self.path_or_dataset_id}: split {self.split!r} selects no rows")
+        return table if len(span) == len(table) else table.select(span)
+
+
+def _native_format(path: str) -> str | None:
+    return NATIVE_FORMATS.get(os.path.splitext(path)[1].lower())
+
+
+def _checked_native(path: str) -> str:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: data file not found")
+    if os.path.getsize(path) == 0:
+        raise DatasetError(f"{path}: empty file (no rows)")
+    return path
+
+
+def _write_json_rows(paths: list[str], out: Path) -> None:
+    """Every non-blank line of JSONL files (raw bytes, line number, byte offset), or every object of a JSON array."""
+    columns: dict[str, list] = {name: [] for name in _SCHEMA.names}
+    rows = 0
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, _SCHEMA) as writer:
+        def flush() -> None:
+            if columns["line"]:
+                writer.write_batch(pa.record_batch([pa.array(columns[n], type=_SCHEMA.field(n).type)
+                                                    for n in _SCHEMA.names], schema=_SCHEMA))
+                for values in columns.values():
+                    values.clear()
+
+        for file, path in enumerate(paths):
+            if path.endswith(".json"):
+                located = read_json_rows(path)  # parsed whole, errors named by read_json_rows
+                for i, (_, obj) in enumerate(located):
+                    for name, value in zip(_SCHEMA.names, (json.dumps(obj).encode(), file, i, 0)):
+                        columns[name].append(value)
+                rows += len(located)
+                flush()
+                continue
+            offset, found = 0, 0
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, start=1):
+                    if raw.strip():
+                        columns["line"].append(raw)
+                        columns["file"].append(file)
+                        columns["row"].append(lineno)
+                        columns["offset"].append(offset)
+                        found += 1
+                        if len(columns["line"]) >= _BATCH_ROWS:
+                            flush()
+                    offset += len(raw)
+            if not found:
+                raise DatasetError(f"{path}: empty file (only blank lines, no rows)")
+            rows += found
+            flush()

@@ -1,0 +1,271 @@
+"""Tokenized samples in memory-mapped Arrow files: built once with ``datasets.map``, cached by content, read lazily.
+
+Why: a dataset of a million rows cannot be tokenized into Python lists on every run and
+every rank. Here the rows are tokenized by ``datasets.map(batched=True, num_proc=N)`` into
+Arrow files under a cache directory whose name is a hash of everything that decides the
+tokens (the data files' bytes, the tokenizer's vocabulary, rules and chat template, the
+dataset's arguments and the data code itself). A second run, or another rank, maps those
+files (no copy into memory) and reads one sample when it is asked for.
+
+One build per cache entry: the builder holds a file lock, writes into a scratch folder
+and renames it into place; everyone else waits on the lock and maps the result. The first
+rows are tokenized in this process before the workers start, so a bad row near the top
+stops the run at once; when a worker meets a bad row the others stop at their next batch,
+and the error names the row's file and line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from filelock import FileLock
+
+from nemo_like.components.datasets.arrow_rows import RowSource
+from nemo_like.components.datasets.json_rows import DatasetError
+
+logger = logging.getLogger("nemo_like")
+
+FORMAT = 1  # the layout of a cache entry; bump to leave old entries behind
+BATCH_ROWS = 1000
+MIN_ROWS_PER_PROCESS = 2000  # fewer rows than this per worker and forking costs more than it saves
+PROBE_ROWS = 256  # tokenized here first, so an error in the first rows needs no workers
+
+# A row's samples: {"input_ids": [...], "labels": [...], "cut": bool} (pre-shifted, unpadded) or None to drop it.
+Encoder = Callable[[list[tuple[str, dict[str, Any]]]], list[dict[str, Any] | None]]
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where token tables live: ``cache_dir``, else ``$NEMO_LIKE_DATASETS_CACHE``, else ``$NEMO_LIKE_HOME/datasets``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("NEMO_LIKE_DATASETS_CACHE"):
+        return Path(os.environ["NEMO_LIKE_DATASETS_CACHE"]).expanduser()
+    home = os.environ.get("NEMO_LIKE_HOME") or Path.home() / ".cache" / "nemo_like"
+    return Path(home).expanduser() / "datasets"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (keys sorted; other objects by ``str``)."""
+    return xxhash.xxh3_128(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Everything of a tokenizer that decides token ids: vocabulary, merges, normalizer, added and special tokens,
+    chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return fingerprint(type(tokenizer).__name__, rules, getattr(tokenizer, "chat_template", None),
+                       {k: str(v) for k, v in getattr(tokenizer, "special_tokens_map", {}).items()},
+                       [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id])
+
+
+def code_fingerprint() -> str:
+    """A hash of the data code (this package's dataset modules): a change to how rows are tokenized is a new key."""
+    digest = xxhash.xxh3_128()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def default_num_proc(rows: int, num_proc: int | None) -> int:
+    """Worker processes for ``rows``: ``num_proc`` (default: this machine's cores), at least 2000 rows each."""
+    cores = num_proc if num_proc is not None else len(os.sched_getaffinity(0))
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise DatasetError(f"dataset.num_proc: expected a positive integer, got {num_proc!r}")
+    return max(1, min(cores, rows // MIN_ROWS_PER_PROCESS))
+
+
+class _Stopped(Exception):
+    """Another worker met a bad row; this one stops at its next batch."""
+
+
+class _TokenizeRows:
+    """The ``datasets.map`` function: decode each row with its name, tokenize the batch, keep where it came from."""
+
+    def __init__(self, source: RowSource, encode: Encoder, stop_file: str) -> None:
+        self.source, self.encode, self.stop_file = source, encode, stop_file
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        if os.path.exists(self.stop_file):
+            raise _Stopped
+        try:
+            located = [self.source.decode(batch, i, index) for i, index in enumerate(indices)]
+            samples = self.encode([(self.source.where(file, row), data) for file, row, data in located])
+        except DatasetError as err:
+            with open(self.stop_file, "a", encoding="utf-8") as f:
+                f.write(str(err) + "\n")
+            raise
+        out: dict[str, list] = {"input_ids": [], "labels": [], "file": [], "row": [], "index": [], "cut": []}
+        for index, (file, row, _), sample in zip(indices, located, samples):
+            if sample is not None:
+                out["input_ids"].append(sample["input_ids"])
+                out["labels"].append(sample["labels"])
+                out["cut"].append(bool(sample.get("cut", False)))
+                out["file"].append(file)
+                out["row"].append(row)
+                out["index"].append(index)
+        return out
+
+
+def _features() -> Any:
+    import datasets
+
+    ids = datasets.List(datasets.Value("int32"))
+    return datasets.Features({"input_ids": ids, "labels": ids, "file": datasets.Value("int32"),
+                              "row": datasets.Value("int64"), "index": datasets.Value("int64"), "cut": datasets.Value("bool")})
+
+
+class _ListColumn:
+    """One ``list<int32>`` column read through numpy views of its memory-mapped chunks."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.offsets = [chunk.offsets.to_numpy() for chunk in column.chunks]
+        self.values = [chunk.values.to_numpy(zero_copy_only=False) for chunk in column.chunks]
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in column.chunks])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        c = int(np.searchsorted(self.starts, i, side="right")) - 1
+        offsets, j = self.offsets[c], i - int(self.starts[c])
+        return self.values[c][offsets[j] : offsets[j + 1]]
+
+    def lengths(self) -> np.ndarray:
+        if not self.offsets:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.diff(o) for o in self.offsets]).astype(np.int64)
+
+
+class TokenTable:
+    """The samples of one cache entry: pre-shifted ``input_ids`` / ``labels`` (unpadded), where each came from,
+    and the build's counts (``manifest``)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.manifest = json.loads((self.directory / "manifest.json").read_text(encoding="utf-8"))
+        if self.manifest.get("format") != FORMAT:
+            raise DatasetError(f"{self.directory}: cache entry of another format")
+        tables = [pa.ipc.open_stream(pa.memory_map(str(self.directory / name))).read_all()
+                  for name in self.manifest["files"]]
+        table = pa.concat_tables(tables) if tables else _features().arrow_schema.empty_table()
+        if len(table) != self.manifest["samples"]:
+            raise DatasetError(f"{self.directory}: {len(table)} samples, the manifest says {self.manifest['samples']}")
+        self.input_ids = _ListColumn(table.column("input_ids"))
+        self.labels = _ListColumn(table.column("labels"))
+        self.file = table.column("file").to_numpy()
+        self.row = table.column("row").to_numpy()
+        self.lengths = self.input_ids.lengths()
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def load_or_build(source: RowSource, encode: Encoder, key: str | None, *, cache_dir: str | os.PathLike | None,
+                  num_proc: int | None, limit: int | None, describe: str,
+                  explain: Callable[[str, dict[str, Any]], str | None] | None = None) -> TokenTable:
+    """The token table for ``key``: mapped from the cache, or built once (under a lock) and cached.
+
+    ``key`` None means the tokens cannot be named (a function without source), so they are
+    built into a scratch entry removed at exit. ``explain(where, row)`` gives the reason a
+    dropped row was dropped; the first one is kept in the manifest (``first_problem``).
+    """
+    root = cache_root(cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"dataset cache {root}: cannot create it ({e.strerror}); set dataset.cache_dir") from None
+    if key is None:
+        scratch = Path(tempfile.mkdtemp(prefix="uncached-", dir=root))
+        atexit.register(shutil.rmtree, scratch, True)
+        _build(source, encode, scratch / "entry", num_proc, limit, describe, explain)
+        return TokenTable(scratch / "entry")
+    final = root / key
+    table = _mapped(final)
+    if table is not None:
+        logger.info("%s: %d samples from the token cache %s", describe, len(table), final)
+        return table
+    with FileLock(str(root / f"{key}.lock")):
+        table = _mapped(final)
+        if table is not None:  # another process built it while this one waited
+            logger.info("%s: %d samples from the token cache %s (built by another process)", describe,
+                        len(table), final)
+            return table
+        shutil.rmtree(final, ignore_errors=True)  # a broken entry
+        for stale in root.glob(f"{key}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        building = root / f"{key}.building-{os.getpid()}"
+        try:
+            _build(source, encode, building, num_proc, limit, describe, explain)
+            os.rename(building, final)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return TokenTable(final)
+
+
+def _mapped(directory: Path) -> TokenTable | None:
+    if not (directory / "manifest.json").is_file():
+        return None
+    try:
+        return TokenTable(directory)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+        logger.warning("token cache %s is unreadable (%s); building it again", directory, e)
+        return None
+
+
+def _build(source: RowSource, encode: Encoder, out: Path, num_proc: int | None, limit: int | None,
+           describe: str, explain: Callable[[str, dict[str, Any]], str | None] | None) -> None:
+    start = time.perf_counter()
+    out.mkdir(parents=True)
+    scratch = out / "scratch"
+    scratch.mkdir()
+    rows = source.load(scratch)
+    if limit is not None:
+        rows = rows.select(range(min(int(limit), len(rows))))
+    workers = default_num_proc(len(rows), num_proc)
+    stop_file = str(scratch / "stop")
+    tokenize = _TokenizeRows(source, encode, stop_file)
+    if workers > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers: no tokenizer threads
+        probe = rows.select(range(min(PROBE_ROWS, len(rows))))
+        tokenize(probe[:], list(range(len(probe))))  # the first rows' errors, before any worker starts
+    try:
+        tokens = rows.map(tokenize, batched=True, batch_size=BATCH_ROWS, with_indices=True,
+                          num_proc=workers if workers > 1 else None, remove_columns=rows.column_names,
+                          features=_features(), cache_file_name=str(out / "tokens.arrow"),
+                          load_from_cache_file=False, new_fingerprint=out.name.replace(".", "-"),
+                          writer_batch_size=BATCH_ROWS, desc=f"tokenizing {describe}")
+    except Exception as err:
+        if os.path.exists(stop_file):  # the first bad row a worker met, as it was reported there
+            with open(stop_file, encoding="utf-8") as f:
+                raise DatasetError(f.readline().rstrip("\n")) from None
+        raise
+    first_problem = None
+    if explain is not None and len(tokens) < len(rows):  # the first dropped row, and why
+        kept = tokens.data.column("index").to_numpy()
+        index = int(np.argmax(kept != np.arange(len(kept)))) if np.any(kept != np.arange(len(kept))) else len(kept)
+        file, row, data = source.decode(rows[index : index + 1], 0, index)
+        first_problem = explain(source.where(file, row), data)
+    manifest = {
+        "format": FORMAT, "describe": describe,
+        "files": [os.path.basename(f["filename"]) for f in tokens.cache_files],
+        "rows": len(rows), "samples": len(tokens), "first_problem": first_problem,
+        "cut": int(np.count_nonzero(tokens.data.column("cut").to_numpy())) if len(tokens) else 0,
+        "built": {"seconds": round(time.perf_counter() - start, 3), "processes": workers, "pid": os.getpid(),
+                  "rank": os.environ.get("RANK"), "host": socket.gethostname()},
+    }
+    del tokens, rows
+    shutil.rmtree(scratch, ignore_errors=True)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    logger.info("%s: tokenized %d rows into %d samples in %.1f s (%d process%s)", describe, manifest["rows"],
+                manifest["samples"], manifest["built"]["seconds"], workers, "es" if workers > 1 else "")
