@@ -220,3 +220,27 @@ def test_parquet_and_csv_rows_are_read_by_datasets_and_named_by_index(tiny_token
     for name in ("rows.parquet", "rows.csv"):
         ds = ColumnMappedTextInstructionDataset(str(tmp_path / name), QM, tiny_tokenizer, max_length=0)
         assert ds.samples == reference.samples and ds.locations[3] == f"{tmp_path / name}[3]"
+
+
+def test_packing_and_length_grouping_read_the_table_arrays_and_match_the_rows(tiny_tokenizer, tmp_path):
+    from nemo_like.components.datasets.length_grouped_sampler import LengthGroupedSampler, sample_lengths
+    from nemo_like.components.datasets.llm.packed_sequence import PackedSequence
+
+    ds = _make("quickstart_padded", tiny_tokenizer, cache_dir=str(tmp_path))  # padded items, unpadded table
+    rows = [ds[i] for i in range(len(ds))]  # a plain list: read item by item
+    for strategy in ("max_fill", "best_fit", "sequential"):
+        from_table = PackedSequence(ds, 1024, packing_strategy=strategy)
+        from_rows = PackedSequence(rows, 1024, packing_strategy=strategy, pad_token_id=ds.pad_token_id)
+        assert from_table.stats == from_rows.stats
+        assert [from_table[i] for i in range(len(from_table))] == [from_rows[i] for i in range(len(from_rows))]
+    longest = int(ds.lengths.max())
+    first = ds.locations[int(ds.lengths.argmax())]
+    with pytest.raises(DatasetError, match=f"{first}: {longest} tokens exceed packed_sequence_size {longest - 1}"):
+        PackedSequence(ds, longest - 1)
+    size = int(sorted(ds.lengths)[-5])  # a few rows longer than a pack
+    skipped = PackedSequence(ds, size, skip_long_samples=True)
+    assert skipped.stats == PackedSequence(rows, size, skip_long_samples=True, pad_token_id=ds.pad_token_id).stats
+    assert skipped.stats["skipped_too_long"] > 0
+    assert list(sample_lengths(ds)) == [sum(r["attention_mask"]) for r in rows]
+    sampler = LengthGroupedSampler(sample_lengths(ds), batch_size=4, seed=1, mega_batch_mult=5)
+    assert sampler.order(0) == LengthGroupedSampler([sum(r["attention_mask"]) for r in rows], 4, 1, 5).order(0)

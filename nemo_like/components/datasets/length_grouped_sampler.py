@@ -12,12 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from nemo_like.components.datasets.llm.tokenized_dataset import TokenizedDataset
 
-def sample_lengths(dataset: Any) -> list[int]:
-    """Number of real tokens of every sample (``attention_mask`` ones, else ``input_ids``)."""
+
+def sample_lengths(dataset: Any) -> Sequence[int]:
+    """Number of real tokens of every sample (``attention_mask`` ones, else ``input_ids``); read from the token
+    table's arrays when the dataset has one."""
+    if isinstance(dataset, TokenizedDataset):
+        return dataset.lengths
     lengths = []
     for idx in range(len(dataset)):
         sample = dataset[idx]
@@ -32,7 +38,7 @@ class LengthGroupedSampler(Sampler[int]):
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 50) -> None:
         if batch_size <= 0 or mega_batch_mult <= 0:
             raise ValueError("group_by_length: batch_size and mega_batch_mult must be positive")
-        self.lengths = list(lengths)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
         self.mega_batch_mult = mega_batch_mult
@@ -42,10 +48,11 @@ class LengthGroupedSampler(Sampler[int]):
     def order(self, epoch: int) -> list[int]:
         """The index order of one epoch."""
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        perm = torch.randperm(len(self.lengths), generator=generator).tolist()
+        perm = torch.randperm(len(self.lengths), generator=generator).numpy()
         size = self.batch_size * self.mega_batch_mult
-        mega = [perm[i : i + size] for i in range(0, len(perm), size)]
-        return [idx for group in mega for idx in sorted(group, key=lambda i: -self.lengths[i])]
+        group = np.arange(len(perm)) // size
+        # Within each mega-batch, longest first; equal lengths keep their shuffled order (a stable sort).
+        return perm[np.lexsort((-self.lengths[perm], group))].tolist()
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:

@@ -33,6 +33,7 @@ import pyarrow as pa
 import xxhash
 from filelock import FileLock
 
+from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.arrow_rows import RowSource
 from nemo_like.components.datasets.json_rows import DatasetError
 
@@ -141,6 +142,14 @@ class _ListColumn:
         offsets, j = self.offsets[c], i - int(self.starts[c])
         return self.values[c][offsets[j] : offsets[j + 1]]
 
+    def counts_other_than(self, value: int) -> np.ndarray:
+        """Per row, how many of its entries differ from ``value`` (e.g. supervised labels)."""
+        out = []
+        for offsets, values in zip(self.offsets, self.values):
+            running = np.concatenate([[0], np.cumsum(values[offsets[0] : offsets[-1]] != value)])
+            out.append(running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]])
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
     def lengths(self) -> np.ndarray:
         if not self.offsets:
             return np.zeros(0, dtype=np.int64)
@@ -169,6 +178,10 @@ class TokenTable:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def label_counts(self) -> np.ndarray:
+        """Supervised labels (not ``IGNORE_INDEX``) of every sample."""
+        return self.labels.counts_other_than(IGNORE_INDEX)
 
 
 def load_or_build(source: RowSource, encode: Encoder, key: str | None, *, cache_dir: str | os.PathLike | None,

@@ -30,6 +30,8 @@ from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm import packed_attention  # noqa: F401  registers attn "packed_sdpa"
 from nemo_like.components.datasets.llm.pack_planner import STRATEGIES, PackPlan, plan_packs
+from nemo_like.components.datasets.llm.tokenized_dataset import TokenizedDataset
+from nemo_like.components.datasets.token_table import TokenTable
 from nemo_like.config.errors import ConfigError
 
 logger = logging.getLogger("nemo_like")
@@ -54,6 +56,20 @@ def _as_list(tokens: Any) -> list[int]:
 
 
 Document = tuple[list[int], list[int]]  # (input_ids, labels) of one document
+
+
+class _TableDocuments:
+    """Documents read from a token table when a pack is built: nothing is copied up front."""
+
+    def __init__(self, table: TokenTable, rows: np.ndarray) -> None:
+        self.table, self.rows = table, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, doc: int) -> Document:
+        row = int(self.rows[doc])
+        return self.table.input_ids[row].tolist(), self.table.labels[row].tolist()
 
 
 class PackedSequence(Dataset):
@@ -115,8 +131,13 @@ class PackedSequence(Dataset):
         self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
         self.skip_long_samples = skip_long_samples
         self.stats: dict[str, Any] = {"documents": 0, "skipped_too_long": 0, "label_tokens": 0}
-        self.documents = self._documents(dataset)
-        lengths = np.fromiter((len(ids) for ids, _ in self.documents), dtype=np.int64, count=len(self.documents))
+        table = dataset.document_table() if isinstance(dataset, TokenizedDataset) else None
+        if table is not None:
+            self.documents, lengths = self._table_documents(dataset, table)
+        else:
+            self.documents = self._documents(dataset)
+            lengths = np.fromiter((len(ids) for ids, _ in self.documents), dtype=np.int64,
+                                  count=len(self.documents))
         plan = plan_packs(lengths, size, packing_strategy, self.split_across_pack)
         if max_packs is not None:
             plan = plan.truncated(int(max_packs))
@@ -159,6 +180,26 @@ class PackedSequence(Dataset):
             self.stats["label_tokens"] += len(labels) - labels.count(IGNORE_INDEX)
             documents.append((ids, labels))
         return documents
+
+    def _table_documents(self, dataset: TokenizedDataset, table: TokenTable) -> tuple[_TableDocuments, np.ndarray]:
+        """``_documents`` on the arrays of a token table: the same checks and counts, no row read."""
+        lengths = table.lengths
+        keep = lengths > 0
+        if not self.split_across_pack:
+            too_long = lengths > self.packed_sequence_size
+            if too_long.any() and not self.skip_long_samples:
+                first = int(np.argmax(too_long))
+                raise DatasetError(
+                    f"{dataset.location(first)}: {int(lengths[first])} tokens exceed packed_sequence_size "
+                    f"{self.packed_sequence_size}; raise packed_sequence_size, set packed_sequence.split_across_pack: "
+                    "true, or skip such rows with packed_sequence.skip_long_samples: true"
+                )
+            self.stats["skipped_too_long"] += int(np.count_nonzero(too_long & keep))
+            keep &= ~too_long
+        rows = np.flatnonzero(keep)
+        self.stats["documents"] += len(rows)
+        self.stats["label_tokens"] += int(table.label_counts()[rows].sum())
+        return _TableDocuments(table, rows), lengths[rows]
 
     def _materialize(self, idx: int) -> dict[str, list[int]]:
         """One row: the pieces end to end, positions restarting, then a padding block without loss."""

@@ -28,6 +28,7 @@ from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, pad_token_id_of
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
+from nemo_like.components.datasets.token_table import TokenTable
 
 
 def row_text(where: str, row: dict[str, Any], text_column: str) -> str:
@@ -177,6 +178,9 @@ class PretrainTextDataset(TokenizedDataset):
             return super().location(idx)
         doc = int(np.searchsorted(self.doc_ends, int(self.blocks[idx]), side="right"))
         return self.sources.where(int(self.table.file[doc]), int(self.table.row[doc]))
+
+    def document_table(self) -> TokenTable | None:
+        return self.table if self.seq_length is None else None  # blocks are cut from the rows, not rows
 
     @property
     def lengths(self) -> Any:

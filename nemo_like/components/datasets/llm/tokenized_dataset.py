@@ -194,6 +194,10 @@ class TokenizedDataset(Dataset):
         """The file and line (or index) a sample was read from."""
         return self.sources.where(int(self.table.file[idx]), int(self.table.row[idx]))
 
+    def document_table(self) -> TokenTable | None:
+        """The token table whose rows are this dataset's items without padding, for readers of arrays (packing)."""
+        return self.table
+
     @property
     def lengths(self) -> Any:
         """Real tokens of every sample (a numpy array, read from the table without building items)."""
