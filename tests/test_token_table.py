@@ -244,3 +244,18 @@ def test_packing_and_length_grouping_read_the_table_arrays_and_match_the_rows(ti
     assert list(sample_lengths(ds)) == [sum(r["attention_mask"]) for r in rows]
     sampler = LengthGroupedSampler(sample_lengths(ds), batch_size=4, seed=1, mega_batch_mult=5)
     assert sampler.order(0) == LengthGroupedSampler([sum(r["attention_mask"]) for r in rows], 4, 1, 5).order(0)
+
+
+def test_tokenizing_and_packing_show_progress_with_counts(tiny_tokenizer, tmp_path, capfd):
+    import numpy as np
+
+    from nemo_like.components.datasets.llm.pack_planner import PROGRESS_FROM, plan_packs
+
+    data = tmp_path / "rows.jsonl"
+    _instruction_rows(data, 300)
+    ColumnMappedTextInstructionDataset(str(data), QM, tiny_tokenizer, max_length=0, cache_dir=str(tmp_path / "c"))
+    lengths = np.random.default_rng(0).integers(8, 300, PROGRESS_FROM)
+    plan_packs(lengths, 1024, "best_fit")
+    err = capfd.readouterr().err
+    assert "tokenizing rows.jsonl: 100%" in err and "300/300" in err
+    assert "packing (best_fit): 100%" in err and f"{PROGRESS_FROM}/{PROGRESS_FROM}" in err

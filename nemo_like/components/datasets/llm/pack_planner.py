@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 logger = logging.getLogger("nemo_like")
 
@@ -23,6 +25,7 @@ STRATEGIES = ("max_fill", "best_fit", "sequential")
 # tens of seconds at set-up, so the fuller of best fit and best-fit-decreasing (one step per
 # document) is used instead.
 MAX_FILL_STEP_BUDGET = 20_000_000
+PROGRESS_FROM = 100_000  # documents: below this a plan takes well under a second, no progress bar
 
 
 @dataclass
@@ -79,7 +82,12 @@ def fullest_subset(counts: dict[int, int], size: int) -> dict[int, int]:
     return chosen
 
 
-def best_fit_bins(lengths: Sequence[int], size: int) -> tuple[list[int], int]:
+def _no_progress(done: int) -> None:
+    pass
+
+
+def best_fit_bins(lengths: Sequence[int], size: int, tick: Callable[[int], Any] = _no_progress
+                  ) -> tuple[list[int], int]:
     """Best fit in the order given: each piece goes to the open bin with the least room that holds it.
 
     Open bins sit in buckets by free room (a heap of bin numbers each, so ties go to the oldest
@@ -91,6 +99,8 @@ def best_fit_bins(lengths: Sequence[int], size: int) -> tuple[list[int], int]:
     nonempty, bins = 0, 0
     where = [0] * len(lengths)
     for i, n in enumerate(lengths):
+        if not i & 0xFFFF:
+            tick(min(0x10000, len(lengths) - i))
         above = nonempty >> n
         if above:
             free = n + (above & -above).bit_length() - 1
@@ -149,10 +159,12 @@ def _with_full(full: list[tuple[int, int, int]], rest_doc: np.ndarray, rest_star
     return _plan(doc, start, length, pack, len(f) + rest_packs, strategy)
 
 
-def _sequential(lengths: np.ndarray, size: int, split: bool) -> PackPlan:
+def _sequential(lengths: np.ndarray, size: int, split: bool, tick: Callable[[int], Any]) -> PackPlan:
     docs, starts, lens, packs = [], [], [], []
     pack, used = 0, 0
     for doc, n in enumerate(lengths.tolist()):
+        if not doc & 0xFFFF:
+            tick(min(0x10000, len(lengths) - doc))
         if n > size - used and not split:
             pack, used = pack + 1, 0
         start = 0
@@ -169,17 +181,19 @@ def _sequential(lengths: np.ndarray, size: int, split: bool) -> PackPlan:
     return _plan(as_array(docs), as_array(starts), as_array(lens), pack_of, packs_n, "sequential")
 
 
-def _best_fit(lengths: np.ndarray, size: int, decreasing: bool) -> PackPlan:
+def _best_fit(lengths: np.ndarray, size: int, decreasing: bool, tick: Callable[[int], Any] = _no_progress
+              ) -> PackPlan:
     full, starts, rest = _cut_long(lengths, size)
     docs = np.arange(len(lengths), dtype=np.int64)
     order = np.argsort(-rest, kind="stable") if decreasing else docs
-    where, bins = best_fit_bins(rest[order].tolist(), size)
+    where, bins = best_fit_bins(rest[order].tolist(), size, tick)
     pack = np.empty(len(lengths), dtype=np.int64)
     pack[order] = np.asarray(where, dtype=np.int64)
     return _with_full(full, docs, starts, rest, pack, bins, "best_fit_decreasing" if decreasing else "best_fit")
 
 
-def _max_fill(lengths: np.ndarray, size: int, step_budget: float | None = None) -> PackPlan | None:
+def _max_fill(lengths: np.ndarray, size: int, step_budget: float | None = None,
+              tick: Callable[[int], Any] = _no_progress) -> PackPlan | None:
     """Pack after pack, the longest document left opens it and the fullest subset of the rest fills it.
 
     While every length a pack takes is left more often than it could fit (the subset sum sees
@@ -215,6 +229,7 @@ def _max_fill(lengths: np.ndarray, size: int, step_budget: float | None = None) 
             left[n] -= take
             if not left[n]:
                 del left[n]
+        tick(repeat * sum(use.values()))
         packs += repeat
     docs = np.arange(len(lengths), dtype=np.int64)
     return _with_full(full, docs, starts, rest, pack, packs, "max_fill")  # dataset order inside a pack
@@ -232,21 +247,25 @@ def plan_packs(lengths: Sequence[int] | np.ndarray, size: int, strategy: str = "
     if strategy not in STRATEGIES:
         raise ValueError(f"packed_sequence.packing_strategy: {strategy!r} is not one of {list(STRATEGIES)}")
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-    if strategy == "sequential":
-        return _sequential(lengths, size, split_across_pack)
-    if strategy == "best_fit":
-        return _best_fit(lengths, size, decreasing=False)
-    if max_fill_steps(lengths, size) <= MAX_FILL_STEP_BUDGET:  # cheap however it goes
-        return _max_fill(lengths, size)  # type: ignore[return-value]
-    # Cheap when few lengths repeat a lot; a step costs about size / 64 words, so the budget of
-    # the attempt is in words (the step budget at 2048 tokens), lest a large size run for half a minute.
-    words = MAX_FILL_STEP_BUDGET * (2048 // 64 + 1) / (size // 64 + 1)
-    plan = _max_fill(lengths, size, step_budget=words)
-    if plan is None:
-        plan = min(_best_fit(lengths, size, decreasing=True), _best_fit(lengths, size, decreasing=False), key=len)
-        logger.warning("packed sequences: %d documents are too many for max_fill at set-up; using %s",
-                       len(lengths), plan.strategy)
-    return plan
+    with tqdm(total=len(lengths), desc=f"packing ({strategy})", unit="doc", disable=len(lengths) < PROGRESS_FROM,
+              dynamic_ncols=True) as bar:
+        if strategy == "sequential":
+            return _sequential(lengths, size, split_across_pack, bar.update)
+        if strategy == "best_fit":
+            return _best_fit(lengths, size, decreasing=False, tick=bar.update)
+        if max_fill_steps(lengths, size) <= MAX_FILL_STEP_BUDGET:  # cheap however it goes
+            return _max_fill(lengths, size, tick=bar.update)  # type: ignore[return-value]
+        # Cheap when few lengths repeat a lot; a step costs about size / 64 words, so the budget of
+        # the attempt is in words (the step budget at 2048 tokens), lest a large size run for half a minute.
+        words = MAX_FILL_STEP_BUDGET * (2048 // 64 + 1) / (size // 64 + 1)
+        plan = _max_fill(lengths, size, step_budget=words, tick=bar.update)
+        if plan is None:
+            bar.reset()
+            plan = min(_best_fit(lengths, size, decreasing=True, tick=bar.update),
+                       _best_fit(lengths, size, decreasing=False), key=len)
+            logger.warning("packed sequences: %d documents are too many for max_fill at set-up; using %s",
+                           len(lengths), plan.strategy)
+        return plan
 
 
 __all__: Sequence[str] = ("MAX_FILL_STEP_BUDGET", "PackPlan", "STRATEGIES", "best_fit_bins", "fullest_subset",
