@@ -60,6 +60,7 @@ RECIPES = {"instruction": REPO / "recipes/smollm2_135m/sft_quickstart.yaml",
            "chat": REPO / "recipes/smollm2_135m/sft_chat.yaml"}
 INSTRUCTION_MAPPING = {"context": "instruction", "question": "input", "answer": "response"}
 SIDES = ("nemo_like", "nemo_like_warm", "peer", "peer_warm")
+PACK_SIZE = [0]  # --pack-size: also pack the warm dataset (max_fill) and time it
 WORDS = ("the a of to and in is it that for on with as was at by this be from or have an are not which one "
          "all were when we there can more if no out so what up its about into than them time only could new "
          "model data number list largest smallest sum order value token train step batch answer question "
@@ -137,7 +138,8 @@ def _ids(encoded: Any) -> list[list[int]]:
     return encoded["input_ids"] if hasattr(encoded, "keys") else encoded
 
 
-def measure_one(side: str, form: str, data_file: str, cache_dir: str, num_proc: int) -> dict[str, Any]:
+def measure_one(side: str, form: str, data_file: str, cache_dir: str, num_proc: int,
+                pack_size: int = 0) -> dict[str, Any]:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     sys.path.insert(0, str(REPO))
@@ -161,6 +163,14 @@ def measure_one(side: str, form: str, data_file: str, cache_dir: str, num_proc: 
         peak = _peak_mib()
         tokens = int(ds.lengths.sum()) if hasattr(ds, "lengths") else None
         extra = {"workers_peak_mib": _peak_mib(resource.RUSAGE_CHILDREN)}
+        if side == "nemo_like_warm" and pack_size:
+            from nemo_like.components.datasets.llm.packed_sequence import PackedSequence
+
+            start = time.perf_counter()
+            packed = PackedSequence(ds, pack_size)
+            packed[len(packed) - 1]
+            extra.update(pack_seconds=time.perf_counter() - start, pack_peak_rss_mib=_peak_mib(),
+                         packs=len(packed), fill=packed.stats["fill_ratio"])
     else:
         import datasets
 
@@ -190,7 +200,8 @@ def measure_one(side: str, form: str, data_file: str, cache_dir: str, num_proc: 
 
 
 def run_child(side: str, form: str, data_file: Path, cache_dir: Path, num_proc: int, timeout: float) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", side, form, str(data_file), str(cache_dir), "--num-proc", str(num_proc)]
+    cmd = [sys.executable, __file__, "--child", side, form, str(data_file), str(cache_dir), "--num-proc", str(num_proc),
+           "--pack-size", str(PACK_SIZE[0])]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(cache_dir),
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
     try:
@@ -212,6 +223,9 @@ def line(label: str, r: dict | None, timeout: float) -> str:
             f"{r['rows']} rows  {r['tokens']} tokens  row0 {r['first_len']} ids")
     if "workers_peak_mib" in r:
         text += f"  workers {r['workers_peak_mib']:.0f} MiB"
+    if "pack_seconds" in r:
+        text += (f"\n      packed max_fill {r['pack_seconds']:.2f} s to {r['packs']} packs, fill {r['fill']:.2%}, "
+                 f"peak RSS {r['pack_peak_rss_mib']:.0f} MiB")
     if "new_cache_files" in r:
         text += f"  new cache files {r['new_cache_files']}"
     return text
@@ -227,12 +241,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats per form and size")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="the peer's map workers")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before one measure is given up")
+    parser.add_argument("--pack-size", type=int, default=0,
+                        help="also pack the warm nemo_like dataset into packs of this size (max_fill) and time it")
     parser.add_argument("--child", nargs=4, metavar=("SIDE", "FORM", "FILE", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         side, form, data_file, cache_dir = args.child
-        print(json.dumps(measure_one(side, form, data_file, cache_dir, args.num_proc)))
+        print(json.dumps(measure_one(side, form, data_file, cache_dir, args.num_proc, args.pack_size)))
         return
+    PACK_SIZE[0] = args.pack_size
     print(f"peer: datasets.load_dataset('json') + map(batched=True, num_proc={args.num_proc}); "
           f"{args.repeats} alternating repeats; {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="data_setup_") as tmp:

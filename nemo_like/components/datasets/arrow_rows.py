@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import pyarrow as pa
 import xxhash
 
@@ -45,6 +46,7 @@ class RowSource:
     paths: list[str] | None  # local files, or None for a hub id
     array: list[bool] = field(default_factory=list)  # per path: a JSON array (rows named file[i]) or not
     bounds: list[int] = field(default_factory=lambda: [0])  # first table index of each native file
+    loaded: Any = field(default=None, repr=False)  # a hub dataset once loaded
 
     @classmethod
     def of(cls, path_or_dataset_id: str | Sequence[str], split: str | None = None) -> RowSource:
@@ -66,9 +68,11 @@ class RowSource:
         return _native_format(self.paths[0])
 
     def fingerprint(self) -> str:
-        """A hash of the rows' content: the local files' bytes (a hub dataset is fingerprinted once loaded)."""
+        """A hash of the rows' content: the local files' bytes, or the loaded hub dataset's own fingerprint."""
         digest = xxhash.xxh3_128()
-        digest.update(json.dumps([self.split, self.native]).encode())
+        digest.update(json.dumps([self.path_or_dataset_id, self.split, self.native]).encode())
+        if self.paths is None:
+            digest.update(self._hub()._fingerprint.encode())
         for path in self.paths or []:
             digest.update(path.encode() + b"\0")
             with open(path, "rb") as f:
@@ -101,15 +105,8 @@ class RowSource:
 
     def load(self, scratch: Path) -> Any:
         """The rows as a ``datasets.Dataset`` (memory-mapped), sliced by ``split`` for local files."""
-        import datasets
-
         if self.paths is None:
-            try:
-                table = datasets.load_dataset(self.path_or_dataset_id, split=self.split or "train")
-            except Exception as e:
-                raise DatasetError(f"{self.path_or_dataset_id}: cannot load this dataset ({type(e).__name__}); "
-                                   "on an offline machine give a local JSON/JSONL path") from e
-            return table
+            return self._hub()
         if self.native:
             parts = [datasets.load_dataset(self.native, data_files=p, split="train", cache_dir=str(scratch / "hf"))
                      for p in self.paths]
@@ -123,6 +120,17 @@ class RowSource:
         if not span:
             raise DatasetError(f"{self.path_or_dataset_id}: split {self.split!r} selects no rows")
         return table if len(span) == len(table) else table.select(span)
+
+
+    def _hub(self) -> Any:
+        """The hub dataset, loaded once (``datasets`` keeps its own download cache)."""
+        if self.loaded is None:
+            try:
+                self.loaded = datasets.load_dataset(self.path_or_dataset_id, split=self.split or "train")
+            except Exception as e:
+                raise DatasetError(f"{self.path_or_dataset_id}: cannot load this dataset ({type(e).__name__}); "
+                                   "on an offline machine give a local JSON/JSONL path") from e
+        return self.loaded
 
 
 def _native_format(path: str) -> str | None:

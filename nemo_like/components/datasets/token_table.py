@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import datasets
 import pyarrow as pa
 import xxhash
 from filelock import FileLock
@@ -122,8 +123,6 @@ class _TokenizeRows:
 
 
 def _features() -> Any:
-    import datasets
-
     ids = datasets.List(datasets.Value("int32"))
     return datasets.Features({"input_ids": ids, "labels": ids, "file": datasets.Value("int32"),
                               "row": datasets.Value("int64"), "index": datasets.Value("int64"), "cut": datasets.Value("bool")})
