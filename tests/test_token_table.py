@@ -259,3 +259,21 @@ def test_tokenizing_and_packing_show_progress_with_counts(tiny_tokenizer, tmp_pa
     err = capfd.readouterr().err
     assert "tokenizing rows.jsonl: 100%" in err and "300/300" in err
     assert "packing (best_fit): 100%" in err and f"{PROGRESS_FROM}/{PROGRESS_FROM}" in err
+
+
+def test_a_packing_plan_is_kept_with_the_token_table_and_read_back(tiny_tokenizer, tmp_path, monkeypatch):
+    from nemo_like.components.datasets.llm import packed_sequence
+    from nemo_like.components.datasets.llm.packed_sequence import PackedSequence
+
+    ds = _make("chat", tiny_tokenizer, cache_dir=str(tmp_path))
+    first = PackedSequence(ds, 512)
+    assert list(ds.table.directory.glob("derived-packs-512-max_fill-*.npz"))
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("planned again")
+
+    monkeypatch.setattr(packed_sequence, "plan_packs", no_planning)
+    again = PackedSequence(_make("chat", tiny_tokenizer, cache_dir=str(tmp_path)), 512)
+    assert again.stats == first.stats and [again[i] for i in range(len(again))] == [first[i] for i in range(len(first))]
+    with pytest.raises(AssertionError, match="planned again"):  # other options are another plan
+        PackedSequence(ds, 512, packing_strategy="best_fit")

@@ -178,6 +178,29 @@ class TokenTable:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def derived(self, name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Arrays computed from this table (a packing plan), kept next to it: built once, then read back.
+
+        ``name`` must say everything the arrays depend on besides the table. Stored as ``.npz``
+        without pickles, written to a temporary name and renamed, so readers never see half a file.
+        """
+        path = self.directory / f"derived-{name}.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    return {key: stored[key] for key in stored.files}
+            except (OSError, ValueError) as e:
+                logger.warning("%s is unreadable (%s); computing it again", path, e)
+        arrays = build()
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(partial, **arrays)
+            os.replace(partial, path)
+        except OSError as e:  # a read-only cache still trains, it only plans again next time
+            logger.warning("could not keep %s (%s)", path, e.strerror)
+            partial.unlink(missing_ok=True)
+        return arrays
+
     def label_counts(self) -> np.ndarray:
         """Supervised labels (not ``IGNORE_INDEX``) of every sample."""
         return self.labels.counts_other_than(IGNORE_INDEX)

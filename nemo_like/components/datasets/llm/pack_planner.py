@@ -46,6 +46,15 @@ class PackPlan:
     def tokens(self) -> int:
         return int(self.length.sum())
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The plan as plain arrays, to store."""
+        return {"pack_offsets": self.pack_offsets, "doc": self.doc, "start": self.start, "length": self.length,
+                "strategy": np.array(self.strategy)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> PackPlan:
+        return cls(arrays["pack_offsets"], arrays["doc"], arrays["start"], arrays["length"], str(arrays["strategy"]))
+
     def truncated(self, packs: int) -> PackPlan:
         """The first ``packs`` packs only (``max_packs``)."""
         packs = max(0, min(int(packs), len(self)))

@@ -132,13 +132,16 @@ class PackedSequence(Dataset):
         self.skip_long_samples = skip_long_samples
         self.stats: dict[str, Any] = {"documents": 0, "skipped_too_long": 0, "label_tokens": 0}
         table = dataset.document_table() if isinstance(dataset, TokenizedDataset) else None
-        if table is not None:
+        if table is not None:  # planned once per token table and these options, then read back
             self.documents, lengths = self._table_documents(dataset, table)
+            name = f"packs-{size}-{packing_strategy}-split{int(self.split_across_pack)}-skip{int(skip_long_samples)}"
+            plan = PackPlan.from_arrays(table.derived(
+                name, lambda: plan_packs(lengths, size, packing_strategy, self.split_across_pack).arrays()))
         else:
             self.documents = self._documents(dataset)
             lengths = np.fromiter((len(ids) for ids, _ in self.documents), dtype=np.int64,
                                   count=len(self.documents))
-        plan = plan_packs(lengths, size, packing_strategy, self.split_across_pack)
+            plan = plan_packs(lengths, size, packing_strategy, self.split_across_pack)
         if max_packs is not None:
             plan = plan.truncated(int(max_packs))
         if not len(plan):
