@@ -277,3 +277,16 @@ def test_a_packing_plan_is_kept_with_the_token_table_and_read_back(tiny_tokenize
     assert again.stats == first.stats and [again[i] for i in range(len(again))] == [first[i] for i in range(len(first))]
     with pytest.raises(AssertionError, match="planned again"):  # other options are another plan
         PackedSequence(ds, 512, packing_strategy="best_fit")
+
+
+def test_a_broken_or_tampered_cache_entry_is_built_again(tiny_tokenizer, tmp_path, caplog):
+    ds = _make("chat_mask_history", tiny_tokenizer, cache_dir=str(tmp_path))
+    expected = ds.samples[:]
+    manifest = ds.table.directory / "manifest.json"
+    tampered = json.loads(manifest.read_text())
+    tampered["files"] = ["../../../../etc/hostname"]
+    manifest.write_text(json.dumps(tampered))
+    again = _make("chat_mask_history", tiny_tokenizer, cache_dir=str(tmp_path))
+    assert "unreadable" in caplog.text and "outside its entry" in caplog.text and again.samples == expected
+    next(again.table.directory.glob("*.arrow")).write_bytes(b"not arrow")  # a truncated or garbled file
+    assert _make("chat_mask_history", tiny_tokenizer, cache_dir=str(tmp_path)).samples == expected

@@ -164,8 +164,10 @@ class TokenTable:
         self.manifest = json.loads((self.directory / "manifest.json").read_text(encoding="utf-8"))
         if self.manifest.get("format") != FORMAT:
             raise DatasetError(f"{self.directory}: cache entry of another format")
-        tables = [pa.ipc.open_stream(pa.memory_map(str(self.directory / name))).read_all()
-                  for name in self.manifest["files"]]
+        names = self.manifest["files"]
+        if any(not isinstance(n, str) or os.path.basename(n) != n or not n.endswith(".arrow") for n in names):
+            raise DatasetError(f"{self.directory}: the manifest names files outside its entry")
+        tables = [pa.ipc.open_stream(pa.memory_map(str(self.directory / name))).read_all() for name in names]
         table = pa.concat_tables(tables) if tables else _features().arrow_schema.empty_table()
         if len(table) != self.manifest["samples"]:
             raise DatasetError(f"{self.directory}: {len(table)} samples, the manifest says {self.manifest['samples']}")
