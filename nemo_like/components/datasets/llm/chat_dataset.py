@@ -249,18 +249,19 @@ class ChatDataset(TokenizedDataset):
         return checked
 
     # ------------------------------------------------------------------ rendering
-    def _render(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None,
-                add_generation_prompt: bool = False) -> str:
-        if not messages:
-            return ""
+    def _render(self, where: str, prefixes: list[list[dict[str, Any]]], tools: list[Any] | None,
+                add_generation_prompt: bool = False) -> list[str]:
+        """The rendered text of each of a conversation's prefixes (one template call for all of them)."""
+        nonempty = [p for p in prefixes if p]
         try:
-            return self.tokenizer.apply_chat_template(
-                messages, tools=tools, chat_template=self.chat_template, tokenize=False,
+            texts = iter(self.tokenizer.apply_chat_template(
+                nonempty, tools=tools, chat_template=self.chat_template, tokenize=False,
                 add_generation_prompt=add_generation_prompt,
-            )
+            ) if nonempty else ())
         except Exception as err:  # jinja raises its own errors, templates call raise_exception
             raise DatasetError(f"{where}: the chat template rejects this conversation "
                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        return [next(texts) if p else "" for p in prefixes]
 
     def _template_renders_tools(self) -> bool:
         """Whether the template shows ``tools`` and ``tool_calls``; if not they are inlined as text."""
@@ -279,14 +280,18 @@ class ChatDataset(TokenizedDataset):
     def _segments(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None) -> list[tuple[str, bool]]:
         """The rendered conversation cut into (text, supervised) pieces, checked to extend one another."""
         last_assistant = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        before_answer = dict(zip(answers, self._render(where, [messages[:i] for i in answers], tools,
+                                                       add_generation_prompt=True)))
+        through = self._render(where, [messages[: i + 1] for i in range(len(messages))], tools)
         pieces: list[tuple[str, bool]] = []
         done = ""
         for i, message in enumerate(messages):
             bounds = []
             if message["role"] == "assistant":
-                bounds.append((self._render(where, messages[:i], tools, add_generation_prompt=True), False))
+                bounds.append((before_answer[i], False))
             supervised = message["role"] == "assistant" and (not self.mask_history or i == last_assistant)
-            bounds.append((self._render(where, messages[: i + 1], tools), supervised))
+            bounds.append((through[i], supervised))
             for text, is_supervised in bounds:
                 if not text.startswith(done):
                     raise DatasetError(
