@@ -110,6 +110,11 @@ def write_chat(path: Path, n: int, seed: int = 1) -> None:
 
 # ---------------------------------------------------------------- one measure (child process)
 def _peak_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak RSS in MiB: this process's own (``VmHWM``; ``ru_maxrss`` would start from the parent's peak,
+    which it keeps across fork and exec), or the largest child's."""
+    if who == resource.RUSAGE_SELF:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
