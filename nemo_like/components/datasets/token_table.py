@@ -282,7 +282,7 @@ def _build(source: RowSource, encode: Encoder, out: Path, num_proc: int | None, 
                           features=_features(), cache_file_name=str(out / "tokens.arrow"),
                           load_from_cache_file=False, new_fingerprint=out.name.replace(".", "-"),
                           writer_batch_size=BATCH_ROWS, desc=f"tokenizing {describe}")
-    except Exception as err:
+    except Exception:
         if os.path.exists(stop_file):  # the first bad row a worker met, as it was reported there
             with open(stop_file, encoding="utf-8") as f:
                 raise DatasetError(f.readline().rstrip("\n")) from None
