@@ -145,6 +145,24 @@ class ColumnMappedTextInstructionDataset(TokenizedDataset):
         separator = "" if self.prompt_format is not None else " "
         return Pieces([prompt_text + separator, answer], [True, False], "plain")
 
+    def _pieces_of(self, rows: list[tuple[str, dict[str, Any]]]) -> list[Pieces | DatasetError]:
+        """With the chat template, a batch's prompts and conversations are rendered in two template calls."""
+        if not self.use_hf_chat_template:
+            return super()._pieces_of(rows)
+        pairs = []
+        for where, row in rows:  # a bad row stops the batch here (this dataset never skips rows)
+            answer = self._answer_text(where, row)
+            pairs.append((self._prompt_text(where, row), answer))
+        users = [[{"role": "user", "content": prompt}] for prompt, _ in pairs]
+        try:
+            render = self.tokenizer.apply_chat_template
+            prompts = iter(render(users, add_generation_prompt=True, tokenize=False) if users else ())
+            fulls = iter(render([u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)],
+                                tokenize=False) if users else ())
+        except Exception:  # a template that rejects one row: the row-by-row path names it
+            return super()._pieces_of(rows)
+        return [Pieces([next(prompts), next(fulls)], [False, False], "chat_template") for _ in pairs]
+
     def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
         if pieces.state == "chat_template":
             prompt_ids, full_ids = encoded

@@ -97,13 +97,12 @@ class TokenizedDataset(Dataset):
     def _encode_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | None]:
         """A batch of rows: every row's pieces in one tokenizer call per special-token setting."""
         prepared: list[Pieces | None] = []
-        for where, row in rows:
-            try:
-                prepared.append(self._pieces(where, row))
-            except DatasetError:
+        for pieces in self._pieces_of(rows):
+            if isinstance(pieces, DatasetError):
                 if not self.skip_invalid_samples:
-                    raise
-                prepared.append(None)
+                    raise pieces
+                pieces = None
+            prepared.append(pieces)
         encoded = self._encode_texts([p for p in prepared if p is not None])
         samples: list[dict[str, Any] | None] = []
         for (where, _), pieces in zip(rows, prepared):
@@ -122,6 +121,19 @@ class TokenizedDataset(Dataset):
         """Token ids only (no attention mask or type ids to build: a quarter of the tokenizer's time)."""
         return self.tokenizer(text, add_special_tokens=special, return_attention_mask=False,
                               return_token_type_ids=False)["input_ids"]
+
+    def _pieces_of(self, rows: list[tuple[str, dict[str, Any]]]) -> list[Pieces | DatasetError]:
+        """Each row's pieces, or the error it raised (kept only with ``skip_invalid_samples``, else raised at once);
+        a subclass may prepare a whole batch at once."""
+        out: list[Pieces | DatasetError] = []
+        for where, row in rows:
+            try:
+                out.append(self._pieces(where, row))
+            except DatasetError as err:
+                if not self.skip_invalid_samples:
+                    raise
+                out.append(err)
+        return out
 
     def _encode_texts(self, prepared: list[Pieces]) -> Iterator[list[list[int]]]:
         by_flag: dict[bool, list[str]] = {True: [], False: []}
