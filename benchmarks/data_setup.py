@@ -172,10 +172,11 @@ def measure_one(side: str, form: str, data_file: str, cache_dir: str, num_proc: 
             from nemo_like.components.datasets.llm.packed_sequence import PackedSequence
 
             start = time.perf_counter()
-            packed = PackedSequence(ds, pack_size)
+            packed = PackedSequence(ds, pack_size, skip_long_samples=True)
             packed[len(packed) - 1]
             extra.update(pack_seconds=time.perf_counter() - start, pack_peak_rss_mib=_peak_mib(),
-                         packs=len(packed), fill=packed.stats["fill_ratio"])
+                         packs=len(packed), fill=packed.stats["fill_ratio"],
+                         skipped=packed.stats["skipped_too_long"])
     else:
         import datasets
 
@@ -230,7 +231,7 @@ def line(label: str, r: dict | None, timeout: float) -> str:
         text += f"  workers {r['workers_peak_mib']:.0f} MiB"
     if "pack_seconds" in r:
         text += (f"\n      packed max_fill {r['pack_seconds']:.2f} s to {r['packs']} packs, fill {r['fill']:.2%}, "
-                 f"peak RSS {r['pack_peak_rss_mib']:.0f} MiB")
+                 f"{r['skipped']} documents longer than a pack skipped, peak RSS {r['pack_peak_rss_mib']:.0f} MiB")
     if "new_cache_files" in r:
         text += f"  new cache files {r['new_cache_files']}"
     return text
@@ -247,7 +248,8 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="the peer's map workers")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before one measure is given up")
     parser.add_argument("--pack-size", type=int, default=0,
-                        help="also pack the warm nemo_like dataset into packs of this size (max_fill) and time it")
+                        help="also pack the warm nemo_like dataset into packs of this size (max_fill, longer "
+                             "documents skipped) and time it")
     parser.add_argument("--child", nargs=4, metavar=("SIDE", "FORM", "FILE", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
