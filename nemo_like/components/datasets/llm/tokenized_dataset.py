@@ -96,13 +96,7 @@ class TokenizedDataset(Dataset):
 
     def _encode_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | None]:
         """A batch of rows: every row's pieces in one tokenizer call per special-token setting."""
-        prepared: list[Pieces | None] = []
-        for pieces in self._pieces_of(rows):
-            if isinstance(pieces, DatasetError):
-                if not self.skip_invalid_samples:
-                    raise pieces
-                pieces = None
-            prepared.append(pieces)
+        prepared = [None if isinstance(p, DatasetError) else p for p in self._pieces_of(rows)]  # a skipped row
         encoded = self._encode_texts([p for p in prepared if p is not None])
         samples: list[dict[str, Any] | None] = []
         for (where, _), pieces in zip(rows, prepared):
