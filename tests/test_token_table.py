@@ -290,3 +290,12 @@ def test_a_broken_or_tampered_cache_entry_is_built_again(tiny_tokenizer, tmp_pat
     assert "unreadable" in caplog.text and "outside its entry" in caplog.text and again.samples == expected
     next(again.table.directory.glob("*.arrow")).write_bytes(b"not arrow")  # a truncated or garbled file
     assert _make("chat_mask_history", tiny_tokenizer, cache_dir=str(tmp_path)).samples == expected
+
+
+def test_a_parquet_file_that_is_not_parquet_is_one_line_naming_it(tiny_tokenizer, tmp_path):
+    bad = tmp_path / "rows.parquet"
+    bad.write_bytes(b"PAR1 this is not a parquet file at all")
+    with pytest.raises(DatasetError, match=rf"^{bad}: cannot read this Parquet file \(\w+"):
+        ColumnMappedTextInstructionDataset(str(bad), QM, tiny_tokenizer, max_length=0, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DatasetError, match="missing.parquet: data file not found"):
+        ColumnMappedTextInstructionDataset("missing.parquet", QM, tiny_tokenizer, max_length=0)

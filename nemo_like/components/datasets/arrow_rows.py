@@ -108,8 +108,7 @@ class RowSource:
         if self.paths is None:
             return self._hub()
         if self.native:
-            parts = [datasets.load_dataset(self.native, data_files=p, split="train", cache_dir=str(scratch / "hf"))
-                     for p in self.paths]
+            parts = [_read_native(self.native, p, scratch) for p in self.paths]
             self.bounds = [sum(len(t) for t in parts[:j]) for j in range(len(parts))]
             table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         else:
@@ -135,6 +134,15 @@ class RowSource:
 
 def _native_format(path: str) -> str | None:
     return NATIVE_FORMATS.get(os.path.splitext(path)[1].lower())
+
+
+def _read_native(builder: str, path: str, scratch: Path) -> Any:
+    """A Parquet or CSV file through ``datasets``; a file it cannot read is one line naming the file."""
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train", cache_dir=str(scratch / "hf"))
+    except Exception as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DatasetError(f"{path}: cannot read this {builder.capitalize()} file ({type(e).__name__}: {why})") from None
 
 
 def _checked_native(path: str) -> str:

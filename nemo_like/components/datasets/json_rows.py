@@ -34,9 +34,9 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def is_local_data_path(path_or_id: str | Sequence[str]) -> bool:
-    """True for local JSON/JSONL paths (which must then exist), False for hub dataset ids (``org/name``).
+    """True for local data files (which must then exist), False for hub dataset ids (``org/name``).
 
-    A name counts as a local path when it exists, ends in ``.json``/``.jsonl``, starts with
+    A name counts as a local path when it exists, ends in ``.json``/``.jsonl``/``.parquet``/``.csv``, starts with
     ``.``, ``/`` or ``~``, has more than one ``/`` (a hub id has one), or its first folder
     exists here, so a mistyped local path is reported as a missing file, not looked up on a hub.
     """
@@ -44,7 +44,7 @@ def is_local_data_path(path_or_id: str | Sequence[str]) -> bool:
 
     def local(p: str) -> bool:
         parts = p.replace(os.sep, "/").split("/")
-        return (os.path.exists(p) or p.endswith((".json", ".jsonl")) or p.startswith((".", "/", "~"))
+        return (os.path.exists(p) or p.endswith((".json", ".jsonl", ".parquet", ".csv")) or p.startswith((".", "/", "~"))
                 or len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0])))
 
     return all(local(p) for p in paths)
