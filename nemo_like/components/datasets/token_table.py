@@ -40,7 +40,7 @@ from nemo_like.components.datasets.json_rows import DatasetError
 
 logger = logging.getLogger("nemo_like")
 
-FORMAT = 1  # the layout of a cache entry; bump to leave old entries behind
+FORMAT = 2  # the layout of a cache entry; bump to leave old entries behind
 BATCH_ROWS = 1000
 MIN_ROWS_PER_PROCESS = 2000  # fewer rows than this per worker and forking costs more than it saves
 PROBE_ROWS = 256  # tokenized here first, so an error in the first rows needs no workers
@@ -110,11 +110,13 @@ class _TokenizeRows:
             with open(self.stop_file, "a", encoding="utf-8") as f:
                 f.write(str(err) + "\n")
             raise
-        out: dict[str, list] = {"input_ids": [], "labels": [], "file": [], "row": [], "index": [], "cut": []}
+        out: dict[str, list] = {"input_ids": [], "labels": [], "supervised": [], "file": [], "row": [], "index": [],
+                                "cut": []}
         for index, (file, row, _), sample in zip(indices, located, samples):
             if sample is not None:
                 out["input_ids"].append(sample["input_ids"])
                 out["labels"].append(sample["labels"])
+                out["supervised"].append(len(sample["labels"]) - sample["labels"].count(IGNORE_INDEX))
                 out["cut"].append(bool(sample.get("cut", False)))
                 out["file"].append(file)
                 out["row"].append(row)
@@ -124,7 +126,8 @@ class _TokenizeRows:
 
 def _features() -> Any:
     ids = datasets.List(datasets.Value("int32"))
-    return datasets.Features({"input_ids": ids, "labels": ids, "file": datasets.Value("int32"),
+    return datasets.Features({"input_ids": ids, "labels": ids, "supervised": datasets.Value("int32"),
+                              "file": datasets.Value("int32"),
                               "row": datasets.Value("int64"), "index": datasets.Value("int64"), "cut": datasets.Value("bool")})
 
 
@@ -140,14 +143,6 @@ class _ListColumn:
         c = int(np.searchsorted(self.starts, i, side="right")) - 1
         offsets, j = self.offsets[c], i - int(self.starts[c])
         return self.values[c][offsets[j] : offsets[j + 1]]
-
-    def counts_other_than(self, value: int) -> np.ndarray:
-        """Per row, how many of its entries differ from ``value`` (e.g. supervised labels)."""
-        out = []
-        for offsets, values in zip(self.offsets, self.values):
-            running = np.concatenate([[0], np.cumsum(values[offsets[0] : offsets[-1]] != value)])
-            out.append(running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]])
-        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
 
     def lengths(self) -> np.ndarray:
         if not self.offsets:
@@ -173,6 +168,7 @@ class TokenTable:
             raise DatasetError(f"{self.directory}: {len(table)} samples, the manifest says {self.manifest['samples']}")
         self.input_ids = _ListColumn(table.column("input_ids"))
         self.labels = _ListColumn(table.column("labels"))
+        self.supervised = table.column("supervised").to_numpy()
         self.file = table.column("file").to_numpy()
         self.row = table.column("row").to_numpy()
         self.lengths = self.input_ids.lengths()
@@ -204,8 +200,9 @@ class TokenTable:
         return arrays
 
     def label_counts(self) -> np.ndarray:
-        """Supervised labels (not ``IGNORE_INDEX``) of every sample."""
-        return self.labels.counts_other_than(IGNORE_INDEX)
+        """Supervised labels (not ``IGNORE_INDEX``) of every sample, counted when it was tokenized: packing
+        needs them without reading the label column."""
+        return self.supervised.astype(np.int64)
 
 
 def load_or_build(source: RowSource, encode: Encoder, key: str | None, *, cache_dir: str | os.PathLike | None,
