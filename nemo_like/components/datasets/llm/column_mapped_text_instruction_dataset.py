@@ -133,35 +133,24 @@ class ColumnMappedTextInstructionDataset(TokenizedDataset):
         return answer
 
     def _pieces(self, where: str, row: dict[str, Any]) -> Pieces:
-        answer = self._answer_text(where, row)
-        prompt_text = self._prompt_text(where, row)
-        if self.use_hf_chat_template:
-            user = [{"role": "user", "content": prompt_text}]
-            render = self.tokenizer.apply_chat_template
-            prompt = render(user, add_generation_prompt=True, tokenize=False)
-            full = render(user + [{"role": "assistant", "content": answer}], tokenize=False)
-            return Pieces([prompt, full], [False, False], "chat_template")  # as apply_chat_template tokenizes
-        # A written prompt ends as its template or function says; the column prompt gets one space.
-        separator = "" if self.prompt_format is not None else " "
-        return Pieces([prompt_text + separator, answer], [True, False], "plain")
+        return self._pieces_of([(where, row)])[0]
 
-    def _pieces_of(self, rows: list[tuple[str, dict[str, Any]]]) -> list[Pieces | DatasetError]:
-        """With the chat template, a batch's prompts and conversations are rendered in two template calls."""
-        if not self.use_hf_chat_template:
-            return super()._pieces_of(rows)
+    def _pieces_of(self, rows: list[tuple[str, dict[str, Any]]]) -> list[Pieces]:
+        """Each row's prompt and answer texts; with the chat template, a batch's prompts and conversations are
+        rendered in two template calls (tokenized as ``apply_chat_template`` tokenizes them)."""
         pairs = []
         for where, row in rows:  # a bad row stops the batch here (this dataset never skips rows)
             answer = self._answer_text(where, row)
             pairs.append((self._prompt_text(where, row), answer))
+        if not self.use_hf_chat_template:
+            # A written prompt ends as its template or function says; the column prompt gets one space.
+            separator = "" if self.prompt_format is not None else " "
+            return [Pieces([prompt + separator, answer], [True, False], "plain") for prompt, answer in pairs]
+        render = self.tokenizer.apply_chat_template
         users = [[{"role": "user", "content": prompt}] for prompt, _ in pairs]
-        try:
-            render = self.tokenizer.apply_chat_template
-            prompts = iter(render(users, add_generation_prompt=True, tokenize=False) if users else ())
-            fulls = iter(render([u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)],
-                                tokenize=False) if users else ())
-        except Exception:  # a template that rejects one row: the row-by-row path names it
-            return super()._pieces_of(rows)
-        return [Pieces([next(prompts), next(fulls)], [False, False], "chat_template") for _ in pairs]
+        prompts = render(users, add_generation_prompt=True, tokenize=False)
+        fulls = render([u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)], tokenize=False)
+        return [Pieces([p, f], [False, False], "chat_template") for p, f in zip(prompts, fulls)]
 
     def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
         if pieces.state == "chat_template":

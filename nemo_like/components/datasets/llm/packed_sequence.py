@@ -174,15 +174,16 @@ class PackedSequence(Dataset):
                 if self.skip_long_samples:
                     self.stats["skipped_too_long"] += 1
                     continue
-                raise DatasetError(
-                    f"{_row_name(dataset, idx)}: {len(ids)} tokens exceed packed_sequence_size {size}; "
-                    "raise packed_sequence_size, set packed_sequence.split_across_pack: true, "
-                    "or skip such rows with packed_sequence.skip_long_samples: true"
-                )
+                raise self._too_long(_row_name(dataset, idx), len(ids))
             self.stats["documents"] += 1
             self.stats["label_tokens"] += len(labels) - labels.count(IGNORE_INDEX)
             documents.append((ids, labels))
         return documents
+
+    def _too_long(self, where: str, tokens: int) -> DatasetError:
+        return DatasetError(f"{where}: {tokens} tokens exceed packed_sequence_size {self.packed_sequence_size}; "
+                            "raise packed_sequence_size, set packed_sequence.split_across_pack: true, "
+                            "or skip such rows with packed_sequence.skip_long_samples: true")
 
     def _table_documents(self, dataset: TokenizedDataset, table: TokenTable) -> tuple[_TableDocuments, np.ndarray]:
         """``_documents`` on the arrays of a token table: the same checks and counts, no row read."""
@@ -192,11 +193,7 @@ class PackedSequence(Dataset):
             too_long = lengths > self.packed_sequence_size
             if too_long.any() and not self.skip_long_samples:
                 first = int(np.argmax(too_long))
-                raise DatasetError(
-                    f"{dataset.location(first)}: {int(lengths[first])} tokens exceed packed_sequence_size "
-                    f"{self.packed_sequence_size}; raise packed_sequence_size, set packed_sequence.split_across_pack: "
-                    "true, or skip such rows with packed_sequence.skip_long_samples: true"
-                )
+                raise self._too_long(dataset.location(first), int(lengths[first]))
             self.stats["skipped_too_long"] += int(np.count_nonzero(too_long & keep))
             keep &= ~too_long
         rows = np.flatnonzero(keep)

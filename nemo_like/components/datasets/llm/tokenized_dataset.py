@@ -141,9 +141,7 @@ class TokenizedDataset(Dataset):
     def _explain(self, where: str, row: dict[str, Any]) -> str | None:
         """Why a row left no sample: its error, or None when it simply had no label."""
         try:
-            pieces = self._pieces(where, row)
-            encoded = [list(self._ids(t, s)) for t, s in zip(pieces.texts, pieces.special)]
-            self._finish(where, pieces, encoded)
+            self._tokenize(where, row)
         except DatasetError as err:
             return str(err)
         return None
