@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.json_rows import DatasetError, read_json_rows
 from nemo_like.components.datasets.llm.chat_dataset import ChatDataset
 from nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset import (
     ColumnMappedTextInstructionDataset,
 )
-from nemo_like.components.datasets.llm.formatting_utils import load_rows
 from nemo_like.components.datasets.llm.pretrain_text_dataset import PretrainTextDataset
 from nemo_like.components.datasets.llm.xlam import XLAMDataset
 
@@ -88,7 +87,7 @@ def test_batched_tokenization_equals_row_by_row(case, tiny_tokenizer, tmp_path):
     ds = _make(case, tiny_tokenizer, cache_dir=str(tmp_path))
     path = {"quickstart_chat_template": "quickstart/train.jsonl", "chat": "chat/train.jsonl",
             "xlam": "xlam/train.json", "text_documents": "text/train.jsonl"}[case]
-    one_by_one = [s for s in (ds._tokenize(w, r) for w, r in load_rows(f"{DATA}/{path}")) if s is not None]
+    one_by_one = [s for s in (ds._tokenize(w, r) for w, r in read_json_rows(f"{DATA}/{path}")) if s is not None]
     assert ds.samples == one_by_one and len(ds.lengths) == len(ds)
     assert [int(n) for n in ds.lengths] == [len(s["input_ids"]) for s in one_by_one]
 

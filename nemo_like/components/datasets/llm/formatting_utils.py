@@ -1,4 +1,4 @@
-"""Helpers every LLM dataset shares: rows with a location label, and the pre-shifted sample format.
+"""Helpers every LLM dataset shares: the pre-shifted sample format and the padding/truncation words.
 
 Keeping them in one place means an instruction row, a chat and an xLAM call all come
 out in exactly the same shape (``input_ids``, ``labels``, ``attention_mask``, shifted
@@ -7,32 +7,10 @@ by one, -100 where there is no loss) and name a bad row the same way (``file:lin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from nemo_like.components.batch import IGNORE_INDEX
-from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path, read_json_rows, slice_split
-
-
-def load_rows(path_or_dataset_id: str | Sequence[str], split: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """Rows with a location label (``file:line``, ``file[i]`` in a JSON array, or ``dataset[i]``) from local
-    JSON/JSONL files or a hub dataset."""
-    if is_local_data_path(path_or_dataset_id):
-        paths = [path_or_dataset_id] if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
-        rows = [located for p in paths for located in read_json_rows(p)]
-        return slice_split(rows, split)
-    try:
-        import datasets
-    except ImportError as e:  # pragma: no cover - datasets is a core dependency
-        raise DatasetError("loading a hub dataset needs the 'datasets' package") from e
-    try:
-        ds = datasets.load_dataset(path_or_dataset_id, split=split or "train")
-    except Exception as e:
-        raise DatasetError(
-            f"{path_or_dataset_id}: cannot load this dataset ({type(e).__name__}); "
-            "on an offline machine give a local JSON/JSONL path"
-        ) from e
-    return [(f"{path_or_dataset_id}[{i}]", dict(row)) for i, row in enumerate(ds)]
+from nemo_like.components.datasets.json_rows import DatasetError
 
 
 def shift_and_pad(
