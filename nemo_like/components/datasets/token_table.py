@@ -25,6 +25,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ class _TokenizeRows:
     def __init__(self, source: RowSource, encode: Encoder, stop_file: str) -> None:
         self.source, self.encode, self.stop_file = source, encode, stop_file
 
-    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> pa.Table:
         if os.path.exists(self.stop_file):
             raise _Stopped
         try:
@@ -110,8 +111,8 @@ class _TokenizeRows:
             with open(self.stop_file, "a", encoding="utf-8") as f:
                 f.write(str(err) + "\n")
             raise
-        out: dict[str, list] = {"input_ids": [], "labels": [], "supervised": [], "file": [], "row": [], "index": [],
-                                "cut": []}
+        out: dict[str, Any] = {"input_ids": [], "labels": [], "supervised": [], "file": [], "row": [], "index": [],
+                               "cut": []}
         for index, (file, row, _), sample in zip(indices, located, samples):
             if sample is not None:
                 out["input_ids"].append(sample["input_ids"])
@@ -121,7 +122,17 @@ class _TokenizeRows:
                 out["file"].append(file)
                 out["row"].append(row)
                 out["index"].append(index)
-        return out
+        out["input_ids"], out["labels"] = _int32_lists(out["input_ids"]), _int32_lists(out["labels"])
+        return pa.Table.from_pydict(out, schema=_SCHEMA)
+
+
+def _int32_lists(rows: list[list[int]]) -> pa.Array:
+    """A ``list<int32>`` Arrow column built from flat numpy arrays (not inferred row by row from Python lists)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 def _features() -> Any:
@@ -129,6 +140,9 @@ def _features() -> Any:
     return datasets.Features({"input_ids": ids, "labels": ids, "supervised": datasets.Value("int32"),
                               "file": datasets.Value("int32"),
                               "row": datasets.Value("int64"), "index": datasets.Value("int64"), "cut": datasets.Value("bool")})
+
+
+_SCHEMA = _features().arrow_schema
 
 
 class _ListColumn:

@@ -22,6 +22,8 @@ from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, shift_and_pad
 from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
+from nemo_like.components.datasets.llm.batch_encoder import MISMATCH
+from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset, callable_identity
 
 _COLUMNS = ("context", "question", "answer")
@@ -146,18 +148,27 @@ class ColumnMappedTextInstructionDataset(TokenizedDataset):
             # A written prompt ends as its template or function says; the column prompt gets one space.
             separator = "" if self.prompt_format is not None else " "
             return [Pieces([prompt + separator, answer], [True, False], "plain") for prompt, answer in pairs]
-        render = self.tokenizer.apply_chat_template
+        render = self.renderer.render
         users = [[{"role": "user", "content": prompt}] for prompt, _ in pairs]
-        prompts = render(users, add_generation_prompt=True, tokenize=False)
-        fulls = render([u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)], tokenize=False)
-        return [Pieces([p, f], [False, False], "chat_template") for p, f in zip(prompts, fulls)]
+        prompts = render(users, add_generation_prompt=True)
+        fulls = render([u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)])
+        return [Pieces([f], [False], "chat_template", prefixes={0: p}) for p, f in zip(prompts, fulls)]
+
+    @property
+    def renderer(self) -> ChatRenderer:
+        renderer = self.__dict__.get("_renderer")
+        if renderer is None or renderer.tokenizer is not self.tokenizer:
+            renderer = self.__dict__["_renderer"] = ChatRenderer(self.tokenizer, self.tokenizer.chat_template)
+        return renderer
 
     def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
         if pieces.state == "chat_template":
-            prompt_ids, full_ids = encoded
-            if full_ids[: len(prompt_ids)] != prompt_ids:
-                raise DatasetError("the chat template does not render the prompt as a prefix of the conversation")
-            answer_ids = full_ids[len(prompt_ids) :]
+            (full_ids,) = encoded
+            n = pieces.counts[0]  # the prompt's tokens, counted inside the conversation's (see Pieces.prefixes)
+            if n == MISMATCH:
+                raise DatasetError(f"{where}: the chat template does not render the prompt as a prefix of the "
+                                   "conversation")
+            prompt_ids, answer_ids = full_ids[:n], full_ids[n:]
         else:
             prompt_ids, answer_ids = encoded[0], encoded[1] + [self.tokenizer.eos_token_id]
         # Lengths count model inputs: the pair is shifted, so n tokens are n - 1 inputs.

@@ -22,7 +22,7 @@ def shift_and_pad(
     token carries a label, since such a row would only add zeros to the loss.
     """
     sample = {"input_ids": ids[:-1], "labels": labels[1:], "attention_mask": [1] * (len(ids) - 1)}
-    if all(label == IGNORE_INDEX for label in sample["labels"]):
+    if sample["labels"].count(IGNORE_INDEX) == len(sample["labels"]):
         return None
     if seq_length is not None:
         pad = seq_length - len(sample["input_ids"])

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.arrow_rows import RowSource
 from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.llm.batch_encoder import MISMATCH, BatchEncoder
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.token_table import (
     TokenTable,
@@ -44,6 +45,11 @@ class Pieces:
     texts: list[str]
     special: list[bool]
     state: Any = None  # what ``_assemble`` needs besides the token ids
+    # {i: prefix}: ``_assemble`` wants ``len(tokenize(prefix))`` for a prefix of ``texts[i]`` (a prompt inside
+    # prompt + answer); ``counts[i]`` gets it, counted from the text's tokens where the encoder can (MISMATCH
+    # when they do not start with the prefix's), else by tokenizing the prefix.
+    prefixes: dict[int, str] | None = None
+    counts: dict[int, int] | None = None
 
 
 def callable_identity(fn: Callable[..., Any] | None) -> str | None:
@@ -91,6 +97,7 @@ class TokenizedDataset(Dataset):
         """One row as an item (or None when it has no label), tokenized piece by piece."""
         pieces = self._pieces(where, row)
         encoded = [list(self._ids(text, special)) for text, special in zip(pieces.texts, pieces.special)]
+        self._count_prefixes(pieces, encoded, None)
         sample = self._finish(where, pieces, encoded)
         return None if sample is None else self._item(sample["input_ids"], sample["labels"])
 
@@ -111,10 +118,18 @@ class TokenizedDataset(Dataset):
                 samples.append(None)
         return samples
 
-    def _ids(self, text: str | list[str], special: bool) -> Any:
+    @property
+    def encoder(self) -> BatchEncoder:
+        encoder = self.__dict__.get("_encoder")
+        if encoder is None or encoder.tokenizer is not self.tokenizer:
+            encoder = self.__dict__["_encoder"] = BatchEncoder(self.tokenizer)
+        return encoder
+
+    def _ids(self, text: str | list[str], special: bool, keep: bool = False) -> Any:
         """Token ids only (no attention mask or type ids to build: a quarter of the tokenizer's time)."""
-        return self.tokenizer(text, add_special_tokens=special, return_attention_mask=False,
-                              return_token_type_ids=False)["input_ids"]
+        if isinstance(text, str):
+            return self.encoder.encode([text], special)[0]
+        return self.encoder.encode(text, special, keep=keep)
 
     def _pieces_of(self, rows: list[tuple[str, dict[str, Any]]]) -> list[Pieces | DatasetError]:
         """Each row's pieces, or the error it raised (kept only with ``skip_invalid_samples``, else raised at once);
@@ -134,9 +149,30 @@ class TokenizedDataset(Dataset):
         for pieces in prepared:
             for text, special in zip(pieces.texts, pieces.special):
                 by_flag[special].append(text)
-        ids = {flag: iter(self._ids(texts, flag)) if texts else iter(()) for flag, texts in by_flag.items()}
+        ids = {True: iter(self._ids(by_flag[True], True))}
+        ids[False] = iter(self._ids(by_flag[False], False, keep=True))  # prefixes are counted on these
+        position = 0  # of the next unflagged text in that batch
         for pieces in prepared:
-            yield [list(next(ids[special])) for special in pieces.special]
+            encoded = [next(ids[special]) for special in pieces.special]
+            if pieces.prefixes:
+                self._count_prefixes(pieces, encoded, position)
+            position += pieces.special.count(False)
+            yield encoded
+
+    def _count_prefixes(self, pieces: Pieces, encoded: list[list[int]], position: int | None) -> None:
+        """``pieces.counts``: each asked prefix's token count (see ``Pieces.prefixes``); ``position``: where the row's
+        first unflagged text sits in the encoder's last batch (None: not encoded in a batch)."""
+        if not pieces.prefixes:
+            return
+        pieces.counts = {}
+        for i, prefix in pieces.prefixes.items():
+            count = None
+            if position is not None and not pieces.special[i]:
+                count = self.encoder.prefix_count(prefix, pieces.texts[i], position + pieces.special[:i].count(False))
+            if count is None:
+                prefix_ids = self._ids(prefix, pieces.special[i])
+                count = len(prefix_ids) if encoded[i][: len(prefix_ids)] == list(prefix_ids) else MISMATCH
+            pieces.counts[i] = count
 
     def _explain(self, where: str, row: dict[str, Any]) -> str | None:
         """Why a row left no sample: its error, or None when it simply had no label."""
@@ -147,10 +183,14 @@ class TokenizedDataset(Dataset):
         return None
 
     # ------------------------------------------------------------------ building
+    def _row_source(self, path_or_dataset_id: str | Sequence[str], split: str | None) -> RowSource:
+        """Where the rows come from (a subclass may reorder them, e.g. a seeded shuffle)."""
+        return RowSource.of(path_or_dataset_id, split)
+
     def _load_table(self, path_or_dataset_id: str | Sequence[str], split: str | None, limit: int | None,
                     cache_dir: str | None, num_proc: int | None, require_samples: bool = True) -> None:
         """Tokenize every row (or map the cached tokens), then log the rows cut and skipped, as a build would."""
-        source = RowSource.of(path_or_dataset_id, split)
+        source = self._row_source(path_or_dataset_id, split)
         settings = self._settings()
         key = None if settings is None else fingerprint(
             "token-table", code_fingerprint(), source.fingerprint(), tokenizer_fingerprint(self.tokenizer),

@@ -1,0 +1,105 @@
+"""Token ids of many texts in one call, and how many of a text's tokens are a prefix's, without tokenizing the prefix.
+
+Why: set-up time of a large dataset is mostly tokenizer time. A fast tokenizer's Rust backend
+gives the same ids as ``tokenizer(texts)["input_ids"]`` without the per-text Python objects
+the wrapper builds (masks, type ids, BatchEncoding); a slow tokenizer goes through the wrapper.
+
+Supervised data needs to know where the prompt ends inside the tokens of ``prompt + answer``.
+Tokenizing the prompt a second time costs about half as much again as the whole row. A fast
+tokenizer splits text at its special tokens before anything else, and tokenizes each stretch
+between them on its own, so the tokens of a prefix up to its last special token are the tokens
+of the full text up to that token; only the short rest after it (in a chat template the same
+``assistant\\n`` for every row) needs tokenizing, once, and comparing with the full text's tokens
+at that place. The count is exactly ``len(tokenize(prefix))`` whenever ``tokenize(full)`` starts
+with ``tokenize(prefix)``, and None (the caller tokenizes the prefix itself) whenever this cannot
+be shown: no special token in the prefix, special tokens that strip or normalise their
+neighbours, a slow tokenizer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+MISMATCH = -1  # the full text's tokens do not begin with the prefix's tokens
+
+
+class BatchEncoder:
+    """``encode(texts, special)`` -> ids per text; ``prefix_count(prefix, full, i)`` for the last batch encoded."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        if backend is not None and (backend.truncation is not None or backend.padding is not None):
+            backend = None  # the wrapper switches these off per call; the backend alone would apply them
+        self.backend = backend
+        self._split = self._special_pattern(tokenizer) if backend is not None else None
+        self._special_ids = ({t.content: i for i, t in tokenizer.added_tokens_decoder.items()}
+                             if self._split is not None else {})
+        self._tails: dict[str, list[int]] = {}
+        self._encodings: list[Any] = []
+        self._checked = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent to worker processes without the last batch's encodings (not picklable, not needed)."""
+        return {**self.__dict__, "_encodings": [], "_tails": {}}
+
+    @staticmethod
+    def _special_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+        """A pattern finding the tokenizer's added tokens as it finds them (longest first), or None when one of
+        them is matched in a way a plain text search cannot follow (normalised, stripping, whole-word)."""
+        added = list(getattr(tokenizer, "added_tokens_decoder", {}).values())
+        if not added or any(t.normalized or t.lstrip or t.rstrip or t.single_word for t in added):
+            return None
+        contents = sorted({t.content for t in added if t.content}, key=len, reverse=True)
+        return re.compile("|".join(re.escape(c) for c in contents))
+
+    def encode(self, texts: Sequence[str], special: bool, keep: bool = False) -> list[list[int]]:
+        """Ids of every text, as ``tokenizer(texts, add_special_tokens=special)["input_ids"]`` gives them;
+        ``keep``: hold the encodings for ``prefix_count`` (until the next ``keep`` call)."""
+        if keep:
+            self._encodings = []
+        if not texts:
+            return []
+        if self.backend is None:
+            return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=special,
+                                                        return_attention_mask=False,
+                                                        return_token_type_ids=False)["input_ids"]]
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=special)
+        ids = [e.ids for e in encodings]
+        if not self._checked:  # once: the backend and the wrapper agree on this tokenizer
+            self._checked = True
+            probe = list(texts[:4])
+            expected = self.tokenizer(probe, add_special_tokens=special, return_attention_mask=False,
+                                      return_token_type_ids=False)["input_ids"]
+            if [list(x) for x in expected] != ids[: len(probe)]:
+                self.backend, self._split = None, None
+                return self.encode(texts, special)
+        if keep and not special:
+            self._encodings = encodings
+        return ids
+
+    def prefix_count(self, prefix: str, full: str, index: int) -> int | None:
+        """``len(tokenize(prefix))`` for ``full`` = the ``index``-th text of the last ``encode(..., False, keep=True)``;
+        ``MISMATCH`` when ``tokenize(full)`` does not start with ``tokenize(prefix)``; None when not shown here."""
+        if self._split is None or index >= len(self._encodings) or not full.startswith(prefix):
+            return None
+        last = None
+        for last in self._split.finditer(prefix):
+            pass
+        if last is None:
+            return None
+        encoding = self._encodings[index]
+        at = encoding.char_to_token(last.start())
+        ids = encoding.ids
+        if at is None or ids[at] != self._special_ids.get(last.group()):
+            return None
+        tail = prefix[last.end():]
+        tail_ids = self._tails.get(tail)
+        if tail_ids is None:
+            tail_ids = self._tails[tail] = self.backend.encode(tail, add_special_tokens=False).ids if tail else []
+            if len(self._tails) > 4096:  # tails repeat (a template's answer header); a cap keeps odd data bounded
+                self._tails.clear()
+        end = at + 1 + len(tail_ids)
+        return end if ids[at + 1 : end] == tail_ids else MISMATCH
