@@ -96,6 +96,23 @@ def _with_sdpa_fallback(load, attn_implementation: str | None) -> PreTrainedMode
         return load("eager")
 
 
+def _backend_attention(backend: Any, attn_implementation: str | None) -> str | None:
+    """The attention kernel when ``backend`` (a ``BackendConfig`` or its fields) is given.
+
+    ``backend.attn`` decides unless ``attn_implementation`` names another kernel itself, which
+    is a contradiction the caller must resolve.
+    """
+    if backend is None:
+        return attn_implementation
+    from nemo_like.components.models.common.backend import BackendConfig
+
+    chosen = BackendConfig.from_section(backend).attn_implementation
+    if attn_implementation not in (None, "sdpa", chosen):
+        raise ValueError(f"attn_implementation={attn_implementation!r} contradicts backend.attn "
+                         f"(= {chosen!r}); give only one")
+    return chosen
+
+
 def _with_fused_swiglu(model: PreTrainedModel, fused: bool) -> PreTrainedModel:
     if fused and apply_fused_swiglu(model) == 0:
         logger.warning("fused_swiglu: %s has no SwiGLU MLP (gate/up/down with SiLU); left as it is.",
@@ -119,6 +136,7 @@ class NeMoAutoModelForCausalLM:
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
         fused_swiglu: bool = False,
+        backend: Any = None,
         **kwargs: Any,
     ) -> PreTrainedModel:
         """Load a causal LM from a local directory, a ``.gguf`` file or a hub id.
@@ -128,8 +146,10 @@ class NeMoAutoModelForCausalLM:
         A ``quantization_config`` (bitsandbytes, for QLoRA) goes to transformers as
         is; a GGUF source is unpacked first, since transformers refuses the pair.
         ``fused_swiglu`` routes the MLPs through ``SwiGLUFunction`` (half the MLP
-        activations kept for the backward; see ``fused_swiglu.py``).
+        activations kept for the backward; see ``fused_swiglu.py``). ``backend`` (a
+        ``BackendConfig``) picks the kernels; its ``attn`` sets the attention implementation.
         """
+        attn_implementation = _backend_attention(backend, attn_implementation)
         model = cls._load_pretrained(
             pretrained_model_name_or_path, *model_args, torch_dtype=torch_dtype,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, gguf_file=gguf_file, **kwargs
@@ -198,13 +218,15 @@ class NeMoAutoModelForCausalLM:
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
         fused_swiglu: bool = False,
+        backend: Any = None,
         **kwargs: Any,
     ) -> PreTrainedModel:
         """Build a randomly initialised causal LM from a config object, a dict or a config directory.
 
         ``torch_dtype="auto"`` uses the config's dtype when it names one, else float32.
-        ``fused_swiglu`` as in ``from_pretrained``.
+        ``fused_swiglu`` and ``backend`` as in ``from_pretrained``.
         """
+        attn_implementation = _backend_attention(backend, attn_implementation)
         dtype = _pick_dtype(torch_dtype, kwargs)
         _drop_nemo_only_options(kwargs)
         config = _as_config(config, trust_remote_code)

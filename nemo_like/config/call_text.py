@@ -40,14 +40,17 @@ def describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def check_binding(target: Any, args: tuple, built: dict, key: str, raw_target: Any) -> None:
-    """A call that does not fit the target's signature is the recipe's mistake: one line, what it takes and got."""
+def check_binding(target: Any, args: tuple, built: dict, key: str, raw_target: Any, partial: bool = False) -> None:
+    """A call that does not fit the target's signature is the recipe's mistake: one line, what it takes and got.
+
+    ``partial``: the arguments may leave required parameters to the later caller (`_partial_: true`).
+    """
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
         return  # no signature to hold the call against (some builtins): the call itself decides
     try:
-        signature.bind(*args, **built)
+        (signature.bind_partial if partial else signature.bind)(*args, **built)
     except TypeError as err:
         raise ConfigError(
             f"{key}: building {describe(raw_target)} failed: {err}; signature {_signature(target)}; "

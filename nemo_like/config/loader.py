@@ -9,6 +9,8 @@ run `os.system`.
 from __future__ import annotations
 
 import ast
+import functools
+import inspect
 import os
 import re
 from pathlib import Path
@@ -19,6 +21,8 @@ import yaml
 from nemo_like.config.call_text import brief_call, check_binding, describe
 from nemo_like.config.errors import ConfigError, ConfigKeyError
 from nemo_like.config.errors import did_you_mean as _did_you_mean
+from nemo_like.config.interpolation import Template, resolve_templates
+from nemo_like.config.typed_sections import located
 from nemo_like.config.target_gate import (
     ALLOWED_MODULE_PREFIXES,
     DENIED_TARGET_PREFIXES,
@@ -33,6 +37,7 @@ __all__ = [
     "ConfigError",
     "ConfigKeyError",
     "ConfigNode",
+    "GatedPartial",
     "interpolate_env",
     "load_yaml_config",
     "parse_literal",
@@ -120,21 +125,20 @@ class _RecipeLoader(yaml.SafeLoader):
 _RecipeLoader.add_constructor("tag:yaml.org,2002:str", _RecipeLoader.construct_yaml_str)
 
 
-def _type_plain(value: Any, path: str, interpolate: bool = True, env_paths: set[str] | None = None) -> Any:
-    """Walk freshly loaded YAML: interpolate env vars (recording where), type unquoted literals, plain keys."""
+def _type_plain(value: Any, path: str, interpolate: bool = True) -> Any:
+    """Walk freshly loaded YAML: type unquoted literals, keep `$` forms as templates to resolve."""
     if isinstance(value, dict):
         return {
-            (str(k) if isinstance(k, str) else k): _type_plain(v, _join(path, k), interpolate, env_paths)
+            (str(k) if isinstance(k, str) else k): _type_plain(v, _join(path, k), interpolate)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_type_plain(v, _join(path, i), interpolate, env_paths) for i, v in enumerate(value)]
+        return [_type_plain(v, _join(path, i), interpolate) for i, v in enumerate(value)]
     if isinstance(value, str):
         plain = isinstance(value, _PlainStr)
-        if interpolate and env_paths is not None and _ENV_PATTERN.search(value):
-            env_paths.add(path)
-        text = interpolate_env(str(value), path) if interpolate else str(value)
-        return parse_literal(text) if plain else text
+        if interpolate and "$" in value:
+            return Template(str(value), plain)
+        return parse_literal(str(value)) if plain else str(value)
     return value
 
 
@@ -142,8 +146,12 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def load_yaml_config(path: str | os.PathLike[str]) -> "ConfigNode":
-    """Read a recipe file into a ConfigNode; every failure names the file on one line."""
+def load_yaml_config(path: str | os.PathLike[str], resolve: bool = True) -> "ConfigNode":
+    """Read a recipe file into a ConfigNode; every failure names the file on one line.
+
+    `resolve=False` leaves `${...}` / `$VAR` for ``ConfigNode.resolve`` (after CLI overrides,
+    so that a reference sees the overridden value, as in Hydra).
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -166,10 +174,10 @@ def load_yaml_config(path: str | os.PathLike[str]) -> "ConfigNode":
         raise ConfigError(
             f"config file '{file}' must hold a mapping of sections, got a {type(data).__name__}"
         )
-    env_paths: set[str] = set()
-    root = ConfigNode(_type_plain(data, "", env_paths=env_paths))
-    root.env_paths.update(env_paths)
+    root = ConfigNode(_type_plain(data, ""))
     root.sources.update({key: f"{file}:{line}" for key, line in _key_lines(text).items()})
+    if resolve:
+        root.resolve()
     return root
 
 
@@ -277,7 +285,8 @@ class ConfigNode:
 
     @property
     def env_paths(self) -> set[str]:
-        """Dotted keys whose values were read from the environment (``${oc.env:VAR}``): never written out."""
+        """Dotted keys whose values were read from the environment (``${oc.env:VAR}``, ``${VAR}``, ``$VAR``)
+        or copied from such a key by ``${a.b}``: never written out in plain form."""
         return self._env_paths
 
     @property
@@ -288,6 +297,15 @@ class ConfigNode:
     def _missing(self, key: object) -> str:
         hint = _did_you_mean(str(key), [str(k) for k in self._data])
         return f"{_join(self._path, key)}: no such key{hint}"
+
+    # -- interpolation
+    def resolve(self) -> "ConfigNode":
+        """Resolve the `${...}` / `$VAR` values still pending (from the file or the CLI), in place."""
+        resolve_templates(
+            self, self._sources, self._env_paths, lambda p: located(p, self._sources),
+            lambda v: isinstance(v, ConfigNode), parse_literal, _wrap,
+        )
+        return self
 
     # -- dotted paths
     def get(self, path: Any, default: Any = None) -> Any:
@@ -341,13 +359,24 @@ class ConfigNode:
         return {key: _plain(value) for key, value in self._data.items()}
 
     def instantiate(self, *args: Any, **kwargs: Any) -> Any:
-        """Call `_target_` with this node's keys; runtime kwargs win over the YAML's."""
+        """Call `_target_` with this node's keys; runtime kwargs win over the YAML's.
+
+        Hydra's conventions hold: `_args_` lists positional arguments (runtime `args` replace
+        them), and `_partial_: true` returns a ``functools.partial`` of the target instead of
+        calling it. Either way the target and every argument go through the gate first.
+        """
         key = _join(self._path, "_target_")
         if "_target_" not in self._data:
             raise ConfigError(
                 f"{self._path or '<root>'}: no '_target_' to instantiate "
                 f"(keys: {', '.join(map(str, self._data)) or 'none'})"
             )
+        for name in _UNSUPPORTED_HYDRA_KEYS:
+            if name in self._data:
+                raise ConfigError(
+                    f"{_join(self._path, name)}: Hydra's '{name}' is not supported "
+                    f"(got {self._data[name]!r}); nested targets are always built and values stay Python objects"
+                )
         raw_target = self._data["_target_"]
         target = resolve_target(raw_target, key)
         if not callable(target):
@@ -355,16 +384,28 @@ class ConfigNode:
                 f"{key}: {describe(raw_target)!r} resolves to a {type(target).__name__}, "
                 f"which cannot be called"
             )
+        partial = self._data.get("_partial_", False)
+        if not isinstance(partial, bool):
+            raise ConfigError(f"{_join(self._path, '_partial_')}: expected true or false, got {partial!r}")
+        yaml_args = self._data.get("_args_", [])
+        if not isinstance(yaml_args, (list, tuple)):
+            raise ConfigError(f"{_join(self._path, '_args_')}: expected a list of positional arguments, "
+                              f"got {yaml_args!r}")
+        if not args:
+            args = tuple(_build(v, _join(self._path, f"_args_.{i}"), "_args_") for i, v in enumerate(yaml_args))
         built = {
             name: _build(value, _join(self._path, name), str(name))
             for name, value in self._data.items()
-            if name != "_target_" and name not in kwargs
+            if name not in _SPECIAL_KEYS and name not in kwargs
         }
         built.update(kwargs)
         from nemo_like.config.target_gate import check_call_arguments
 
-        check_call_arguments(target, built, key, raw_target if isinstance(raw_target, str) else None)
-        check_binding(target, args, built, key, raw_target)
+        written = raw_target if isinstance(raw_target, str) else None
+        check_call_arguments(target, _named_arguments(target, args, built), key, written)
+        check_binding(target, args, built, key, raw_target, partial=partial)
+        if partial:
+            return GatedPartial.make(target, args, built, key, written)
         try:
             return target(*args, **built)
         except ConfigError:
@@ -385,6 +426,45 @@ class ConfigNode:
             # Anything else is a bug: it keeps its traceback, which ends by naming what was being built.
             err.add_note(f"(raised while building '{self._path or key}': {describe(raw_target)})")
             raise
+
+
+_SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_args_"})
+_UNSUPPORTED_HYDRA_KEYS = ("_recursive_", "_convert_")
+
+
+def _named_arguments(target: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments by parameter name, so a positional `_args_` item is judged like a keyword."""
+    if not args:
+        return kwargs
+    try:
+        bound = inspect.signature(target).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return {**kwargs, "_args_": list(args)}
+    named = dict(bound.arguments)
+    for name, param in inspect.signature(target).parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD and name in named:
+            named.update(named.pop(name))
+    return named
+
+
+class GatedPartial(functools.partial):
+    """The ``functools.partial`` a `_partial_: true` node builds: keywords its caller adds later
+    meet the same argument rules of the gate as the recipe's own (``trust_remote_code``, pickle)."""
+
+    @classmethod
+    def make(cls, target: Any, args: tuple, kwargs: dict[str, Any], key: str, written: str | None) -> "GatedPartial":
+        made = cls(target, *args, **kwargs)
+        made.gate_key, made.gate_written = key, written
+        return made
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        from nemo_like.config.target_gate import check_call_arguments
+
+        shallow = {k: v for k, v in kwargs.items() if not isinstance(v, (dict, list, tuple))}
+        if shallow:
+            check_call_arguments(self.func, shallow, getattr(self, "gate_key", "_target_"),
+                                 getattr(self, "gate_written", None))
+        return super().__call__(*args, **kwargs)
 
 
 def _wrap(value: Any, path: str) -> Any:

@@ -2,8 +2,9 @@
 
 A value is secret when its key looks like a credential (``hf_token``, ``wandb.key``,
 ``aws_secret_access_key``, ``private_key``, ...) or when it came from the environment through
-``${oc.env:VAR}``: the environment is where people keep tokens, and a resumed run reads
-them again from there. Saved ``config.yaml`` files, console lines, JSONL logs and tracker
+``${oc.env:VAR}``, ``${VAR}``, ``${VAR,default}`` or ``$VAR`` (or copies such a value by
+``${a.b}``): the environment is where people keep tokens, and a resumed run reads them again
+from there. Saved ``config.yaml`` files, console lines, JSONL logs and tracker
 params all go through ``redact_config`` / ``is_secret_key``.
 """
 
@@ -30,7 +31,7 @@ def is_secret_key(name: object) -> bool:
 def redact_config(config: Any, env_paths: set[str] | frozenset[str] | None = None) -> Any:
     """A plain copy of ``config`` with credential-like keys and environment-sourced values replaced by ``***``.
 
-    ``env_paths`` defaults to the dotted keys a ConfigNode recorded as read from ``${oc.env:...}``.
+    ``env_paths`` defaults to the dotted keys a ConfigNode recorded as read from the environment.
     """
     if env_paths is None:
         env_paths = getattr(config, "env_paths", frozenset())

@@ -258,6 +258,11 @@ def check_target_arguments(
         key = str(key)
         if key == "_target_" or key in extra:
             continue
+        if key in ("_partial_", "_args_"):  # Hydra's conventions, handled by ConfigNode.instantiate
+            for index, item in enumerate(value if key == "_args_" and isinstance(value, list) else ()):
+                if hasattr(item, "items") and "_target_" in item:
+                    check_target_arguments(item, f"{path}._args_.{index}", sources)
+            continue
         where = located(f"{path}.{key}", sources)
         if hasattr(value, "items") and "_target_" in value:
             check_target_arguments(value, f"{path}.{key}", sources)

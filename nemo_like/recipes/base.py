@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import shlex
@@ -27,7 +28,7 @@ from nemo_like.components.distributed.init import initialize_distributed
 from nemo_like.components.dtypes import parse_dtype
 from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.training.rng import StatefulRNG
-from nemo_like.config.loader import ConfigNode
+from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.config.secrets import redact_config
 from nemo_like.recipes.builders.callbacks import build_callbacks, build_run_callbacks
 from nemo_like.recipes.builders.evaluation import evaluation_section
@@ -97,8 +98,21 @@ class BaseRecipe:
         self.device = self.dist.device
         self.checkpointer = Checkpointer(sections.checkpoint, is_main=self.dist.is_main)
         self.resume_from = self.checkpointer.resume_path()
-        self.rng = self.cfg.rng.instantiate() if "rng" in self.cfg else StatefulRNG(seed=42, ranked=True)
+        self.rng = self._build_rng()
         self.autocast_dtype = self._autocast_dtype()
+
+    def _build_rng(self) -> Any:
+        """The ``rng`` section, else ``StatefulRNG(seed, ranked=True)`` with the top-level ``seed`` (default 42).
+
+        A top-level ``seed`` and an ``rng`` section that names another seed contradict each other.
+        """
+        seed = getattr(self.sections, "seed", None)
+        if "rng" not in self.cfg:
+            return StatefulRNG(seed=42 if seed is None else seed, ranked=True)
+        written = self.cfg.get("rng.seed", None)
+        if seed is not None and written is not None and written != seed:
+            raise ConfigError(f"seed: {seed} contradicts rng.seed {written}; give one")
+        return self.cfg.rng.instantiate(**({"seed": seed} if seed is not None and written is None else {}))
 
     def setup_observers(self) -> None:
         """Metric files, ``callbacks:``, ``evaluation:``, trackers, the run's own callbacks; then the resume."""
@@ -178,7 +192,8 @@ class BaseRecipe:
                     metrics.update(step=sched.step, epoch=epoch)
                     history.append(metrics)
                     self.train_log.log(metrics)
-                    self.metric_loggers.log_train(metrics)
+                    if sched.is_remote_log_step:
+                        self.metric_loggers.log_train(metrics)
                     self.callbacks.on_train_step_end(state, metrics)
                     if sched.is_val_step and self.val_dataloader is not None:
                         last_val = self._run_validation_epoch()
@@ -188,6 +203,8 @@ class BaseRecipe:
                         self.callbacks.on_validation_end(state, record)  # early stopping decides here
                     if sched.is_ckpt_step or state.should_stop:  # an early stop leaves a checkpoint too
                         self._save_checkpoint(epoch, history, last_val)
+                    if sched.is_gc_step:
+                        gc.collect()
                     if state.should_stop:
                         break
                 if state.should_stop:
@@ -229,7 +246,9 @@ class BaseRecipe:
     def _save_checkpoint(self, epoch: int, history: list[dict[str, Any]], val_loss: float | None) -> None:
         sched = self.step_scheduler
         config = self.checkpointer.config
-        if sched.sigterm and config.save_consolidated:
+        if config.save_consolidated == "final":  # the Hugging Face copy in the last step's checkpoint only
+            self.checkpointer.config = dataclasses.replace(config, save_consolidated=sched.is_last_step)
+        if sched.sigterm and self.checkpointer.config.save_consolidated:
             # On the way out of a preempted run, only what resuming needs: schedulers kill after ~30 s,
             # and the Hugging Face copy (model/consolidated/) comes with the resumed run's next save.
             self.checkpointer.config = dataclasses.replace(config, save_consolidated=False)
@@ -242,7 +261,8 @@ class BaseRecipe:
             self.checkpointer.config = config
 
     def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT finish the current step, save, and stop; a second SIGINT interrupts at once."""
+        """The preemption signal(s) (``step_scheduler.preemption_signal``, SIGTERM by default) and SIGINT finish
+        the current step, save, and stop; a second SIGINT interrupts at once."""
         self._previous_handlers = {}
 
         def handler(signum: int, frame: Any) -> None:
@@ -253,7 +273,8 @@ class BaseRecipe:
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, self._previous_handlers.get(signal.SIGINT, signal.default_int_handler))
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        preemption = getattr(self.step_scheduler, "preemption_signals", [signal.SIGTERM])
+        for signum in dict.fromkeys([*preemption, signal.SIGINT]):
             with contextlib.suppress(ValueError):  # only the main thread may install handlers
                 self._previous_handlers[signum] = signal.signal(signum, handler)
 

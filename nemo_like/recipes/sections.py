@@ -12,8 +12,8 @@ from typing import Any, Literal
 from nemo_like.config.errors import ConfigError
 
 __all__ = [
-    "AutocastSection", "ClipGradNormSection", "DistEnvSection", "GenerationEvalSection", "LRSchedulerSection",
-    "PackedSequenceSection", "StepSchedulerSection",
+    "AutocastSection", "ClipGradNormSection", "CompileSection", "DistEnvSection", "FP8Section", "GenerationEvalSection", "LRSchedulerSection",
+    "PackedSequenceSection", "StepSchedulerSection", "NEFTuneSection", "QATSection",
 ]
 
 
@@ -33,11 +33,17 @@ class StepSchedulerSection:
     num_epochs: int | None = None
     ckpt_every_steps: int | None = None
     val_every_steps: int | None = None
+    save_checkpoint_every_epoch: bool = True  # also save when an epoch ends
+    gc_every_steps: int | None = None  # a full gc.collect() every N steps (None: Python's own schedule)
+    log_remote_every_steps: int | None = None  # W&B/MLflow/TensorBoard get every Nth step (None: each)
+    # Signal(s) that finish the step, save and stop (a scheduler's preemption notice); none: no such signal.
+    preemption_signal: str | int | list[str | int] | None = "SIGTERM"
 
     def __post_init__(self) -> None:
         _positive("step_scheduler", global_batch_size=self.global_batch_size, local_batch_size=self.local_batch_size,
                   max_steps=self.max_steps, num_epochs=self.num_epochs, ckpt_every_steps=self.ckpt_every_steps,
-                  val_every_steps=self.val_every_steps)
+                  val_every_steps=self.val_every_steps, gc_every_steps=self.gc_every_steps,
+                  log_remote_every_steps=self.log_remote_every_steps)
         if self.global_batch_size % self.local_batch_size:
             raise ConfigError(f"step_scheduler.global_batch_size: {self.global_batch_size} is not a multiple of "
                               f"step_scheduler.local_batch_size ({self.local_batch_size})")
@@ -79,6 +85,16 @@ class LRSchedulerSection:
                 raise ConfigError(f"lr_scheduler.{name}: must be >= 0, got {value!r}")
         if self.min_lr is not None and self.min_lr < 0:
             raise ConfigError(f"lr_scheduler.min_lr: must be >= 0, got {self.min_lr!r}")
+        style = self.wd_incr_style or self.weight_decay_incr_style
+        if style is not None and style not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"lr_scheduler.wd_incr_style: expected constant, linear or cosine, got {style!r}")
+        start = self.start_wd if self.start_wd is not None else self.start_weight_decay
+        end = self.end_wd if self.end_wd is not None else self.end_weight_decay
+        if start is not None and end is not None and start != end and style in (None, "constant"):
+            raise ConfigError(f"lr_scheduler.wd_incr_style: weight decay goes from start_wd {start} to end_wd {end}, "
+                              "so give wd_incr_style: linear or cosine (constant keeps one value)")
+        if start is not None and end is not None and not 0 <= start <= end:
+            raise ConfigError(f"lr_scheduler.end_wd: need 0 <= start_wd <= end_wd, got {start} and {end}")
 
     def kwargs(self) -> dict[str, Any]:
         """The fields written in the YAML, for ``build_lr_scheduler``."""
@@ -150,3 +166,81 @@ class GenerationEvalSection:
 
     def __post_init__(self) -> None:
         _positive("generation_eval", max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, limit=self.limit)
+
+
+@dataclass
+class CompileSection:
+    """``compile``: ``torch.compile`` the model in place after it is sharded (off by default)."""
+
+    enabled: bool = False
+    mode: str | None = "default"
+    fullgraph: bool = False
+    dynamic: bool | None = False
+    backend: str | None = None  # None: torch's default (inductor)
+    options: dict[str, Any] | None = None
+    dynamo_cache_size_limit: int = 256
+
+    def __post_init__(self) -> None:
+        _positive("compile", dynamo_cache_size_limit=self.dynamo_cache_size_limit)
+        if self.options and self.mode not in (None, "default"):
+            raise ConfigError("compile.options: torch.compile takes either mode or options, not both")
+
+    def compile_kwargs(self) -> dict[str, Any]:
+        """The arguments of ``torch.compile``."""
+        kwargs: dict[str, Any] = {"fullgraph": self.fullgraph, "dynamic": self.dynamic}
+        if self.backend is not None:
+            kwargs["backend"] = self.backend
+        if self.options:
+            kwargs["options"] = dict(self.options)
+        elif self.mode not in (None, "default"):
+            kwargs["mode"] = self.mode
+        return kwargs
+
+
+@dataclass
+class FP8Section:
+    """``fp8``: FP8 linear layers. Accepted only off: FP8 matmuls need Hopper-class GPUs and torchao's
+    float8 training, which this library does not wire in."""
+
+    enabled: bool = False
+    recipe_name: str | None = None
+    enable_fsdp_float8_all_gather: bool = False
+    precompute_float8_dynamic_scale_for_fsdp: bool = False
+    force_recompute_fp8_weight_in_bwd: bool = False
+    filter_fqns: list[str] | None = None
+    emulate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            raise ConfigError("fp8.enabled: FP8 training is not supported here (no float8 linear layers); "
+                              "use fp8.enabled: false and bf16 (model.torch_dtype)")
+
+
+@dataclass
+class NEFTuneSection:
+    """``neftune``: uniform noise on the input embeddings while training (see ``components/training/neftune.py``)."""
+
+    noise_alpha: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.noise_alpha < float("inf"):
+            raise ConfigError(f"neftune.noise_alpha: must be a finite number >= 0, got {self.noise_alpha!r}")
+
+
+@dataclass
+class QATSection:
+    """``qat``: quantization-aware training (``qat_config`` builds a QATConfig; see ``components/quantization/qat.py``)."""
+
+    enabled: bool = False
+    fake_quant_after_n_steps: int | None = None
+    qat_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.fake_quant_after_n_steps is not None and self.fake_quant_after_n_steps < 0:
+            raise ConfigError(f"qat.fake_quant_after_n_steps: must be >= 0 or none, got {self.fake_quant_after_n_steps!r}")
+        if self.enabled and self.qat_config is None:
+            raise ConfigError("qat.qat_config: required when qat.enabled is true, e.g. {_target_: "
+                              "nemo_like.components.quantization.qat.QATConfig, quantizer_type: int8_dynact_int4weight, "
+                              "groupsize: 256}")
+        if self.qat_config is not None and "_target_" not in self.qat_config:
+            raise ConfigError("qat.qat_config: needs a '_target_' (nemo_like.components.quantization.qat.QATConfig)")

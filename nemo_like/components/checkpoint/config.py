@@ -17,16 +17,28 @@ class CheckpointingConfig:
     when there is one and starts fresh otherwise; ``none`` always starts fresh; a step
     directory name (``epoch_0_step_5``) or a path picks that checkpoint.
     ``max_recent_checkpoints`` keeps the newest N step directories (plus ``LOWEST_VAL``'s).
+    ``save_consolidated``: ``true``/``every`` writes the Hugging Face copy (``model/consolidated/``)
+    in every checkpoint, ``final`` only in the last step's, ``false`` never.
+    ``dequantize_base_checkpoint``: base weights are always loaded dense and trainable here (GGUF
+    blocks are unpacked; a bitsandbytes QLoRA base is quantized on purpose), so both values hold.
     """
 
     enabled: bool = True
     checkpoint_dir: str = "checkpoints/"
     model_save_format: str = "safetensors"
-    save_consolidated: bool = True
+    save_consolidated: bool | str = True
     restore_from: str | None = LATEST
     max_recent_checkpoints: int | None = None
+    dequantize_base_checkpoint: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.save_consolidated, str):
+            word = self.save_consolidated.strip().lower()
+            modes = {"true": True, "every": True, "false": False, "none": False, "final": "final"}
+            if word not in modes:
+                raise ConfigError(f"checkpoint.save_consolidated: expected true, false, 'every' or 'final', "
+                                  f"got {self.save_consolidated!r}")
+            self.save_consolidated = modes[word]
         if self.model_save_format not in ("safetensors", "torch_save"):
             raise ConfigError(
                 f"checkpoint.model_save_format: {self.model_save_format!r} is not 'safetensors' or 'torch_save'"

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warmup, then one of several decay shapes, per optimizer step."""
+"""Learning-rate schedule: linear warmup, then one of several decay shapes, per optimizer step; optionally
+a weight-decay schedule that rises from ``start_wd`` to ``end_wd``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
+WD_STYLES = ("constant", "linear", "cosine")
 
 
 class OptimizerParamScheduler:
@@ -17,6 +19,11 @@ class OptimizerParamScheduler:
     Warmup goes linearly from ``init_lr`` to ``max_lr`` over ``lr_warmup_steps``; then
     the rate decays to ``min_lr`` at ``lr_decay_steps`` in the chosen style and stays there.
     WSD holds ``max_lr`` until the last ``wsd_decay_steps`` and decays only then.
+
+    With ``start_wd``/``end_wd`` the weight decay of every group goes from ``start_wd`` to
+    ``end_wd`` over ``wd_incr_steps`` (``linear``, or ``cosine``: slow at first, fast at the end)
+    and stays there; ``constant`` keeps it at ``end_wd``. A group's ``wd_mult`` scales it
+    (0 leaves biases and norms undecayed). Without them the optimizer's own value stands.
     """
 
     def __init__(
@@ -30,7 +37,25 @@ class OptimizerParamScheduler:
         lr_decay_style: str = "cosine",
         wsd_decay_steps: int | None = None,
         lr_wsd_decay_style: str = "exponential",
+        start_wd: float | None = None,
+        end_wd: float | None = None,
+        wd_incr_steps: int | None = None,
+        wd_incr_style: str = "constant",
     ) -> None:
+        if (start_wd is None) != (end_wd is None):
+            raise ValueError("lr_scheduler.start_wd: give both start_wd and end_wd (or neither)")
+        if start_wd is not None:
+            if wd_incr_style not in WD_STYLES:
+                raise ValueError(f"lr_scheduler.wd_incr_style: {wd_incr_style!r} is not one of {WD_STYLES}")
+            if not 0.0 <= start_wd <= end_wd:
+                raise ValueError(f"lr_scheduler.end_wd: need 0 <= start_wd <= end_wd, got {start_wd} and {end_wd}")
+            if wd_incr_style == "constant" and start_wd != end_wd:
+                raise ValueError(f"lr_scheduler.wd_incr_style: constant keeps one weight decay, but start_wd "
+                                 f"{start_wd} != end_wd {end_wd}; use wd_incr_style: linear or cosine")
+            if wd_incr_steps is None or wd_incr_steps < 1:
+                raise ValueError(f"lr_scheduler.wd_incr_steps: must be a positive integer, got {wd_incr_steps!r}")
+        self.start_wd, self.end_wd = start_wd, end_wd
+        self.wd_incr_steps, self.wd_incr_style = wd_incr_steps, wd_incr_style
         if lr_decay_style not in DECAY_STYLES:
             raise ValueError(f"lr_scheduler.lr_decay_style: {lr_decay_style!r} is not one of {DECAY_STYLES}")
         if lr_wsd_decay_style not in WSD_STYLES:
@@ -83,22 +108,37 @@ class OptimizerParamScheduler:
             coeff = 0.5 * (math.cos(math.pi * ratio) + 1.0)
         return self.min_lr + coeff * span
 
+    def get_wd(self) -> float | None:
+        """The weight decay at this step, or None when no weight-decay schedule was asked for."""
+        if self.start_wd is None:
+            return None
+        if self.num_steps > self.wd_incr_steps or self.wd_incr_style == "constant":
+            return self.end_wd
+        ratio = self.num_steps / self.wd_incr_steps
+        coeff = ratio if self.wd_incr_style == "linear" else 0.5 * (math.cos(math.pi * (1 - ratio)) + 1.0)
+        return self.start_wd + coeff * (self.end_wd - self.start_wd)
+
     def step(self, increment: int = 1) -> None:
         self.num_steps += increment
-        lr = self.get_lr()
+        lr, wd = self.get_lr(), self.get_wd()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            if wd is not None:
+                group["weight_decay"] = wd * group.get("wd_mult", 1.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_steps": self.num_steps, "max_lr": self.max_lr, "min_lr": self.min_lr, "init_lr": self.init_lr}
+        state = {"num_steps": self.num_steps, "max_lr": self.max_lr, "min_lr": self.min_lr, "init_lr": self.init_lr}
+        if self.start_wd is not None:
+            state.update(start_wd=self.start_wd, end_wd=self.end_wd)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_steps = int(state["num_steps"])
         self.step(0)
 
 
-# Accepted for YAML compatibility; weight decay stays the optimizer's own constant value.
-_WEIGHT_DECAY_FIELDS = {"start_weight_decay", "end_weight_decay", "weight_decay_incr_style", "start_wd", "end_wd", "wd_incr_steps", "wd_incr_style"}
+# Other spellings of the weight-decay schedule's fields.
+_WD_ALIASES = {"start_weight_decay": "start_wd", "end_weight_decay": "end_wd", "weight_decay_incr_style": "wd_incr_style"}
 
 
 def build_lr_scheduler(
@@ -111,12 +151,32 @@ def build_lr_scheduler(
     init_lr: float | None = None,
     wsd_decay_steps: int | None = None,
     lr_wsd_decay_style: str = "exponential",
-    **unused: Any,
+    start_wd: float | None = None,
+    end_wd: float | None = None,
+    wd_incr_steps: int | None = None,
+    wd_incr_style: str | None = None,
+    **aliases: Any,
 ) -> OptimizerParamScheduler:
-    """Fill the defaults a user expects: warmup 10% of steps (at most 1000), min_lr 1% and init_lr 10% of the base lr."""
-    unknown = set(unused) - _WEIGHT_DECAY_FIELDS
-    if unknown:
-        raise ValueError(f"lr_scheduler: unknown field(s) {sorted(unknown)}")
+    """Fill the defaults a user expects: warmup 10% of steps (at most 1000), min_lr 1% and init_lr 10% of the
+    base lr; a weight-decay schedule when any of its fields is given, the optimizer's weight decay standing in
+    for the end not given, over all ``total_steps`` unless ``wd_incr_steps`` says otherwise."""
+    wd = {"start_wd": start_wd, "end_wd": end_wd, "wd_incr_style": wd_incr_style}
+    for alias, value in aliases.items():
+        if alias not in _WD_ALIASES:
+            raise ValueError(f"lr_scheduler: unknown field {alias!r}")
+        name = _WD_ALIASES[alias]
+        if wd[name] is not None and wd[name] != value:
+            raise ValueError(f"lr_scheduler.{alias}: {value!r} contradicts {name} {wd[name]!r}")
+        wd[name] = value
+    scheduled = any(v is not None for v in wd.values()) or wd_incr_steps is not None
+    base_wd = optimizer.param_groups[0].get("weight_decay", 0.0)
+    if scheduled:
+        wd["start_wd"] = base_wd if wd["start_wd"] is None else wd["start_wd"]
+        wd["end_wd"] = base_wd if wd["end_wd"] is None else wd["end_wd"]
+        wd["wd_incr_style"] = wd["wd_incr_style"] or "constant"
+        wd["wd_incr_steps"] = total_steps if wd_incr_steps is None else wd_incr_steps
+    else:
+        wd = {}
     base_lr = optimizer.param_groups[0]["lr"]
     if lr_warmup_steps is None:
         lr_warmup_steps = min(1000, total_steps // 10)
@@ -130,4 +190,5 @@ def build_lr_scheduler(
         lr_decay_style=lr_decay_style,
         wsd_decay_steps=wsd_decay_steps,
         lr_wsd_decay_style=lr_wsd_decay_style,
+        **wd,
     )

@@ -52,6 +52,25 @@ def _whole(field: str, value: Any, *, optional: bool = False, hint: str = "") ->
     return number
 
 
+def _signals(value: str | int | list[str | int] | None) -> list[int]:
+    """``preemption_signal`` as signal numbers: ``SIGTERM``, ``TERM``, ``15`` or a list of them; none: []."""
+    import signal
+
+    found = []
+    for item in [] if value is None else value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, int) and not isinstance(item, bool):
+            number = item
+        else:
+            name = str(item).strip().upper()
+            name = name if name.startswith("SIG") else "SIG" + name
+            number = getattr(signal, name, None)
+        if not isinstance(number, int) or number not in set(signal.valid_signals()) or number in (
+                signal.SIGKILL, getattr(signal, "SIGSTOP", -1)):
+            raise ConfigError(f"step_scheduler.preemption_signal: {item!r} is not a signal a run can catch")
+        found.append(int(number))
+    return found
+
+
 class StepAlignedLoader:
     """The scheduler's view of its loader, whose ``state_dict()`` resumes exactly at the next optimizer step.
 
@@ -120,6 +139,10 @@ class StepScheduler:
         num_epochs: int | None = None,
         max_steps: int | None = None,
         dataloader: Iterable | None = None,
+        save_checkpoint_every_epoch: bool = True,
+        gc_every_steps: int | None = None,
+        log_remote_every_steps: int | None = None,
+        preemption_signal: str | int | list[str | int] | None = "SIGTERM",
     ) -> None:
         global_batch_size = _whole("global_batch_size", global_batch_size)
         local_batch_size = _whole("local_batch_size", local_batch_size)
@@ -130,6 +153,10 @@ class StepScheduler:
                                  hint=" (null turns validation off)")
         num_epochs = _whole("num_epochs", num_epochs, optional=True)
         max_steps = _whole("max_steps", max_steps, optional=True)
+        self.gc_every_steps = _whole("gc_every_steps", gc_every_steps, optional=True)
+        self.log_remote_every_steps = _whole("log_remote_every_steps", log_remote_every_steps, optional=True)
+        self.save_checkpoint_every_epoch = bool(save_checkpoint_every_epoch)
+        self.preemption_signals = _signals(preemption_signal)
         if global_batch_size % (local_batch_size * dp_size) != 0:
             raise ConfigError(
                 f"step_scheduler.global_batch_size: {global_batch_size} is not divisible by "
@@ -156,7 +183,9 @@ class StepScheduler:
         # max_steps without num_epochs: as many epochs as the steps take (the steps end the run).
         self.num_epochs: float = math.inf if num_epochs is None else num_epochs
         self.max_steps = max_steps
-        self.ckpt_every_steps = ckpt_every_steps or self.epoch_len or self.max_steps
+        # Unset: every epoch end when epochs are saved (and the last step), else only the last step.
+        default_every = self.epoch_len if self.save_checkpoint_every_epoch else None
+        self.ckpt_every_steps = ckpt_every_steps or default_every or self.max_steps
         self.val_every_steps = val_every_steps
         self.step = start_step
         self.epoch = start_epoch
@@ -209,9 +238,22 @@ class StepScheduler:
 
     @property
     def is_ckpt_step(self) -> bool:
-        """Save every ``ckpt_every_steps``, at each epoch end, at the last step and on SIGTERM."""
+        """Save every ``ckpt_every_steps``, at each epoch end (``save_checkpoint_every_epoch``), at the
+        last step and on SIGTERM."""
         periodic = self.step % self.ckpt_every_steps == self.ckpt_every_steps - 1
-        return periodic or self._last_in_epoch or self.is_last_step or self.sigterm
+        epoch_end = self.save_checkpoint_every_epoch and self._last_in_epoch
+        return periodic or epoch_end or self.is_last_step or self.sigterm
+
+    @property
+    def is_gc_step(self) -> bool:
+        """A full garbage collection after this step (``gc_every_steps``); never when unset."""
+        return self.gc_every_steps is not None and self.step % self.gc_every_steps == 0
+
+    @property
+    def is_remote_log_step(self) -> bool:
+        """Whether remote trackers get this step's metrics (``log_remote_every_steps``; every step when unset)."""
+        every = self.log_remote_every_steps
+        return every is None or self.step % every == every - 1 or self.is_last_step
 
     @property
     def is_val_step(self) -> bool:

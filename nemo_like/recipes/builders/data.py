@@ -87,12 +87,12 @@ def build_dataloader(section: ConfigNode | None, dataset: Any, batch_size: int, 
     node = section if section is not None else ConfigNode(
         {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}
     )
-    collate = node.get("collate_fn", None)
-    collate = resolve_target(collate, key=f"{name}.collate_fn") if isinstance(collate, str) else collate
-    collate = collate or default_collater
-    if isinstance(dataset, PackedSequence) and collate is default_collater:
-        collate = packed_sequence_collater  # packs need the block-diagonal mask, not a padding mask
-    if collate is packed_sequence_collater and not isinstance(dataset, PackedSequence):
+    collate = resolve_collate_fn(node.get("collate_fn", None), f"{name}.collate_fn") or default_collater
+    if isinstance(dataset, PackedSequence) and _function_of(collate) is default_collater:
+        # packs need the block-diagonal mask, not a padding mask; the node's own arguments stay
+        collate = partial(packed_sequence_collater, **collate.keywords) if isinstance(collate, partial) \
+            else packed_sequence_collater
+    if _function_of(collate) is packed_sequence_collater and not isinstance(dataset, PackedSequence):
         raise ConfigError(f"{name}.collate_fn: packed_sequence_collater needs packed data; "
                           "add packed_sequence.packed_sequence_size (> 0) or use default_collater")
     pad_id = getattr(dataset, "pad_token_id", None)
@@ -128,6 +128,51 @@ def build_dataloader(section: ConfigNode | None, dataset: Any, batch_size: int, 
     if not train:
         kwargs["shuffle"] = False
     return node.instantiate(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _function_of(collate: Any) -> Any:
+    """The function a collater is (through ``functools.partial``)."""
+    while isinstance(collate, partial):
+        collate = collate.func
+    return collate
+
+
+def resolve_collate_fn(value: Any, key: str) -> Any:
+    """A ``collate_fn`` value as a callable: an import path, or a node (``_target_`` plus keyword arguments,
+    e.g. ``pad_seq_len_divisible: 64``) as a ``functools.partial`` of its target; None stays None.
+
+    Both go through the import gate; the node's arguments are checked like any target's and
+    must be arguments the function takes.
+    """
+    if value is None or callable(value) and not isinstance(value, (str, ConfigNode)):
+        return value
+    if isinstance(value, str):
+        fn = resolve_target(value, key=key)
+        if not callable(fn):
+            raise ConfigError(f"{key}: {value!r} is not callable")
+        return fn
+    if not isinstance(value, ConfigNode):
+        raise ConfigError(f"{key}: expected an import path or a node with _target_, got {type(value).__name__}")
+    if "_target_" not in value:
+        raise ConfigError(f"{key}: a collate_fn node needs a _target_ (keys: {', '.join(map(str, value)) or 'none'})")
+    raw = value["_target_"]
+    fn = resolve_target(raw, key=f"{key}._target_")
+    if not callable(fn):
+        raise ConfigError(f"{key}._target_: {raw!r} is not callable")
+    kwargs = {k: (v.to_dict() if isinstance(v, ConfigNode) else v) for k, v in value.items() if k != "_target_"}
+    from nemo_like.config.target_gate import check_call_arguments
+
+    check_call_arguments(fn, kwargs, f"{key}._target_", raw if isinstance(raw, str) else None)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        for arg in kwargs:
+            if arg not in params or arg == next(iter(params)):
+                raise ConfigError(f"{key}.{arg}: not an argument of {raw} (it takes "
+                                  f"{', '.join(list(params)[1:]) or 'only the batch'})")
+    return partial(fn, **kwargs)
 
 
 def _takes(target: Any, name: str) -> bool:
@@ -177,6 +222,9 @@ def instantiate_dataset(node: ConfigNode, defaults: dict[str, Any] | None = None
             target = resolve_target(node["_target_"], f"{node.node_path or 'dataset'}._target_")
             extra = {k: v for k, v in defaults.items() if k not in node and k not in runtime and _takes(target, k)}
         extra.update({k: v for k, v in resolve_row_functions(node).items() if k not in runtime})
+        if "_target_" in node:  # runtime parts (the tokenizer) go to a dataset that takes them
+            target = resolve_target(node["_target_"], f"{node.node_path or 'dataset'}._target_")
+            runtime = {k: v for k, v in runtime.items() if _takes(target, k)}
         return node.instantiate(**runtime, **extra)
     built, proportions = [], []
     for member in members:

@@ -1,5 +1,6 @@
-"""The ``model`` (with ``tokenizer``, ``quantization``, ``peft``, ``distributed_config``) sections as a
-trainable model: load -> quantize -> LoRA -> place -> shard -> activation checkpointing, in that order, once."""
+"""The ``model`` (with ``tokenizer``, ``quantization``, ``peft``, ``distributed``, ``distributed_config``,
+``compile``) sections as a trainable model: load -> quantize -> LoRA -> place -> shard -> activation
+checkpointing -> compile, in that order, once."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from nemo_like._transformers.embedded import resolve_pretrained_path, split_gguf
 from nemo_like._transformers.tokenizer import build_tokenizer as load_tokenizer
 from nemo_like.components._peft.lora import apply_lora_to_linear_modules
 from nemo_like.components.datasets.llm.context_limit import context_length_of
-from nemo_like.components.distributed.config import FSDP2Config
+from nemo_like.components.distributed.config import DistributedConfig, FSDP2Config
+from nemo_like.components.models.common.backend import BackendConfig
 from nemo_like.components.distributed.parallelizer import apply_activation_checkpointing, parallelize_model
 from nemo_like.components.quantization.qlora import create_bnb_config, prepare_model_for_qlora
 from nemo_like.config.errors import ConfigError
@@ -61,7 +63,7 @@ def model_context_length(model_id: Any) -> int | None:
 def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -> BuiltModel:
     """Every model-side section applied once, in order; ``layout`` is the typed ``distributed`` section."""
     quantized = cfg.get("quantization", None) is not None
-    model = _load_quantized_model(cfg, dist, device) if quantized else cfg.model.instantiate()
+    model = _load_quantized_model(cfg, dist, device) if quantized else cfg.model.instantiate(**model_options(cfg))
     built = BuiltModel(model)
     if "peft" in cfg:
         built.peft_config = cfg.peft.instantiate()
@@ -76,13 +78,41 @@ def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -
     logger.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     if dist.world_size > 1:
         built.model = _shard(cfg, model, dist, layout, built)
-    elif cfg.get("distributed_config.activation_checkpointing", False):
+    elif build_parallel_strategy(cfg.get("distributed_config"), layout).activation_checkpointing:
         # With several ranks the parallelizer applies it while sharding. Each decoder block then
         # recomputes its activations in backward instead of keeping them (less memory, ~1/3 more compute).
         blocks = apply_activation_checkpointing(model)
         logger.info("activation checkpointing: %d decoder blocks recompute their activations in backward", blocks)
     built.model.train()
+    compile_model(built.model, cfg.get("compile", None))
     return built
+
+
+def model_options(cfg: ConfigNode) -> dict[str, Any]:
+    """Arguments the builder passes to the model target itself: ``model.backend`` as a checked
+    ``BackendConfig`` (built here, so its fields are checked as this library defines them)."""
+    backend = cfg.get("model.backend", None)
+    return {} if backend is None else {"backend": BackendConfig.from_section(backend)}
+
+
+def compile_model(model: torch.nn.Module, section: Any) -> bool:
+    """``compile: {enabled: true, ...}``: ``torch.compile`` the model in place (parameter names, and so
+    checkpoint keys, stay as they are); returns whether it compiled."""
+    from nemo_like.recipes.sections import CompileSection
+
+    if section is None:
+        return False
+    options = section if isinstance(section, CompileSection) else CompileSection(
+        **(section.to_dict() if hasattr(section, "to_dict") else dict(section)))
+    if not options.enabled:
+        return False
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
+                                                options.dynamo_cache_size_limit)
+    model.compile(**options.compile_kwargs())
+    logger.info("torch.compile: %s", options.compile_kwargs())
+    return True
 
 
 def _load_quantized_model(cfg: ConfigNode, dist: Any, device: torch.device) -> torch.nn.Module:
@@ -101,7 +131,7 @@ def _load_quantized_model(cfg: ConfigNode, dist: Any, device: torch.device) -> t
     target = cfg.model.get("_target_")
     hint = "use nemo_like.NeMoAutoModelForCausalLM.from_pretrained"
     try:
-        model = cfg.model.instantiate(**kwargs)
+        model = cfg.model.instantiate(**kwargs, **model_options(cfg))
     except ConfigError as err:
         if "quantization_config" not in str(err):
             raise
@@ -119,9 +149,11 @@ def resolve_tp_plan(plan: Any) -> Any:
     return resolve_target(plan, "distributed_config.tp_plan") if isinstance(plan, str) else plan
 
 
-def build_parallel_strategy(section: ConfigNode | None) -> Any:
-    """The ``distributed_config`` section (None: FSDP2 defaults) with its ``tp_plan`` resolved."""
-    strategy = section.instantiate() if section is not None else FSDP2Config()
+def build_parallel_strategy(section: ConfigNode | None, layout: DistributedConfig | None = None) -> Any:
+    """The strategy: the ``distributed_config`` section, else the ``distributed`` section's ``strategy``
+    (FSDP2 by default), with the options the ``distributed`` section writes applied; ``tp_plan`` resolved."""
+    base = section.instantiate() if section is not None else None
+    strategy = layout.build_strategy(base) if layout is not None else (base or FSDP2Config())
     if isinstance(getattr(strategy, "tp_plan", None), str):
         strategy.tp_plan = resolve_tp_plan(strategy.tp_plan)
     return strategy
@@ -129,7 +161,7 @@ def build_parallel_strategy(section: ConfigNode | None) -> Any:
 
 def _shard(cfg: ConfigNode, model: torch.nn.Module, dist: Any, layout: Any, built: BuiltModel) -> torch.nn.Module:
     """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
-    strategy = build_parallel_strategy(cfg.get("distributed_config"))
+    strategy = build_parallel_strategy(cfg.get("distributed_config"), layout)
     built.sequence_parallel = dist.tp_size > 1 and (layout.sequence_parallel or
                                                      bool(getattr(strategy, "sequence_parallel", False)))
     built.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))

@@ -35,7 +35,7 @@ def dry_run_recipe(cfg: ConfigNode, world_size: int | None = None) -> dict[str, 
     if gbs and lbs and gbs % (lbs * plan.dp):
         raise ConfigError(f"step_scheduler.global_batch_size: {gbs} is not divisible by local_batch_size * dp_size "
                           f"= {lbs} * {plan.dp}")
-    strategy = build_parallel_strategy(cfg.get("distributed_config"))
+    strategy = build_parallel_strategy(cfg.get("distributed_config"), layout)
     config = architecture_config(_model_name(cfg))
     dtype = parse_dtype(cfg.get("model.torch_dtype", None) or cfg.get("model.dtype", None), "model.torch_dtype")
     peft_config = cfg.peft.instantiate() if "peft" in cfg else None

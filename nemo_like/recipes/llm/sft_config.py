@@ -19,6 +19,8 @@ from nemo_like.recipes.sections import (
     AutocastSection, ClipGradNormSection, DistEnvSection, GenerationEvalSection, LRSchedulerSection,
     PackedSequenceSection, StepSchedulerSection,
 )
+from nemo_like.recipes.sections import NEFTuneSection, QATSection
+from nemo_like.recipes.sections import CompileSection, FP8Section
 
 __all__ = ["SFT_SCHEMA", "SFTSections", "check_sft_config"]
 
@@ -30,16 +32,20 @@ SFT_SCHEMA = RecipeSchema(
     typed={"step_scheduler": StepSchedulerSection, "checkpoint": CheckpointingConfig,
            "lr_scheduler": LRSchedulerSection, "clip_grad_norm": ClipGradNormSection, "dist_env": DistEnvSection,
            "distributed": DistributedConfig, "packed_sequence": PackedSequenceSection, "autocast": AutocastSection,
-           "generation_eval": GenerationEvalSection},
+           "generation_eval": GenerationEvalSection, "neftune": NEFTuneSection, "qat": QATSection,
+           "compile": CompileSection, "fp8": FP8Section},
     scalars={"contiguous_grads": (bool, False), "trim_cpu_heap": (bool, False),
-             "disable_progress_bar": (bool, False), "nan_policy": (Literal["error", "skip"], "error")},
-    open=frozenset({"quantization", "evaluation", "wandb", "mlflow", "tensorboard"}),
+             "disable_progress_bar": (bool, False), "nan_policy": (Literal["error", "skip"], "error"),
+             "seed": (int | None, None), "recipe": (str | dict | None, None), "nvtx": (bool, False)},
+    open=frozenset({"quantization", "evaluation", "wandb", "mlflow", "tensorboard",
+                   "ci"}),  # ci: a CI system's metadata about the recipe (owner, time, nodes); not read here
     lists=frozenset({"callbacks"}),
     defaulted=frozenset({"checkpoint", "clip_grad_norm", "dist_env", "distributed", "autocast"}),
     extra_keys={"dataloader": frozenset({"group_by_length"}), "validation_dataloader": frozenset({"group_by_length"})},
     refused={
-        "seed": "not read by this recipe; seed the run with rng: {_target_: "
-                "nemo_like.components.training.rng.StatefulRNG, seed: 42}",
+        "parallelizer": "a custom (MoE) parallelizer is not supported here; the distributed section's strategy "
+                        "shards the model (remove the section)",
+        "autopipeline": "pipeline parallel is not supported yet; remove the section and use distributed.pp_size: 1",
         "benchmark": "not a section of the training recipe; speed is measured by benchmarks/sft_throughput.py",
     },
 )
@@ -62,12 +68,51 @@ class SFTSections:
     trim_cpu_heap: bool
     disable_progress_bar: bool
     nan_policy: str
+    neftune: NEFTuneSection | None = None
+    qat: QATSection | None = None
+    compile: CompileSection | None = None
+    fp8: FP8Section | None = None
+    seed: int | None = None  # the run's RNG seed when there is no rng section
+    recipe: str | dict | None = None
+    nvtx: bool = False
+
+
+# ``recipe:`` values naming this recipe: its class name, or its import path.
+SFT_RECIPE_NAMES = ("TrainFinetuneRecipeForNextTokenPrediction",
+                    "nemo_like.recipes.llm.train_ft.TrainFinetuneRecipeForNextTokenPrediction")
+
+
+def _check_recipe_fields(cfg: Any, sections: SFTSections) -> None:
+    """``recipe`` names this recipe, ``nvtx`` is off, ``seed`` agrees with ``rng.seed``, and
+    ``model.backend`` asks only for kernels that exist here, all before anything loads."""
+    sources = getattr(cfg, "sources", None)
+    recipe = sections.recipe
+    name = recipe.get("_target_") if hasattr(recipe, "get") else recipe
+    if recipe is not None and name not in SFT_RECIPE_NAMES:
+        raise ConfigError(f"{located('recipe', sources)}: {name!r} is not this recipe; the SFT recipe is "
+                          f"{SFT_RECIPE_NAMES[0]} (other recipes have their own entry scripts)")
+    if sections.nvtx:
+        raise ConfigError(f"{located('nvtx', sources)}: NVTX profiling ranges are not supported here; "
+                          "use nvtx: false (profile with torch.profiler)")
+    written = cfg.get("rng.seed", None) if "rng" in cfg else None
+    if sections.seed is not None and written is not None and written != sections.seed:
+        raise ConfigError(f"{located('seed', sources)}: {sections.seed} contradicts rng.seed {written}; give one")
+    backend = cfg.get("model.backend", None)
+    if backend is not None:
+        from nemo_like.components.models.common.backend import BackendConfig
+
+        try:
+            BackendConfig.from_section(backend)
+        except ConfigError as err:
+            key = str(err).split(":", 1)[0]
+            raise ConfigError(located(key, sources) + ":" + str(err).split(":", 1)[1]) from None
 
 
 def check_sft_config(cfg: Any, world_size: int | None = None) -> SFTSections:
     """Every section of ``cfg`` checked; with ``world_size`` (default: ``$WORLD_SIZE``) the batch layout too."""
     typed = check_recipe(cfg, SFT_SCHEMA)
     sections = SFTSections(**typed)
+    _check_recipe_fields(cfg, sections)
     _check_local_paths(cfg)
     _check_resume_pointer(sections.checkpoint)
     known_world = world_size is not None or "WORLD_SIZE" in os.environ

@@ -28,6 +28,7 @@ from nemo_like.recipes.base import BaseRecipe
 from nemo_like.recipes.builders.data import build_dataloader, build_dataset
 from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
 from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
+from nemo_like.recipes.builders.training_features import build_training_features
 from nemo_like.recipes.llm.sft_config import check_sft_config
 
 logger = logging.getLogger("nemo_like")
@@ -74,6 +75,8 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         built = build_model(cfg, self.dist, self.device, sections.distributed)
         self.model, self.peft_config = built.model, built.peft_config
         self.defer_grad_sync, self._sequence_parallel = built.defer_grad_sync, built.sequence_parallel
+        # NEFTune (noisy input embeddings while training) and QAT (fake-quantized linears), before the optimizer.
+        self.features = build_training_features(cfg, sections, self.model, self.dist.world_size)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
         self.grad_buffer = self._contiguous_grads([p for g in self.optimizer.param_groups for p in g["params"]])
         self.trim_cpu_heap = sections.trim_cpu_heap and self.device.type == "cpu"
@@ -101,6 +104,7 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: loss = sum of token losses over all micro-batches / global label tokens."""
         start = time.perf_counter()
+        self.features.before_step(self.step_scheduler.step)  # QAT: fake quantization on from its step
         batches = [self._inputs_and_labels(b) for b in batches]
         num_label_tokens = all_reduce_sum(sum((lb != self.ignore_index).sum() for _, lb in batches).to(self.device))
         num_tokens = sum(int(inputs["input_ids"].numel()) for inputs, _ in batches)

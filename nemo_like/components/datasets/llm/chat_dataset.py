@@ -7,6 +7,12 @@ content plus the end-of-turn marker; those tokens carry labels, everything else 
 Segments are tokenized one by one, so the first assistant token is tokenized exactly as
 it is generated after the prompt at inference time. Templates that drop earlier turns'
 text (some reasoning templates do) break this and are reported, naming the row.
+
+With ``mask_reasoning_content`` an assistant message's ``reasoning_content`` (its thinking
+trace, rendered by templates that show it) stays in the text but carries no loss: the turn
+is rendered once more with the trace emptied, and the characters that differ are the trace.
+``shuffle_seed`` shuffles the whole split before a split slice (``train[:256]``) and
+``limit_dataset_samples`` take rows, so two slices of one seed are disjoint random subsets.
 """
 
 from __future__ import annotations
@@ -16,10 +22,16 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nemo_like.components.batch import IGNORE_INDEX
-from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets import arrow_rows
+from nemo_like.components.datasets.json_rows import DatasetError, slice_split
+from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import (
     is_padding_to_max_length,
@@ -27,6 +39,7 @@ from nemo_like.components.datasets.llm.formatting_utils import (
     pad_token_id_of,
     shift_and_pad,
 )
+from nemo_like.components.datasets.llm.local_splits import split_name
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 logger = logging.getLogger("nemo_like")
@@ -141,6 +154,41 @@ def inline_tools(messages: list[dict[str, Any]], tools: list[Any] | None) -> lis
     return out
 
 
+@dataclass
+class ShuffledRowSource(arrow_rows.RowSource):
+    """Rows of the whole base split in a seeded random order, then the split's slice (``train[64:]``)."""
+
+    seed: int = 0
+
+    @classmethod
+    def wrap(cls, source: arrow_rows.RowSource, seed: int) -> ShuffledRowSource:
+        return cls(**{f.name: getattr(source, f.name) for f in fields(source)}, seed=int(seed))
+
+    def load(self, scratch: Path) -> Any:
+        split = self.split
+        self.split = split_name(split)  # the whole base split: a hub loads it whole, a local file is not sliced
+        try:
+            whole = super().load(scratch)
+        finally:
+            self.split = split
+        order = np.random.default_rng(self.seed).permutation(len(whole))
+        span = slice_split(list(range(len(whole))), split)
+        if not span:
+            raise DatasetError(f"{self.path_or_dataset_id}: split {split!r} selects no rows")
+        return whole.select(order[span].tolist())
+
+
+def reasoning_span(full: str, emptied: str) -> tuple[int, int] | None:
+    """(start, end) of the characters of ``full`` that the render with an emptied trace lacks, or None."""
+    p = 0
+    while p < min(len(full), len(emptied)) and full[p] == emptied[p]:
+        p += 1
+    s = 0
+    while s < min(len(full), len(emptied)) - p and full[-1 - s] == emptied[-1 - s]:
+        s += 1
+    return (p, len(full) - s) if len(full) - s > p else None
+
+
 class ChatDataset(TokenizedDataset):
     """Chat rows with loss on assistant turns only (all of them, or the last with ``mask_history``).
 
@@ -172,12 +220,18 @@ class ChatDataset(TokenizedDataset):
         skip_invalid_samples: bool = False,
         limit_dataset_samples: int | None = None,
         start_of_turn_token: str | None = None,
+        mask_reasoning_content: bool = False,
+        shuffle_seed: int | None = None,
         max_length: int | None = None,
         num_proc: int | None = None,
         cache_dir: str | None = None,
     ) -> None:
         # start_of_turn_token is accepted for NeMo YAMLs; turns are found by rendering, not by a marker.
         del start_of_turn_token
+        if shuffle_seed is not None and (isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)):
+            raise DatasetError(f"dataset.shuffle_seed: expected an integer (or null), got {shuffle_seed!r}")
+        self.mask_reasoning_content = bool(mask_reasoning_content)
+        self.shuffle_seed = shuffle_seed
         if tokenizer is None:
             raise DatasetError("dataset: a tokenizer is required")
         self.tokenizer = tokenizer
@@ -190,11 +244,24 @@ class ChatDataset(TokenizedDataset):
         self.pad_token_id = pad_token_id_of(tokenizer)
         self._renders_tools: bool | None = None
         self.skip_invalid_samples = skip_invalid_samples
+        if self.mask_reasoning_content and "reasoning_content" not in self.chat_template:
+            logger.warning("dataset.mask_reasoning_content: the chat template never shows 'reasoning_content', "
+                           "so there is no reasoning text to mask (and traces are not trained on)")
         self._load_table(path_or_dataset_id, split, limit_dataset_samples, cache_dir, num_proc)
+
+    def _row_source(self, path_or_dataset_id: str | Sequence[str], split: str | None) -> arrow_rows.RowSource:
+        source = super()._row_source(path_or_dataset_id, split)
+        return source if self.shuffle_seed is None else ShuffledRowSource.wrap(source, self.shuffle_seed)
 
     def _settings(self) -> dict[str, Any] | None:
         return {"chat_template": self.chat_template, "mask_history": self.mask_history,
-                "skip_invalid_samples": self.skip_invalid_samples}
+                "skip_invalid_samples": self.skip_invalid_samples,
+                "mask_reasoning_content": self.mask_reasoning_content, "shuffle_seed": self.shuffle_seed,
+                "truncation_side": self._truncation_side()}
+
+    def _truncation_side(self) -> str:
+        """Which end a cut row loses: the tokenizer's ``truncation_side`` (``left`` keeps the conversation's end)."""
+        return "left" if getattr(self.tokenizer, "truncation_side", "right") == "left" else "right"
 
     def _template(self, chat_template: str | None) -> str:
         template = chat_template
@@ -249,15 +316,20 @@ class ChatDataset(TokenizedDataset):
         return checked
 
     # ------------------------------------------------------------------ rendering
+    @property
+    def renderer(self) -> ChatRenderer:
+        renderer = self.__dict__.get("_renderer")
+        if renderer is None or renderer.tokenizer is not self.tokenizer or renderer.chat_template != self.chat_template:
+            renderer = self.__dict__["_renderer"] = ChatRenderer(self.tokenizer, self.chat_template)
+        return renderer
+
     def _render(self, where: str, prefixes: list[list[dict[str, Any]]], tools: list[Any] | None,
-                add_generation_prompt: bool = False) -> list[str]:
-        """The rendered text of each of a conversation's prefixes (one template call for all of them)."""
+                add_generation_prompt: bool = False, cleaned: dict[int, Any] | None = None) -> list[str]:
+        """The rendered text of each of a conversation's prefixes (one template call for all of them);
+        ``cleaned``: the renderer's cleaned messages, kept over the calls for one conversation."""
         nonempty = [p for p in prefixes if p]
         try:
-            texts = iter(self.tokenizer.apply_chat_template(
-                nonempty, tools=tools, chat_template=self.chat_template, tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-            ) if nonempty else ())
+            texts = iter(self.renderer.render(nonempty, tools, add_generation_prompt, cleaned))
         except Exception as err:  # jinja raises its own errors, templates call raise_exception
             raise DatasetError(f"{where}: the chat template rejects this conversation "
                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
@@ -281,9 +353,13 @@ class ChatDataset(TokenizedDataset):
         """The rendered conversation cut into (text, supervised) pieces, checked to extend one another."""
         last_assistant = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        cleaned: dict[int, Any] = {}
         before_answer = dict(zip(answers, self._render(where, [messages[:i] for i in answers], tools,
-                                                       add_generation_prompt=True)))
-        through = self._render(where, [messages[: i + 1] for i in range(len(messages))], tools)
+                                                       add_generation_prompt=True, cleaned=cleaned)))
+        through = self._render(where, [messages[: i + 1] for i in range(len(messages))], tools, cleaned=cleaned)
+        thinking = [i for i in answers if self.mask_reasoning_content and messages[i].get("reasoning_content")]
+        emptied = dict(zip(thinking, self._render(
+            where, [messages[:i] + [{**messages[i], "reasoning_content": ""}] for i in thinking], tools)))
         pieces: list[tuple[str, bool]] = []
         done = ""
         for i, message in enumerate(messages):
@@ -298,7 +374,13 @@ class ChatDataset(TokenizedDataset):
                         f"{where}: the chat template does not render this conversation turn by turn "
                         f"(message {i} changes the text before it), so assistant tokens cannot be located"
                     )
-                pieces.append((text[len(done):], is_supervised))
+                added = text[len(done):]
+                span = reasoning_span(added, emptied[i][len(done):]) if (
+                    is_supervised and i in emptied and emptied[i].startswith(done)) else None
+                if span is None:
+                    pieces.append((added, is_supervised))
+                else:  # the trace stays in the text, without loss
+                    pieces += [(added[: span[0]], True), (added[span[0]: span[1]], False), (added[span[1]:], True)]
                 done = text
         return [(text, flag) for text, flag in pieces if text]
 
@@ -318,6 +400,8 @@ class ChatDataset(TokenizedDataset):
             ids += piece
             labels += piece if supervised else [IGNORE_INDEX] * len(piece)
         keep = self.row_limit.keep(where, len(ids) - 1) + 1  # n tokens are n - 1 model inputs once shifted
+        if keep < len(ids) and self._truncation_side() == "left":
+            ids, labels = ids[len(ids) - keep:], labels[len(labels) - keep:]
         sample = shift_and_pad(ids[:keep], labels[:keep], None, self.pad_token_id)
         if sample is None:
             raise DatasetError(f"{where}: no assistant token is left to learn from after truncation to "

@@ -1,0 +1,1 @@
+"""Model-side settings shared by the model loaders (``common.BackendConfig``)."""
