@@ -63,6 +63,15 @@ def tiny_llama_config(vocab_size: int):
     )
 
 
+def tiny_llama(vocab_size: int, seed: int = 0):
+    """A tiny random Llama, seeded: the same weights for the same seed."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

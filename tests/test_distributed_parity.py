@@ -123,6 +123,18 @@ def test_ranks_match_one_process(dist_env, single, world, overrides, tol):
         assert got["block_calls_per_microbatch"] == 1.0
 
 
+def test_packed_context_parallel_matches_one_process(dist_env):
+    """Packed rows split over 2 context-parallel ranks: each document still sees only its own earlier tokens."""
+    packed = {"packed_sequence.packed_sequence_size": 96}
+    ref = run_on_ranks(train, 1, dist_env, packed)[0]
+    ranks = run_on_ranks(train, 2, dist_env, {**packed, "distributed.cp_size": 2})
+    assert ranks[0]["loss"] == ranks[1]["loss"] and ranks[0]["attn"] == "nemo_like_context_parallel"
+    assert len(ref["loss"]) >= 2 and ranks[0]["label_tokens"] == ref["label_tokens"]
+    assert max(abs(a - b) for a, b in zip(ranks[0]["loss"], ref["loss"])) <= 1e-5, (ranks[0]["loss"], ref["loss"])
+    assert max(abs(a - b) for a, b in zip(ranks[0]["grad_norm"], ref["grad_norm"])) <= 1e-5
+    assert abs(ranks[0]["val_loss"] - ref["val_loss"]) <= 1e-5
+
+
 def grads_before_each_micro_batch(env: dict[str, str], overrides: dict) -> list[bool]:
     """One rank, two optimizer steps of two micro-batches: whether any sharded gradient exists as each
     micro-batch starts (the optimizer step clears them, so the first of a step always sees none)."""

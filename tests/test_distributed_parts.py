@@ -95,7 +95,7 @@ def test_sequence_shards_cover_the_padded_sequence_once():
     assert torch.equal(merged["position_ids"], torch.arange(16).expand(2, 16))
     assert (merged["labels"][:, 13:] == -100).all() and (merged["attention_mask"][:, 13:] == 0).all()
     assert shard_batch(batch, 1, 0) is batch
-    with pytest.raises(ConfigError, match="packed sequences"):
+    with pytest.raises(ConfigError, match="4-D attention mask without position_ids"):
         packed = torch.ones(2, 1, 13, 13, dtype=torch.bool)
         shard_batch({"input_ids": batch["input_ids"], "attention_mask": packed}, 2, 0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_llama_config
+from conftest import tiny_llama
 from nemo_like.components.training.neftune import NEFTune, neftune_magnitude
 from nemo_like.recipes.llm.run import main
 
@@ -23,10 +23,7 @@ def _threads(one_thread):
 
 
 def _model(seed: int = 0):
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_llama_config(VOCAB))
+    return tiny_llama(VOCAB, seed)
 
 
 def _embedded(model, input_ids: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_llama_config
+from conftest import tiny_llama
 from nemo_like.recipes.llm.run import main
 
 pytest.importorskip("torchao")
@@ -32,10 +32,7 @@ def _threads(one_thread):
 
 
 def _model(seed: int = 0):
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_llama_config(VOCAB))
+    return tiny_llama(VOCAB, seed)
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:

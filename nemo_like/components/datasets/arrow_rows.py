@@ -23,6 +23,7 @@ import datasets
 import pyarrow as pa
 import xxhash
 
+from nemo_like.components.datasets.local_splits import resolve_local_split
 from nemo_like.components.datasets.json_rows import (
     DatasetError,
     check_data_file,
@@ -51,6 +52,8 @@ class RowSource:
     @classmethod
     def of(cls, path_or_dataset_id: str | Sequence[str], split: str | None = None) -> RowSource:
         source = path_or_dataset_id if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
+        if isinstance(source, str) and os.path.isdir(os.path.expanduser(source)):
+            source = resolve_local_split(source, split)  # a local copy of a hub set: the split's files
         if not is_local_data_path(source):
             return cls(source, split, None)
         paths = [check_data_file(p) if _native_format(p) is None else _checked_native(p)

@@ -89,7 +89,9 @@ def context_parallel_attention(
     """A transformers attention function: local queries against the gathered keys/values.
 
     ``query`` is ``[B, H, S_local, D]``, ``key``/``value`` ``[B, H_kv, S_local, D]``;
-    ``attention_mask`` is the local 2-D padding mask (or None). Returns ``[B, S_local, H, D]``.
+    ``attention_mask`` is the local 2-D padding mask (or None). Packed rows (``position_ids`` that restart
+    at 0 inside a row, see ``shard_batch``) also keep each query to the keys of its own document: the
+    documents are numbered from the gathered positions, in global token order. Returns ``[B, S_local, H, D]``.
     """
     group = _cp_group()
     size, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -100,10 +102,17 @@ def context_parallel_attention(
     q_index = local_token_index(seq_len, size, rank, query.device)
     k_index = torch.cat([local_token_index(seq_len, size, r, query.device) for r in range(size)])
     allowed = (q_index[:, None] >= k_index[None, :])[None, None]  # [1, 1, S_local, S]
+    position_ids = kwargs.get("position_ids")
+    if position_ids is not None and position_ids.dim() == 2:
+        gathered = _gather_no_grad(position_ids, group)  # [B, S] in gathered order
+        in_order = torch.empty_like(gathered)
+        in_order[:, k_index] = gathered
+        docs = torch.cumsum((in_order == 0).to(torch.long), dim=-1)  # a document starts where positions restart
+        allowed = allowed & (docs[:, q_index][:, :, None] == docs[:, k_index][:, None, :])[:, None]
     if attention_mask is not None:
         if attention_mask.dim() != 2:
-            raise ConfigError("context parallel attention takes a 2-D padding mask; "
-                              "packed (4-D) masks are not supported")
+            raise ConfigError("context parallel attention takes a 2-D padding mask; shard the batch with "
+                              "shard_batch (packed 4-D masks become position restarts there)")
         valid = _gather_no_grad(attention_mask.to(torch.bool), group)  # [B, S] in gathered order
         allowed = allowed & valid[:, None, None, :]
         # A padding query with nothing to attend to would give NaN; let it see itself (no label reads it).
@@ -166,12 +175,15 @@ def shard_batch(
     if cp_size == 1 and multiple == 1:
         return batch
     mask = batch.get("attention_mask")
+    out = dict(batch)
     if mask is not None and mask.dim() != 2:
-        raise ConfigError("distributed.cp_size: packed sequences (4-D attention masks) cannot be split over "
-                         "context-parallel ranks; set packed_sequence.packed_sequence_size: 0 or cp_size: 1")
+        if "position_ids" not in batch:
+            raise ConfigError("distributed.cp_size: a 4-D attention mask without position_ids cannot be split "
+                              "over context-parallel ranks")
+        # A packed row: its documents restart their positions at 0, which the attention reads; no padding inside.
+        out["attention_mask"] = torch.ones_like(batch["input_ids"])
     ids = batch["input_ids"]
     bsz, seq_len = ids.shape
-    out = dict(batch)
     if "position_ids" not in out:
         out["position_ids"] = torch.arange(seq_len, device=ids.device).expand(bsz, seq_len)
     pad = (-seq_len) % ((2 * cp_size if cp_size > 1 else 1) * multiple)

@@ -24,7 +24,7 @@ from typing import Any
 
 from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path
 from nemo_like.components.datasets.llm.chat_dataset import ChatDataset, inline_tools, parse_json_field
-from nemo_like.components.datasets.llm.local_splits import limit_within_split, resolve_local_split
+from nemo_like.components.datasets.local_splits import limit_within_split, resolve_local_split
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces
 
 AGENT_ROLES = ("system", "user", "assistant", "tool_call", "tool_response", "tool")

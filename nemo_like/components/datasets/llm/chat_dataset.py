@@ -39,7 +39,7 @@ from nemo_like.components.datasets.llm.formatting_utils import (
     pad_token_id_of,
     shift_and_pad,
 )
-from nemo_like.components.datasets.llm.local_splits import split_name
+from nemo_like.components.datasets.local_splits import split_name
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 logger = logging.getLogger("nemo_like")

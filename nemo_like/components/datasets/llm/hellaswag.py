@@ -22,7 +22,7 @@ from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import pad_token_id_of, shift_and_pad
-from nemo_like.components.datasets.llm.local_splits import resolve_local_split
+from nemo_like.components.datasets.local_splits import resolve_local_split
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 _PAD_MULTIPLE = 8

@@ -27,7 +27,7 @@ from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.chat_dataset import ChatDataset, parse_json_field
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, pad_token_id_of, shift_and_pad
-from nemo_like.components.datasets.llm.local_splits import limit_within_split, resolve_local_split
+from nemo_like.components.datasets.local_splits import limit_within_split, resolve_local_split
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 PROMPT = "Context: {context} Question: {question} Answer: "
