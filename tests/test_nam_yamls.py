@@ -36,21 +36,23 @@ def nam_model_dir(tmp_path_factory, tiny_tokenizer) -> str:
 @pytest.fixture(scope="module")
 def nam_env(tmp_path_factory, nam_model_dir) -> dict[str, str]:
     paths = nam_shapes.write_all(tmp_path_factory.mktemp("nam_data"))
-    env = {"NAM_TEST_MODEL": nam_model_dir}
+    env = {"NAM_TEST_MODEL": nam_model_dir, "NAM_TEST_TEMPLATES": str(NAM_DIR)}
     for shape in nam_shapes.SHAPES:
         env[f"NAM_TEST_{shape.upper()}"] = paths[shape]
     return env
 
 
 def run_yaml(env: dict[str, str], path: str, workdir: str) -> dict:
-    """What ``finetune.py --config path`` does (parse, check every section, build, train), in this process."""
+    """What ``finetune.py --config path --step_scheduler.max_steps 2`` does (parse, check every section, build,
+    train), in this process."""
     os.environ.update(env)
     os.chdir(workdir)
     from nemo_like.config.arg_parser import parse_args_and_load_config
     from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, check_sft_config
     from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
 
-    cfg = parse_args_and_load_config(["--config", path], known_sections=SFT_SCHEMA.override_names)
+    cfg = parse_args_and_load_config(["--config", path, "--step_scheduler.max_steps", "2"],
+                                     known_sections=SFT_SCHEMA.override_names)
     check_sft_config(cfg)
     recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
     recipe.setup()
