@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO
 from nemo_like.recipes.builders.trackers import build_metric_loggers
 from nemo_like.components.loggers.optional import MissingExtraError
+from nemo_like.config.errors import ConfigError
 from nemo_like.components.loggers.params import flatten_params
 from nemo_like.config.loader import ConfigNode
 from nemo_like.config.secrets import REDACTED, redact_config
@@ -107,6 +108,12 @@ def test_trackers_are_off_unless_asked_and_on_rank_zero_only(tmp_path):
     built = build_metric_loggers(config, str(tmp_path))
     assert list(built.loggers) == ["tensorboard"]
     built.finish()
+    # NeMo AutoModel's switch is `enable`; its folder key `dir` is W&B's own name for save_dir.
+    nam = ConfigNode({"wandb": {"enable": False, "project": "p", "dir": str(tmp_path / "wb")}})
+    assert not build_metric_loggers(nam, str(tmp_path))
+    clash = ConfigNode({"wandb": {"mode": "offline", "dir": "a", "save_dir": "b"}})
+    with pytest.raises(ConfigError, match="wandb.dir"):
+        build_metric_loggers(clash, str(tmp_path))
 
 
 def test_params_are_the_flattened_config_without_secrets():

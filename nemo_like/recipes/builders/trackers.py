@@ -23,9 +23,8 @@ def _section_kwargs(section: Any) -> dict[str, Any] | None:
     if section is None or section is False:
         return None
     kwargs = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-    if not kwargs.pop("enabled", True):
-        return None
-    return kwargs
+    on = [kwargs.pop(flag, True) for flag in ("enabled", "enable")]  # NeMo AutoModel writes `enable`
+    return kwargs if all(on) else None
 
 
 def build_metric_loggers(config: Any, run_dir: str, enabled: bool = True) -> MetricLoggers:
@@ -57,6 +56,11 @@ def build_metric_loggers(config: Any, run_dir: str, enabled: bool = True) -> Met
 def _build_tracker(name: str, kwargs: dict[str, Any], run_dir: str) -> Any:
     try:
         if name == "wandb":
+            if "dir" in kwargs:  # W&B's own name for the folder (as wandb.init calls it)
+                if kwargs.get("save_dir") not in (None, kwargs["dir"]):
+                    raise ConfigError(f"wandb.dir: {kwargs['dir']!r} and wandb.save_dir: {kwargs['save_dir']!r} "
+                                      "name two folders; keep one")
+                kwargs["save_dir"] = kwargs.pop("dir")
             kwargs.setdefault("save_dir", None)
             kwargs["save_dir"] = kwargs["save_dir"] or run_dir
             return WandbLogger(**kwargs)
