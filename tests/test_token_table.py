@@ -219,6 +219,10 @@ def test_parquet_and_csv_rows_are_read_by_datasets_and_named_by_index(tiny_token
     for name in ("rows.parquet", "rows.csv"):
         ds = ColumnMappedTextInstructionDataset(str(tmp_path / name), QM, tiny_tokenizer, max_length=0)
         assert ds.samples == reference.samples and ds.locations[3] == f"{tmp_path / name}[3]"
+        # A sliced split keeps each row's place in the file (its name, and the row an error names).
+        tail = ColumnMappedTextInstructionDataset(str(tmp_path / name), QM, tiny_tokenizer, max_length=0,
+                                                  split="train[10:]")
+        assert tail.samples == reference.samples[10:] and tail.locations[3] == f"{tmp_path / name}[13]"
 
 
 def test_packing_and_length_grouping_read_the_table_arrays_and_match_the_rows(tiny_tokenizer, tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import xxhash
 
@@ -98,8 +99,8 @@ class RowSource:
             if self.array[file]:
                 return file, row, json.loads(batch["line"][i])
             return file, row, parse_jsonl_line(self.paths[file], row, batch["offset"][i], batch["line"][i])
-        file, row = self.locate(index)
-        return file, row, {k: v[i] for k, v in batch.items()}
+        file, row = self.locate(batch[_NATIVE_ROW][i])  # the row's place before any slice or shuffle
+        return file, row, {k: v[i] for k, v in batch.items() if k != _NATIVE_ROW}
 
     def locate(self, index: int) -> tuple[int, int]:
         """(file, row within it) of a native table's row ``index`` (files are concatenated in order)."""
@@ -114,6 +115,7 @@ class RowSource:
             parts = [_read_native(self.native, p, scratch) for p in self.paths]
             self.bounds = [sum(len(t) for t in parts[:j]) for j in range(len(parts))]
             table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+            table = table.add_column(_NATIVE_ROW, np.arange(len(table), dtype=np.int64))
         else:
             path = scratch / "rows.arrow"
             _write_json_rows(self.paths, path)
@@ -133,6 +135,9 @@ class RowSource:
                 raise DatasetError(f"{self.path_or_dataset_id}: cannot load this dataset ({type(e).__name__}); "
                                    "on an offline machine give a local JSON/JSONL path") from e
         return self.loaded
+
+
+_NATIVE_ROW = "__nemo_like_row"  # a Parquet/CSV row's index in the files as read, kept through slices
 
 
 def _native_format(path: str) -> str | None:
