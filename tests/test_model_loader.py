@@ -332,3 +332,13 @@ def test_build_tokenizer_sets_missing_pad(smol, tmp_path: Path) -> None:
     assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None
     rebuilt = build_tokenizer(str(tmp_path))
     assert rebuilt.pad_token == rebuilt.eos_token == "<|im_end|>"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_flash_attention_without_its_kernel_is_one_line_before_loading(tiny_model_dir):
+    from nemo_like import NeMoAutoModelForCausalLM
+    from nemo_like.config.errors import ConfigError
+
+    for load in (NeMoAutoModelForCausalLM.from_pretrained, NeMoAutoModelForCausalLM.from_config):
+        with pytest.raises(ConfigError, match=r"model.attn_implementation: 'flash_attention_2' needs a CUDA GPU"):
+            load(tiny_model_dir, attn_implementation="flash_attention_2")

@@ -96,6 +96,20 @@ def _with_sdpa_fallback(load, attn_implementation: str | None) -> PreTrainedMode
         return load("eager")
 
 
+def _check_attention_available(attn_implementation: str | None) -> None:
+    """A flash-attention kernel needs its package and a CUDA GPU: say so in one line, before loading weights."""
+    if not attn_implementation or not attn_implementation.startswith("flash_attention"):
+        return
+    import importlib.util
+
+    package = "flash_attn_interface" if attn_implementation == "flash_attention_3" else "flash_attn"
+    missing = [why for why, absent in (("a CUDA GPU", not torch.cuda.is_available()),
+                                       (f"the {package} package", importlib.util.find_spec(package) is None)) if absent]
+    if missing:
+        raise ConfigError(f"model.attn_implementation: {attn_implementation!r} needs {' and '.join(missing)}, "
+                          "which this machine lacks; use attn_implementation: sdpa")
+
+
 def _backend_attention(backend: Any, attn_implementation: str | None) -> str | None:
     """The attention kernel when ``backend`` (a ``BackendConfig`` or its fields) is given.
 
@@ -150,6 +164,7 @@ class NeMoAutoModelForCausalLM:
         ``BackendConfig``) picks the kernels; its ``attn`` sets the attention implementation.
         """
         attn_implementation = _backend_attention(backend, attn_implementation)
+        _check_attention_available(attn_implementation)
         model = cls._load_pretrained(
             pretrained_model_name_or_path, *model_args, torch_dtype=torch_dtype,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, gguf_file=gguf_file, **kwargs
@@ -227,6 +242,7 @@ class NeMoAutoModelForCausalLM:
         ``fused_swiglu`` and ``backend`` as in ``from_pretrained``.
         """
         attn_implementation = _backend_attention(backend, attn_implementation)
+        _check_attention_available(attn_implementation)
         dtype = _pick_dtype(torch_dtype, kwargs)
         _drop_nemo_only_options(kwargs)
         config = _as_config(config, trust_remote_code)
