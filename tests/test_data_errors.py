@@ -138,7 +138,11 @@ def test_empty_missing_and_folder_paths(tmp_path, tiny_tokenizer, kind):
     _raises(kind, str(blank), tiny_tokenizer, rf"{re.escape(str(blank))}: (empty file|a whole pass produced no)")
     missing = tmp_path / "nope.jsonl"
     _raises(kind, str(missing), tiny_tokenizer, rf"{re.escape(str(missing))}: data file not found")
-    _raises(kind, str(tmp_path), tiny_tokenizer, rf"{re.escape(str(tmp_path))}: is a folder")
+    folder = tmp_path / "no_data"
+    folder.mkdir()
+    _raises(kind, str(folder), tiny_tokenizer, rf"{re.escape(str(folder))}: the folder holds no")
+    # A folder of data files is a local copy of a split: its files are read, and a bad one is named.
+    _raises(kind, str(tmp_path), tiny_tokenizer, rf"{re.escape(str(tmp_path))}/\w+\.jsonl: empty file")
 
 
 def test_a_mistyped_relative_path_is_a_missing_file_not_a_hub_id(tmp_path, tiny_tokenizer, monkeypatch):

@@ -7,6 +7,7 @@ on from exactly the next row.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from nemo_like.components.datasets.json_rows import (
     parse_jsonl_line,
     read_json_rows,
 )
+from nemo_like.components.datasets.local_splits import resolve_local_split
 from nemo_like.components.distributed.init import data_parallel_rank_and_size
 
 Row = tuple[str, dict[str, Any], dict[str, Any]]  # (location, row, position after the row)
@@ -40,6 +42,8 @@ def shard() -> tuple[int, int]:
 
 def local_paths(path_or_dataset_id: str | Sequence[str], split: str | None) -> list[str] | None:
     """The checked local files to stream (present, not empty, text), or None for a hub dataset id."""
+    if isinstance(path_or_dataset_id, str) and os.path.isdir(os.path.expanduser(path_or_dataset_id)):
+        path_or_dataset_id = resolve_local_split(path_or_dataset_id, split)  # a local copy of a hub set's splits
     if not is_local_data_path(path_or_dataset_id):
         return None
     paths = [path_or_dataset_id] if isinstance(path_or_dataset_id, str) else list(path_or_dataset_id)
