@@ -41,12 +41,13 @@ from nemo_like.components.datasets.json_rows import DatasetError
 
 logger = logging.getLogger("nemo_like")
 
-FORMAT = 2  # the layout of a cache entry; bump to leave old entries behind
+FORMAT = 3  # the layout of a cache entry; bump to leave old entries behind
 BATCH_ROWS = 1000
 MIN_ROWS_PER_PROCESS = 2000  # fewer rows than this per worker and forking costs more than it saves
 PROBE_ROWS = 256  # tokenized here first, so an error in the first rows needs no workers
 
-# A row's samples: {"input_ids": [...], "labels": [...], "cut": bool} (pre-shifted, unpadded) or None to drop it.
+# A row's samples: {"input_ids": [...], "labels": [...], "cut": bool} (pre-shifted, unpadded), with "parts" (the
+# lengths of a sample's pieces, e.g. prompt / chosen / rejected) where an item has several; or None to drop it.
 Encoder = Callable[[list[tuple[str, dict[str, Any]]]], list[dict[str, Any] | None]]
 
 
@@ -111,18 +112,20 @@ class _TokenizeRows:
             with open(self.stop_file, "a", encoding="utf-8") as f:
                 f.write(str(err) + "\n")
             raise
-        out: dict[str, Any] = {"input_ids": [], "labels": [], "supervised": [], "file": [], "row": [], "index": [],
-                               "cut": []}
+        out: dict[str, Any] = {"input_ids": [], "labels": [], "parts": [], "supervised": [], "file": [], "row": [],
+                               "index": [], "cut": []}
         for index, (file, row, _), sample in zip(indices, located, samples):
             if sample is not None:
                 out["input_ids"].append(sample["input_ids"])
                 out["labels"].append(sample["labels"])
+                out["parts"].append(sample.get("parts", []))
                 out["supervised"].append(len(sample["labels"]) - sample["labels"].count(IGNORE_INDEX))
                 out["cut"].append(bool(sample.get("cut", False)))
                 out["file"].append(file)
                 out["row"].append(row)
                 out["index"].append(index)
-        out["input_ids"], out["labels"] = _int32_lists(out["input_ids"]), _int32_lists(out["labels"])
+        for name in ("input_ids", "labels", "parts"):
+            out[name] = _int32_lists(out[name])
         return pa.Table.from_pydict(out, schema=_SCHEMA)
 
 
@@ -137,7 +140,7 @@ def _int32_lists(rows: list[list[int]]) -> pa.Array:
 
 def _features() -> Any:
     ids = datasets.List(datasets.Value("int32"))
-    return datasets.Features({"input_ids": ids, "labels": ids, "supervised": datasets.Value("int32"),
+    return datasets.Features({"input_ids": ids, "labels": ids, "parts": ids, "supervised": datasets.Value("int32"),
                               "file": datasets.Value("int32"),
                               "row": datasets.Value("int64"), "index": datasets.Value("int64"), "cut": datasets.Value("bool")})
 
@@ -182,6 +185,7 @@ class TokenTable:
             raise DatasetError(f"{self.directory}: {len(table)} samples, the manifest says {self.manifest['samples']}")
         self.input_ids = _ListColumn(table.column("input_ids"))
         self.labels = _ListColumn(table.column("labels"))
+        self.parts = _ListColumn(table.column("parts"))  # a sample's piece lengths, for datasets whose items have several
         self.supervised = table.column("supervised").to_numpy()
         self.file = table.column("file").to_numpy()
         self.row = table.column("row").to_numpy()

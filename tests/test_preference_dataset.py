@@ -1,0 +1,98 @@
+"""PreferenceDataset: the same prompt / chosen / rejected tokens as TRL's DPO preprocessing, from cached tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
+
+from conftest import write_jsonl
+from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.datasets.llm.preference_dataset import PreferenceDataset
+
+
+def _plain(n: int) -> list[dict]:
+    return [{"prompt": f"What is {i} plus {i + 1}?", "chosen": f" It is {2 * i + 1}.", "rejected": f" It is {i}."}
+            for i in range(n)]
+
+
+def _chats(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": f"What is {i} plus 2?"}]
+        if i % 2:
+            prompt = [{"role": "system", "content": "Add."}, *prompt]
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": f"It is {i + 2}."}],
+                     "rejected": [{"role": "assistant", "content": f"It is {i + 3}."}]})
+    return rows
+
+
+def _trl(tokenizer, row: dict) -> dict:
+    """TRL's DPO preprocessing of one row (its own functions; EOS added to plain completions as it does)."""
+    if "prompt" not in row:
+        row = extract_prompt(row)
+    conversational = isinstance(row["prompt"], list)
+    if not conversational:
+        eos = tokenizer.eos_token
+        row = {**row, **{k: row[k] if row[k].endswith(eos) else row[k] + eos for k in ("chosen", "rejected")}}
+    extra = {"add_generation_prompt": True} if conversational else {}
+    prompt_ids = _tokenize(tokenizer, row["prompt"], **extra)["input_ids"]
+    with_chosen = _tokenize(tokenizer, row["prompt"] + row["chosen"])["input_ids"]
+    with_rejected = _tokenize(tokenizer, row["prompt"] + row["rejected"])["input_ids"]
+    n = min(common_prefix_length(prompt_ids, with_chosen), common_prefix_length(prompt_ids, with_rejected))
+    return {"prompt_input_ids": list(prompt_ids[:n]), "chosen_input_ids": list(with_chosen[n:]),
+            "rejected_input_ids": list(with_rejected[n:])}
+
+
+@pytest.mark.parametrize("form", ["plain", "conversational", "implicit prompt"])
+def test_items_equal_trls_preprocessing(tmp_path, tiny_tokenizer, form):
+    rows = _plain(12) if form == "plain" else _chats(12)
+    if form == "implicit prompt":
+        rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
+    ds = PreferenceDataset(write_jsonl(tmp_path / "pairs.jsonl", rows), tiny_tokenizer, max_length=0)
+    assert len(ds) == 12
+    assert [ds[i] for i in range(12)] == [_trl(tiny_tokenizer, r) for r in rows]
+    item = ds[3]
+    assert tiny_tokenizer.eos_token_id in item["chosen_input_ids"]  # EOS / end of turn is part of each completion
+    assert item["chosen_input_ids"] != item["rejected_input_ids"]
+
+
+def test_column_mapping_split_and_limit(tmp_path, tiny_tokenizer):
+    rows = [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in _plain(10)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    mapping = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    ds = PreferenceDataset(path, tiny_tokenizer, column_mapping=mapping, split="train[2:8]", limit_dataset_samples=3,
+                           max_length=0)
+    expected = [_trl(tiny_tokenizer, r) for r in _plain(10)[2:5]]
+    assert [ds[i] for i in range(len(ds))] == expected
+    assert ds.location(0).endswith("pairs.jsonl:3")
+
+
+def test_truncation_keeps_the_prompt_and_cuts_the_completions(tmp_path, tiny_tokenizer, caplog):
+    rows = [{"prompt": "What is 1 plus 2?", "chosen": " It is 3, because one plus two is three.", "rejected": " 4"}]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    full = PreferenceDataset(path, tiny_tokenizer, max_length=0)[0]
+    limit = len(full["prompt_input_ids"]) + 5
+    with pytest.raises(DatasetError, match=r"pairs.jsonl:1: .*exceed"):
+        PreferenceDataset(path, tiny_tokenizer, seq_length=limit, max_length=0)
+    cut = PreferenceDataset(path, tiny_tokenizer, seq_length=limit, truncation=True, max_length=0)[0]
+    assert cut["prompt_input_ids"] == full["prompt_input_ids"]
+    assert cut["chosen_input_ids"] == full["chosen_input_ids"][:5]
+    assert cut["rejected_input_ids"] == full["rejected_input_ids"][:5]
+    with pytest.raises(DatasetError, match="the prompt alone"):
+        PreferenceDataset(path, tiny_tokenizer, seq_length=3, truncation=True, max_length=0)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "hi", "chosen": "a"}, "column 'rejected'"),
+    ({"prompt": "hi", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]}, "all strings or all"),
+    ({"prompt": "hi", "chosen": "  ", "rejected": "b"}, "empty chosen"),
+    ({"chosen": "a", "rejected": "b"}, "only conversational rows may leave the prompt implicit"),
+])
+def test_bad_rows_are_one_line_naming_file_and_line(tmp_path, tiny_tokenizer, row, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(_plain(1)[0]) + "\n" + json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"pairs.jsonl:2: .*{message}") as err:
+        PreferenceDataset(str(path), tiny_tokenizer, max_length=0)
+    assert "\n" not in str(err.value)
