@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
 
 from conftest import write_jsonl
@@ -41,8 +42,8 @@ def _trl(tokenizer, row: dict) -> dict:
     with_chosen = _tokenize(tokenizer, row["prompt"] + row["chosen"])["input_ids"]
     with_rejected = _tokenize(tokenizer, row["prompt"] + row["rejected"])["input_ids"]
     n = min(common_prefix_length(prompt_ids, with_chosen), common_prefix_length(prompt_ids, with_rejected))
-    return {"prompt_input_ids": list(prompt_ids[:n]), "chosen_input_ids": list(with_chosen[n:]),
-            "rejected_input_ids": list(with_rejected[n:])}
+    return {"prompt_ids": list(prompt_ids[:n]), "chosen_ids": list(with_chosen[n:]),
+            "rejected_ids": list(with_rejected[n:])}
 
 
 @pytest.mark.parametrize("form", ["plain", "conversational", "implicit prompt"])
@@ -54,8 +55,8 @@ def test_items_equal_trls_preprocessing(tmp_path, tiny_tokenizer, form):
     assert len(ds) == 12
     assert [ds[i] for i in range(12)] == [_trl(tiny_tokenizer, r) for r in rows]
     item = ds[3]
-    assert tiny_tokenizer.eos_token_id in item["chosen_input_ids"]  # EOS / end of turn is part of each completion
-    assert item["chosen_input_ids"] != item["rejected_input_ids"]
+    assert tiny_tokenizer.eos_token_id in item["chosen_ids"]  # EOS / end of turn is part of each completion
+    assert item["chosen_ids"] != item["rejected_ids"]
 
 
 def test_column_mapping_split_and_limit(tmp_path, tiny_tokenizer):
@@ -73,13 +74,13 @@ def test_truncation_keeps_the_prompt_and_cuts_the_completions(tmp_path, tiny_tok
     rows = [{"prompt": "What is 1 plus 2?", "chosen": " It is 3, because one plus two is three.", "rejected": " 4"}]
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     full = PreferenceDataset(path, tiny_tokenizer, max_length=0)[0]
-    limit = len(full["prompt_input_ids"]) + 5
+    limit = len(full["prompt_ids"]) + 5
     with pytest.raises(DatasetError, match=r"pairs.jsonl:1: .*exceed"):
         PreferenceDataset(path, tiny_tokenizer, seq_length=limit, max_length=0)
     cut = PreferenceDataset(path, tiny_tokenizer, seq_length=limit, truncation=True, max_length=0)[0]
-    assert cut["prompt_input_ids"] == full["prompt_input_ids"]
-    assert cut["chosen_input_ids"] == full["chosen_input_ids"][:5]
-    assert cut["rejected_input_ids"] == full["rejected_input_ids"][:5]
+    assert cut["prompt_ids"] == full["prompt_ids"]
+    assert cut["chosen_ids"] == full["chosen_ids"][:5]
+    assert cut["rejected_ids"] == full["rejected_ids"][:5]
     with pytest.raises(DatasetError, match="the prompt alone"):
         PreferenceDataset(path, tiny_tokenizer, seq_length=3, truncation=True, max_length=0)
 
@@ -96,3 +97,19 @@ def test_bad_rows_are_one_line_naming_file_and_line(tmp_path, tiny_tokenizer, ro
     with pytest.raises(DatasetError, match=rf"pairs.jsonl:2: .*{message}") as err:
         PreferenceDataset(str(path), tiny_tokenizer, max_length=0)
     assert "\n" not in str(err.value)
+
+
+def test_padded_batches_equal_trls_collator(tmp_path, tiny_tokenizer):
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from nemo_like.components.datasets.llm.preference_collater import preference_collater
+
+    ds = PreferenceDataset(write_jsonl(tmp_path / "pairs.jsonl", _chats(6)), tiny_tokenizer, max_length=0)
+    items = [ds[i] for i in range(5)]
+    ours = preference_collater(items, pad_token_id=tiny_tokenizer.pad_token_id)
+    theirs = DataCollatorForPreference(pad_token_id=tiny_tokenizer.pad_token_id)([dict(i) for i in items])
+    for key in ("input_ids", "attention_mask", "completion_mask"):
+        assert torch.equal(ours[key], theirs[key]), key
+    wide = preference_collater(items, pad_token_id=0, pad_seq_len_divisible=16)
+    assert wide["input_ids"].shape == (10, 16 * -(-ours["input_ids"].shape[1] // 16))
+    assert torch.equal(wide["completion_mask"][:, : ours["input_ids"].shape[1]], ours["completion_mask"])

@@ -9,7 +9,7 @@ completion; conversations through the template), and the completion starts where
 token lists part, so a template that renders the prompt differently alone still yields the
 tokens the model is trained on.
 
-Items: ``prompt_input_ids``, ``chosen_input_ids``, ``rejected_input_ids`` (lists). With
+Items: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (lists). With
 ``seq_length``, a pair whose prompt plus longer completion exceeds it is an error naming the
 row, or with ``truncation`` has its completions cut (the prompt is kept; counted in one log
 line); a prompt that alone reaches ``seq_length`` is an error either way. Tokenized in batches
@@ -155,7 +155,7 @@ class PreferenceDataset(TokenizedDataset):
             raise IndexError(f"sample {idx} out of range ({len(self)} samples)")
         ids = self.table.input_ids[idx].tolist()
         p, c, _ = (int(x) for x in self.table.parts[idx])
-        return {"prompt_input_ids": ids[:p], "chosen_input_ids": ids[p : p + c], "rejected_input_ids": ids[p + c :]}
+        return {"prompt_ids": ids[:p], "chosen_ids": ids[p : p + c], "rejected_ids": ids[p + c :]}
 
     def document_table(self) -> None:
         """Pairs are not documents to pack one after another (pair packing has its own collater)."""
