@@ -10,13 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import write_jsonl
+
 SPLITS = {"train": 96, "validation": 24}
-
-
-def _write(path: Path, rows: list[dict]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 def squad_rows(n: int, offset: int = 0) -> list[dict]:
@@ -106,7 +102,7 @@ def write_all(root: Path) -> dict[str, str]:
     for name, rows in SHAPES.items():
         offset = 0
         for split, n in SPLITS.items():
-            paths[f"{name}_{split}"] = _write(root / name / f"{split}.jsonl", rows(n, offset))
+            paths[f"{name}_{split}"] = write_jsonl(root / name / f"{split}.jsonl", rows(n, offset))
             offset += n
         paths[name] = str(root / name)
     return paths
