@@ -101,3 +101,42 @@ def test_bad_settings_are_one_line():
     assert not DPOLoss(loss_type="simpo").needs_reference and DPOLoss().needs_reference
     with pytest.raises(ValueError, match="reference"):
         DPOLoss()(torch.zeros(2), torch.zeros(2))
+
+
+@pytest.mark.parametrize("kind, weights, smoothing", [
+    ("sigmoid", None, 0.0), ("ipo", None, 0.0), ("hinge", None, 0.0), ("robust", None, 0.1),
+    ("apo_zero", None, 0.0), ("apo_down", None, 0.0), (["sigmoid", "sft"], [1.0, 0.3], 0.0),
+])
+def test_dpo_loss_equals_trls_on_the_same_pairs(tmp_path, tiny_tokenizer, one_thread, kind, weights, smoothing):
+    """TRL's DPOTrainer.compute_loss (its tokenization, collator, log-probs and loss) against ours: the
+    PreferenceDataset items, the padded collater, sequence_logps and DPOLoss, one policy and one reference."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from conftest import tiny_llama, write_jsonl
+    from nemo_like.components.datasets.llm.preference_collater import preference_collater
+    from nemo_like.components.datasets.llm.preference_dataset import PreferenceDataset
+    from nemo_like.components.loss.sequence_logps import sequence_logps
+
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} plus 2?"}],
+             "chosen": [{"role": "assistant", "content": f"It is {i + 2}."}],
+             "rejected": [{"role": "assistant", "content": f"It is {i + 3} or so."}]} for i in range(4)]
+    policy, reference = tiny_llama(len(tiny_tokenizer), 0), tiny_llama(len(tiny_tokenizer), 1)
+    types = kind if isinstance(kind, list) else [kind]
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, report_to=[], beta=BETA,
+                     loss_type=types, loss_weights=weights, label_smoothing=smoothing, use_cpu=True, bf16=False)
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tiny_tokenizer)
+    theirs = trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+
+    items = PreferenceDataset(write_jsonl(tmp_path / "pairs.jsonl", rows), tiny_tokenizer, max_length=0)[:4]
+    batch = preference_collater(items, pad_token_id=tiny_tokenizer.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    logps, tokens = sequence_logps(policy(**inputs).logits, batch["input_ids"], batch["completion_mask"])
+    with torch.no_grad():
+        ref_logps, _ = sequence_logps(reference(**inputs).logits, batch["input_ids"], batch["completion_mask"])
+    (chosen, rejected), (ref_chosen, ref_rejected) = logps.chunk(2), ref_logps.chunk(2)
+    ours, _ = DPOLoss(beta=BETA, loss_type=kind, loss_weights=weights, label_smoothing=smoothing)(
+        chosen, rejected, ref_chosen, ref_rejected, chosen_tokens=tokens[:4], rejected_tokens=tokens[4:],
+        chosen_nll=-chosen)
+    assert abs(float(ours) - float(theirs)) < 1e-5, (float(ours), float(theirs))
