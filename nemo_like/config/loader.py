@@ -9,8 +9,6 @@ run `os.system`.
 from __future__ import annotations
 
 import ast
-import functools
-import inspect
 import os
 import re
 from pathlib import Path
@@ -22,6 +20,7 @@ from nemo_like.config.call_text import brief_call, check_binding, describe
 from nemo_like.config.errors import ConfigError, ConfigKeyError
 from nemo_like.config.errors import did_you_mean as _did_you_mean
 from nemo_like.config.interpolation import Template, resolve_templates
+from nemo_like.config.partial_call import GatedPartial, named_arguments
 from nemo_like.config.typed_sections import located
 from nemo_like.config.target_gate import (
     ALLOWED_MODULE_PREFIXES,
@@ -38,14 +37,10 @@ __all__ = [
     "ConfigKeyError",
     "ConfigNode",
     "GatedPartial",
-    "interpolate_env",
     "load_yaml_config",
     "parse_literal",
     "resolve_target",
 ]
-
-_ENV_PATTERN = re.compile(r"\$\{oc\.env:([^,}]*)(?:,([^}]*))?\}")
-
 
 # --------------------------------------------------------------------------- values
 def parse_literal(text: str) -> Any:
@@ -73,26 +68,6 @@ def parse_literal(text: str) -> Any:
         if isinstance(loaded, (list, dict)):
             return _type_plain(loaded, "", interpolate=False)
     return text
-
-
-def interpolate_env(value: str, path: str) -> str:
-    """Replace `${oc.env:VAR}` / `${oc.env:VAR,default}` with the environment's value."""
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1).strip(), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            default = default.strip()
-            if len(default) >= 2 and default[0] == default[-1] and default[0] in "'\"":
-                default = default[1:-1]
-            return default
-        raise ConfigError(
-            f"{path or '<root>'}: environment variable '{name}' is not set (in {value!r}); "
-            f"export it or give a default as ${{oc.env:{name},default}}"
-        )
-
-    return _ENV_PATTERN.sub(substitute, value)
 
 
 class _PlainStr(str):
@@ -402,7 +377,7 @@ class ConfigNode:
         from nemo_like.config.target_gate import check_call_arguments
 
         written = raw_target if isinstance(raw_target, str) else None
-        check_call_arguments(target, _named_arguments(target, args, built), key, written)
+        check_call_arguments(target, named_arguments(target, args, built), key, written)
         check_binding(target, args, built, key, raw_target, partial=partial)
         if partial:
             return GatedPartial.make(target, args, built, key, written)
@@ -430,41 +405,6 @@ class ConfigNode:
 
 _SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_args_"})
 _UNSUPPORTED_HYDRA_KEYS = ("_recursive_", "_convert_")
-
-
-def _named_arguments(target: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The call's arguments by parameter name, so a positional `_args_` item is judged like a keyword."""
-    if not args:
-        return kwargs
-    try:
-        bound = inspect.signature(target).bind_partial(*args, **kwargs)
-    except (TypeError, ValueError):
-        return {**kwargs, "_args_": list(args)}
-    named = dict(bound.arguments)
-    for name, param in inspect.signature(target).parameters.items():
-        if param.kind is inspect.Parameter.VAR_KEYWORD and name in named:
-            named.update(named.pop(name))
-    return named
-
-
-class GatedPartial(functools.partial):
-    """The ``functools.partial`` a `_partial_: true` node builds: keywords its caller adds later
-    meet the same argument rules of the gate as the recipe's own (``trust_remote_code``, pickle)."""
-
-    @classmethod
-    def make(cls, target: Any, args: tuple, kwargs: dict[str, Any], key: str, written: str | None) -> "GatedPartial":
-        made = cls(target, *args, **kwargs)
-        made.gate_key, made.gate_written = key, written
-        return made
-
-    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        from nemo_like.config.target_gate import check_call_arguments
-
-        shallow = {k: v for k, v in kwargs.items() if not isinstance(v, (dict, list, tuple))}
-        if shallow:
-            check_call_arguments(self.func, shallow, getattr(self, "gate_key", "_target_"),
-                                 getattr(self, "gate_written", None))
-        return super().__call__(*args, **kwargs)
 
 
 def _wrap(value: Any, path: str) -> Any:

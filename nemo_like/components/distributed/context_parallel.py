@@ -17,6 +17,7 @@ the same amount of attention work.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -104,11 +105,9 @@ def context_parallel_attention(
     allowed = (q_index[:, None] >= k_index[None, :])[None, None]  # [1, 1, S_local, S]
     position_ids = kwargs.get("position_ids")
     if position_ids is not None and position_ids.dim() == 2:
-        gathered = _gather_no_grad(position_ids, group)  # [B, S] in gathered order
-        in_order = torch.empty_like(gathered)
-        in_order[:, k_index] = gathered
-        docs = torch.cumsum((in_order == 0).to(torch.long), dim=-1)  # a document starts where positions restart
-        allowed = allowed & (docs[:, q_index][:, :, None] == docs[:, k_index][:, None, :])[:, None]
+        same_document = _same_document(position_ids, q_index, k_index, group)
+        if same_document is not None:
+            allowed = allowed & same_document
     if attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ConfigError("context parallel attention takes a 2-D padding mask; shard the batch with "
@@ -125,6 +124,28 @@ def context_parallel_attention(
         query, keys, values, attn_mask=allowed, dropout_p=dropout if module.training else 0.0, scale=scaling
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+_DOCUMENTS: dict[str, Any] = {"ids": None, "mask": None}  # the last position_ids seen: every layer reuses it
+
+
+def _same_document(position_ids: torch.Tensor, q_index: torch.Tensor, k_index: torch.Tensor,
+                   group: Any) -> torch.Tensor | None:
+    """``[B, 1, S_local, S]``: whether a local query and a gathered key lie in one document (documents start
+    where positions restart at 0, in global order); None when every row is one document. Computed once per
+    forward (all layers, and a recompute in backward, get the same ``position_ids`` tensor)."""
+    cached = _DOCUMENTS["ids"]
+    if cached is not None and cached() is position_ids:
+        return _DOCUMENTS["mask"]
+    gathered = _gather_no_grad(position_ids, group)  # [B, S] in gathered order
+    in_order = torch.empty_like(gathered)
+    in_order[:, k_index] = gathered
+    docs = torch.cumsum((in_order == 0).to(torch.long), dim=-1)
+    mask = None
+    if bool((docs[:, -1] > 1).any()):  # some row holds more than one document
+        mask = (docs[:, q_index][:, :, None] == docs[:, k_index][:, None, :])[:, None]
+    _DOCUMENTS["ids"], _DOCUMENTS["mask"] = weakref.ref(position_ids), mask
+    return mask
 
 
 def _padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

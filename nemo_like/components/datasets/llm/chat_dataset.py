@@ -31,7 +31,6 @@ import numpy as np
 from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets import arrow_rows
 from nemo_like.components.datasets.json_rows import DatasetError, slice_split
-from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import (
     is_padding_to_max_length,
@@ -316,20 +315,13 @@ class ChatDataset(TokenizedDataset):
         return checked
 
     # ------------------------------------------------------------------ rendering
-    @property
-    def renderer(self) -> ChatRenderer:
-        renderer = self.__dict__.get("_renderer")
-        if renderer is None or renderer.tokenizer is not self.tokenizer or renderer.chat_template != self.chat_template:
-            renderer = self.__dict__["_renderer"] = ChatRenderer(self.tokenizer, self.chat_template)
-        return renderer
-
     def _render(self, where: str, prefixes: list[list[dict[str, Any]]], tools: list[Any] | None,
                 add_generation_prompt: bool = False, cleaned: dict[int, Any] | None = None) -> list[str]:
         """The rendered text of each of a conversation's prefixes (one template call for all of them);
         ``cleaned``: the renderer's cleaned messages, kept over the calls for one conversation."""
         nonempty = [p for p in prefixes if p]
         try:
-            texts = iter(self.renderer.render(nonempty, tools, add_generation_prompt, cleaned))
+            texts = iter(self._renderer(self.chat_template).render(nonempty, tools, add_generation_prompt, cleaned))
         except Exception as err:  # jinja raises its own errors, templates call raise_exception
             raise DatasetError(f"{where}: the chat template rejects this conversation "
                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None

@@ -23,7 +23,6 @@ from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, shift_and_pad
 from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
 from nemo_like.components.datasets.llm.batch_encoder import MISMATCH
-from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset, callable_identity
 
 _COLUMNS = ("context", "question", "answer")
@@ -148,18 +147,11 @@ class ColumnMappedTextInstructionDataset(TokenizedDataset):
             # A written prompt ends as its template or function says; the column prompt gets one space.
             separator = "" if self.prompt_format is not None else " "
             return [Pieces([prompt + separator, answer], [True, False], "plain") for prompt, answer in pairs]
-        render = self.renderer.render
+        render = self._renderer(self.tokenizer.chat_template).render
         users = [[{"role": "user", "content": prompt}] for prompt, _ in pairs]
         prompts = render(users, add_generation_prompt=True)
         fulls = render([u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)])
         return [Pieces([f], [False], "chat_template", prefixes={0: p}) for p, f in zip(prompts, fulls)]
-
-    @property
-    def renderer(self) -> ChatRenderer:
-        renderer = self.__dict__.get("_renderer")
-        if renderer is None or renderer.tokenizer is not self.tokenizer:
-            renderer = self.__dict__["_renderer"] = ChatRenderer(self.tokenizer, self.tokenizer.chat_template)
-        return renderer
 
     def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
         if pieces.state == "chat_template":

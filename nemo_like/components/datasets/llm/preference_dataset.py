@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from nemo_like.components.datasets.json_rows import DatasetError
-from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, pad_token_id_of
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
@@ -80,15 +79,6 @@ class PreferenceDataset(TokenizedDataset):
     def _settings(self) -> dict[str, Any] | None:
         return {"column_mapping": self.column_mapping, "chat_template": self.chat_template}
 
-    @property
-    def renderer(self) -> ChatRenderer:
-        renderer = self.__dict__.get("_renderer")
-        if renderer is None or renderer.tokenizer is not self.tokenizer:
-            if not self.chat_template:
-                raise DatasetError("dataset: conversational rows need a chat template (tokenizer or dataset.chat_template)")
-            renderer = self.__dict__["_renderer"] = ChatRenderer(self.tokenizer, self.chat_template)
-        return renderer
-
     # ------------------------------------------------------------------ rows
     def _parts(self, where: str, row: dict[str, Any]) -> tuple[Any, Any, Any]:
         """The row's prompt, chosen and rejected, with an implicit prompt taken from the shared leading turns."""
@@ -120,7 +110,10 @@ class PreferenceDataset(TokenizedDataset):
             eos = self.tokenizer.eos_token
             chosen, rejected = (c if c.endswith(eos) else c + eos for c in (chosen, rejected))
             return Pieces([prompt, prompt + chosen, prompt + rejected], [True, True, True])
-        renderer = self.renderer
+        if not self.chat_template:
+            raise DatasetError(f"{where}: conversational rows need a chat template (the tokenizer's or "
+                               "dataset.chat_template)")
+        renderer = self._renderer(self.chat_template)
         try:
             first = renderer.render([prompt], add_generation_prompt=True)
             both = renderer.render([prompt + chosen, prompt + rejected])
@@ -160,8 +153,3 @@ class PreferenceDataset(TokenizedDataset):
     def document_table(self) -> None:
         """Pairs are not documents to pack one after another (pair packing has its own collater)."""
         return None
-
-    def _tokenize(self, where: str, row: dict[str, Any]) -> dict[str, Any] | None:
-        pieces = self._pieces(where, row)
-        encoded = [list(self._ids(text, special)) for text, special in zip(pieces.texts, pieces.special)]
-        return self._assemble(where, pieces, encoded)

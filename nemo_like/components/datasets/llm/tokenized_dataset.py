@@ -26,6 +26,7 @@ from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.arrow_rows import RowSource
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.batch_encoder import MISMATCH, BatchEncoder
+from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.token_table import (
     TokenTable,
@@ -124,6 +125,13 @@ class TokenizedDataset(Dataset):
         if encoder is None or encoder.tokenizer is not self.tokenizer:
             encoder = self.__dict__["_encoder"] = BatchEncoder(self.tokenizer)
         return encoder
+
+    def _renderer(self, chat_template: str) -> ChatRenderer:
+        """The chat-template renderer for this tokenizer and template, made once per dataset."""
+        renderer = self.__dict__.get("_chat_renderer")
+        if renderer is None or renderer.tokenizer is not self.tokenizer or renderer.chat_template != chat_template:
+            renderer = self.__dict__["_chat_renderer"] = ChatRenderer(self.tokenizer, chat_template)
+        return renderer
 
     def _ids(self, text: str | list[str], special: bool, keep: bool = False) -> Any:
         """Token ids only (no attention mask or type ids to build: a quarter of the tokenizer's time)."""
