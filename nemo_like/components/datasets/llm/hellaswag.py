@@ -22,7 +22,6 @@ from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import pad_token_id_of, shift_and_pad
-from nemo_like.components.datasets.local_splits import resolve_local_split
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 _PAD_MULTIPLE = 8
@@ -79,7 +78,7 @@ class HellaSwag(TokenizedDataset):
         self.row_limit = RowLimit(tokenizer, max_length, None, False, source=path_or_dataset)
         self.pad_token_id = pad_token_id_of(tokenizer)
         self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self._load_table(resolve_local_split(path_or_dataset, split), split, num_samples_limit, cache_dir, num_proc)
+        self._load_table(path_or_dataset, split, num_samples_limit, cache_dir, num_proc)
         if pad_to_max_length:
             longest = int(self.table.lengths.max()) if len(self.table) else 0
             self.seq_length = -(-longest // _PAD_MULTIPLE) * _PAD_MULTIPLE

@@ -27,7 +27,7 @@ from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.chat_dataset import ChatDataset, parse_json_field
 from nemo_like.components.datasets.llm.context_limit import RowLimit
 from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, pad_token_id_of, shift_and_pad
-from nemo_like.components.datasets.local_splits import limit_within_split, resolve_local_split
+from nemo_like.components.datasets.local_splits import limit_within_split
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
 
 PROMPT = "Context: {context} Question: {question} Answer: "
@@ -126,12 +126,11 @@ def make_squad_dataset(
     """
     del fp8, start_of_turn_token
     limit = limit_within_split(split, limit_dataset_samples)
-    source = resolve_local_split(dataset_name, split)
     padding = "max_length" if padding == "max_length" else "do_not_pad"
     if chat_template is not None or getattr(tokenizer, "chat_template", None):
-        return SquadChatDataset(source, tokenizer, split=split, seq_length=seq_length, padding=padding,
+        return SquadChatDataset(dataset_name, tokenizer, split=split, seq_length=seq_length, padding=padding,
                                 truncation=truncation, chat_template=chat_template, limit_dataset_samples=limit,
                                 max_length=max_length, num_proc=num_proc, cache_dir=cache_dir)
-    return SquadDataset(source, tokenizer, split=split, seq_length=seq_length, padding=padding,
+    return SquadDataset(dataset_name, tokenizer, split=split, seq_length=seq_length, padding=padding,
                         truncation=truncation, limit_dataset_samples=limit, max_length=max_length,
                         num_proc=num_proc, cache_dir=cache_dir)
