@@ -13,6 +13,9 @@ commands:
   finetune -c X.yaml [--a.b value ...] [--nproc-per-node N]
                                          supervised fine-tuning (LoRA/DoRA with a peft section);
                                          --nproc-per-node N > 1 hands the run to torchrun
+  dpo -c X.yaml [--a.b value ...] [--nproc-per-node N]
+                                         preference tuning (DPO, IPO, SimPO, ...) on prompt/chosen/
+                                         rejected pairs
   eval --checkpoint DIR --tasks T[,T2] [--limit N] [--use-adapter | --peft ADAPTER]
                                          score a checkpoint with lm-eval; results JSON beside it
   plot RUN_DIR [RUN_DIR ...] [--out DIR] train/validation loss and learning rate against step;
@@ -28,7 +31,7 @@ commands:
 Run `nemo-like <command> --help` for a command's options.
 """
 
-COMMANDS = ("finetune", "eval", "plot", "generate", "merge-lora", "dry-run")
+COMMANDS = ("finetune", "dpo", "eval", "plot", "generate", "merge-lora", "dry-run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "finetune":
         return finetune_main(rest)
+    if command == "dpo":
+        return finetune_main(rest, method="dpo")
     if command == "eval":
         return eval_main(rest)
     if command == "plot":
@@ -86,12 +91,13 @@ def _pop_count(argv: list[str], names: tuple[str, ...], what: str) -> tuple[int 
     return count, rest
 
 
-def finetune_main(argv: list[str]) -> int:
-    """Run the recipe here, or under torchrun with N processes on this node."""
+def finetune_main(argv: list[str], method: str = "sft") -> int:
+    """Run the method's recipe here, or under torchrun with N processes on this node."""
+    command = "finetune" if method == "sft" else method
     if argv and argv[0] in ("-h", "--help"):
         from nemo_like.config.arg_parser import USAGE as OVERRIDES
 
-        print("usage: nemo-like finetune -c RECIPE.yaml [--section.key VALUE ...] [--nproc-per-node N]\n"
+        print(f"usage: nemo-like {command} -c RECIPE.yaml [--section.key VALUE ...] [--nproc-per-node N]\n"
               + OVERRIDES.split("\n", 1)[1])
         return 0
     try:
@@ -103,21 +109,26 @@ def finetune_main(argv: list[str]) -> int:
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         import subprocess
 
-        from nemo_like.config.arg_parser import parse_args_and_load_config
-        from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, check_sft_config
+        import importlib
 
+        from nemo_like.config.arg_parser import parse_args_and_load_config
+        from nemo_like.recipes.llm.run import METHODS
+
+        config_module, schema_name, check_name = METHODS[method][:3]
+        config = importlib.import_module(config_module)
         try:  # a mistake is reported once, here, not by each of the N processes
-            check_sft_config(parse_args_and_load_config(rest, known_sections=SFT_SCHEMA.override_names), nproc)
+            known = getattr(config, schema_name).override_names
+            getattr(config, check_name)(parse_args_and_load_config(rest, known_sections=known), nproc)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "nemo_like.cli", "finetune", *rest]
+               "-m", "nemo_like.cli", command, *rest]
         return subprocess.call(cmd)
-    from nemo_like.recipes.llm.run import main as finetune
+    from nemo_like.recipes.llm.run import main as run_method
 
-    return finetune(rest)
+    return run_method(rest, method=method)
 
 
 def eval_main(argv: list[str] | None = None, prog: str = "nemo-like eval") -> int:

@@ -134,8 +134,8 @@ class BaseRecipe:
         """One optimizer step over ``batches`` (one per micro-batch); returns its metrics (``loss`` at least)."""
         raise NotImplementedError
 
-    def _run_validation_epoch(self) -> float:
-        """The validation loss over ``val_dataloader``."""
+    def _run_validation_epoch(self) -> float | dict[str, float]:
+        """The validation loss over ``val_dataloader``, or a dict of scores with it as ``val_loss``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the loop, resume and saves
@@ -196,8 +196,10 @@ class BaseRecipe:
                         self.metric_loggers.log_train(metrics)
                     self.callbacks.on_train_step_end(state, metrics)
                     if sched.is_val_step and self.val_dataloader is not None:
-                        last_val = self._run_validation_epoch()
-                        record = {"step": sched.step, "epoch": epoch, "val_loss": last_val}
+                        scores = self._run_validation_epoch()
+                        scores = scores if isinstance(scores, dict) else {"val_loss": scores}
+                        last_val = scores["val_loss"]
+                        record = {"step": sched.step, "epoch": epoch, **scores}
                         self.val_log.log(record)
                         self.metric_loggers.log_validation(record)
                         self.callbacks.on_validation_end(state, record)  # early stopping decides here

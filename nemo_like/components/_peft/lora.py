@@ -22,6 +22,8 @@ keys sit beside them (``...q_proj.lora_A.weight``).
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import importlib.util
 import math
@@ -211,6 +213,7 @@ class LinearLoRA(nn.Module):
         self.dropout = nn.Dropout(self.dropout_p) if self.dropout_p > 0 else nn.Identity()
         if use_dora:
             self.lora_magnitude = nn.Parameter(torch.empty(self.out_features, **factory))
+        self.adapter_enabled = True  # off: the layer is its base layer (a DPO reference without a model copy)
         self.reset_lora_parameters()
 
     @torch.no_grad()
@@ -264,6 +267,8 @@ class LinearLoRA(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return self._base_forward(x)
         if self.use_triton and self._kernel_applies(x):
             from nemo_like.components._peft.lora_kernel import lora_linear
 
@@ -328,6 +333,23 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LinearLoRA]]:
     for name, module in model.named_modules():
         if isinstance(module, LinearLoRA):
             yield name, module
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Within the block every adapted layer computes its base layer alone (the model before LoRA),
+    as HF PEFT's ``disable_adapter()``; a preference method's reference model at no memory cost."""
+    layers = [module for _, module in lora_modules(model)]
+    if not layers:
+        raise ValueError("adapters_disabled: the model has no LoRA layer to switch off")
+    states = [layer.adapter_enabled for layer in layers]
+    for layer in layers:
+        layer.adapter_enabled = False
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, states):
+            layer.adapter_enabled = state
 
 
 def _linear_names(model: nn.Module) -> list[str]:

@@ -4,6 +4,7 @@ checkpointing -> compile, in that order, once."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -60,12 +61,20 @@ def model_context_length(model_id: Any) -> int | None:
     return context_length_of(config)
 
 
-def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -> BuiltModel:
-    """Every model-side section applied once, in order; ``layout`` is the typed ``distributed`` section."""
+def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any, frozen: bool = False) -> BuiltModel:
+    """Every model-side section applied once, in order; ``layout`` is the typed ``distributed`` section.
+
+    ``frozen``: a model that is only read (a preference method's reference): no adapters, no gradients,
+    eval mode, sharded like the trained one (replicated under DDP, which has nothing to reduce).
+    """
     quantized = cfg.get("quantization", None) is not None
+    if frozen and quantized:
+        raise ConfigError("reference.mode: frozen_copy of a quantized (QLoRA) model; use adapter_off")
     model = _load_quantized_model(cfg, dist, device) if quantized else cfg.model.instantiate(**model_options(cfg))
     built = BuiltModel(model)
-    if "peft" in cfg:
+    if frozen:
+        model.requires_grad_(False)
+    elif "peft" in cfg:
         built.peft_config = cfg.peft.instantiate()
         count = apply_lora_to_linear_modules(model, built.peft_config)
         logger.info("LoRA applied to %d linear modules", count)
@@ -77,13 +86,15 @@ def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any) -
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     if dist.world_size > 1:
-        built.model = _shard(cfg, model, dist, layout, built)
+        built.model = _shard(cfg, model, dist, layout, built, frozen)
+    elif frozen:
+        pass
     elif build_parallel_strategy(cfg.get("distributed_config"), layout).activation_checkpointing:
         # With several ranks the parallelizer applies it while sharding. Each decoder block then
         # recomputes its activations in backward instead of keeping them (less memory, ~1/3 more compute).
         blocks = apply_activation_checkpointing(model)
         logger.info("activation checkpointing: %d decoder blocks recompute their activations in backward", blocks)
-    built.model.train()
+    built.model.train(not frozen)
     compile_model(built.model, cfg.get("compile", None))
     return built
 
@@ -159,9 +170,17 @@ def build_parallel_strategy(section: ConfigNode | None, layout: DistributedConfi
     return strategy
 
 
-def _shard(cfg: ConfigNode, model: torch.nn.Module, dist: Any, layout: Any, built: BuiltModel) -> torch.nn.Module:
+def _shard(cfg: ConfigNode, model: torch.nn.Module, dist: Any, layout: Any, built: BuiltModel,
+           frozen: bool = False) -> torch.nn.Module:
     """Tensor/context parallel and FSDP2 (or DDP) over the device mesh, as ``distributed_config`` says."""
     strategy = build_parallel_strategy(cfg.get("distributed_config"), layout)
+    if frozen:
+        from nemo_like.components.distributed.config import DDPConfig
+
+        if isinstance(strategy, DDPConfig):
+            return model  # a replica per rank, as DDP would keep; no gradients to reduce
+        strategy = dataclasses.replace(strategy, activation_checkpointing=False) if dataclasses.is_dataclass(
+            strategy) else strategy
     built.sequence_parallel = dist.tp_size > 1 and (layout.sequence_parallel or
                                                      bool(getattr(strategy, "sequence_parallel", False)))
     built.defer_grad_sync = bool(getattr(strategy, "defer_fsdp_grad_sync", False))

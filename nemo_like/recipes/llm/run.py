@@ -19,21 +19,32 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3  # a non-finite loss or gradient norm stopped the run (nan_policy: error)
 
 
-def main(argv: list[str] | None = None, default_config: str | None = None) -> int:
-    from nemo_like.config.arg_parser import parse_args_and_load_config
-    from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, check_sft_config
+# method -> (its config module, schema, check, and its recipe class), imported only when that method runs
+METHODS = {
+    "sft": ("nemo_like.recipes.llm.sft_config", "SFT_SCHEMA", "check_sft_config",
+            "nemo_like.recipes.llm.train_ft", "TrainFinetuneRecipeForNextTokenPrediction"),
+    "dpo": ("nemo_like.recipes.llm.dpo_config", "DPO_SCHEMA", "check_dpo_config",
+            "nemo_like.recipes.llm.train_dpo", "TrainDPORecipe"),
+}
 
+
+def main(argv: list[str] | None = None, default_config: str | None = None, method: str = "sft") -> int:
+    import importlib
+
+    from nemo_like.config.arg_parser import parse_args_and_load_config
+
+    config_module, schema_name, check_name, recipe_module, recipe_name = METHODS[method]
+    config = importlib.import_module(config_module)
     argv = sys.argv[1:] if argv is None else argv
     cfg = None
     try:
-        cfg = parse_args_and_load_config(argv, default_config=default_config, known_sections=SFT_SCHEMA.override_names)
-        check_sft_config(cfg)
+        schema = getattr(config, schema_name)
+        cfg = parse_args_and_load_config(argv, default_config=default_config, known_sections=schema.override_names)
+        getattr(config, check_name)(cfg)
     except ConfigError as e:
         return _user_error(e, cfg)
     try:
-        from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
-
-        recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
+        recipe = getattr(importlib.import_module(recipe_module), recipe_name)(cfg)
         recipe.setup()
         result = recipe.run_train_validation_loop()
     except (ConfigError, DatasetError, OSError) as e:

@@ -6,6 +6,7 @@ an unknown or missing section or an impossible batch layout is reported within a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from nemo_like.recipes.sections import (
 from nemo_like.recipes.sections import NEFTuneSection, QATSection
 from nemo_like.recipes.sections import CompileSection, FP8Section
 
-__all__ = ["SFT_SCHEMA", "SFTSections", "check_sft_config"]
+__all__ = ["SFT_SCHEMA", "SFTSections", "check_sft_config", "check_training_config"]
 
 SFT_SCHEMA = RecipeSchema(
     name="SFT",
@@ -82,15 +83,15 @@ SFT_RECIPE_NAMES = ("TrainFinetuneRecipeForNextTokenPrediction",
                     "nemo_like.recipes.llm.train_ft.TrainFinetuneRecipeForNextTokenPrediction")
 
 
-def _check_recipe_fields(cfg: Any, sections: SFTSections) -> None:
+def _check_recipe_fields(cfg: Any, sections: Any, recipe_names: tuple[str, ...]) -> None:
     """``recipe`` names this recipe, ``nvtx`` is off, ``seed`` agrees with ``rng.seed``, and
     ``model.backend`` asks only for kernels that exist here, all before anything loads."""
     sources = getattr(cfg, "sources", None)
     recipe = sections.recipe
     name = recipe.get("_target_") if hasattr(recipe, "get") else recipe
-    if recipe is not None and name not in SFT_RECIPE_NAMES:
-        raise ConfigError(f"{located('recipe', sources)}: {name!r} is not this recipe; the SFT recipe is "
-                          f"{SFT_RECIPE_NAMES[0]} (other recipes have their own entry scripts)")
+    if recipe is not None and name not in recipe_names:
+        raise ConfigError(f"{located('recipe', sources)}: {name!r} is not this recipe; this entry runs "
+                          f"{recipe_names[0]} (other recipes have their own entry scripts)")
     if sections.nvtx:
         raise ConfigError(f"{located('nvtx', sources)}: NVTX profiling ranges are not supported here; "
                           "use nvtx: false (profile with torch.profiler)")
@@ -110,9 +111,17 @@ def _check_recipe_fields(cfg: Any, sections: SFTSections) -> None:
 
 def check_sft_config(cfg: Any, world_size: int | None = None) -> SFTSections:
     """Every section of ``cfg`` checked; with ``world_size`` (default: ``$WORLD_SIZE``) the batch layout too."""
-    typed = check_recipe(cfg, SFT_SCHEMA)
-    sections = SFTSections(**typed)
-    _check_recipe_fields(cfg, sections)
+    return check_training_config(cfg, SFT_SCHEMA, SFTSections, SFT_RECIPE_NAMES, world_size)
+
+
+def check_training_config(cfg: Any, schema: RecipeSchema, sections_type: type, recipe_names: tuple[str, ...],
+                          world_size: int | None = None) -> Any:
+    """The checks every training method's config gets: its schema's sections typed, the recipe fields,
+    local paths, the resume pointer, and the batch layout against the ranks launched."""
+    typed = check_recipe(cfg, schema)
+    absent = {f.name: None for f in dataclasses.fields(sections_type) if f.name not in typed}  # not this method's
+    sections = sections_type(**absent, **typed)
+    _check_recipe_fields(cfg, sections, recipe_names)
     _check_local_paths(cfg)
     _check_resume_pointer(sections.checkpoint)
     known_world = world_size is not None or "WORLD_SIZE" in os.environ

@@ -1,0 +1,223 @@
+"""Direct Preference Optimization on the recipe base: raise the policy's log-ratio of chosen over rejected
+completions against a reference policy (see ``components/loss/dpo.py`` for the losses).
+
+The reference is the policy with its adapters off (LoRA), a frozen copy (full fine-tunes), log-probs
+computed once before training (``precomputed``, kept in checkpoints) or nothing (reference-free
+losses); the ``reference:`` section chooses. A step's loss is the mean over every pair of the step,
+whatever its split into micro-batches and ranks; the metrics carry TRL's names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import torch
+
+from nemo_like.components._peft.lora import adapters_disabled
+from nemo_like.components.batch import split_batch
+from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
+from nemo_like.components.distributed.grad_clip import clip_grad_norm
+from nemo_like.components.distributed.init import all_reduce_sum
+from nemo_like.components.loggers.progress import peak_memory_gib
+from nemo_like.components.loss.dpo import DPOLoss
+from nemo_like.components.loss.sequence_logps import sequence_logps
+from nemo_like.components.training.precomputed_reference import (
+    IndexedPairs, PrecomputedReference, collate_with_pair_index, shard_indices,
+)
+from nemo_like.components.training.step_scheduler import StepScheduler
+from nemo_like.config.loader import ConfigError, ConfigNode
+from nemo_like.recipes.base import BaseRecipe
+from nemo_like.recipes.builders.data import build_dataloader, build_dataset
+from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
+from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
+from nemo_like.recipes.llm.dpo_config import check_dpo_config, reference_mode
+
+logger = logging.getLogger("nemo_like")
+
+_METHOD_KEYS = ("completion_mask", "sequence_index", "pair_index")  # the batch fields the method reads itself
+_REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+            "logps/rejected")
+
+
+class TrainDPORecipe(BaseRecipe):
+    """Builds the policy, the reference, the pairs and the loss, then trains with ``run_train_validation_loop``."""
+
+    def __init__(self, cfg: ConfigNode) -> None:
+        super().__init__(cfg, check_dpo_config(cfg))
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        cfg, sections = self.cfg, self.sections
+        self.setup_run()
+        if self.dist.cp_size > 1:
+            raise ConfigError("distributed.cp_size: DPO scores whole sequences; context parallel is not supported")
+        self.model_id = cfg.get("model.pretrained_model_name_or_path")
+        self.tokenizer = build_tokenizer(cfg, self.model_id)
+        self.mode = reference_mode(sections, "peft" in cfg)
+        context = model_context_length(self.model_id)
+        self.dataset = build_dataset(cfg.dataset, self.tokenizer, max_length=context)
+        self.val_dataset = (build_dataset(cfg.validation_dataset, self.tokenizer, max_length=context)
+                            if "validation_dataset" in cfg else None)
+        if self.mode == "precomputed":
+            self.dataset = IndexedPairs(self.dataset)
+            self.val_dataset = IndexedPairs(self.val_dataset) if self.val_dataset is not None else None
+        sched = vars(sections.step_scheduler)
+        self.dataloader = self._loader("dataloader", self.dataset, sched["local_batch_size"], train=True)
+        self.val_dataloader = (self._loader("validation_dataloader", self.val_dataset, sched["local_batch_size"],
+                                            train=False) if self.val_dataset is not None else None)
+        self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
+
+        built = build_model(cfg, self.dist, self.device, sections.distributed)
+        self.model, self.peft_config, self.defer_grad_sync = built.model, built.peft_config, built.defer_grad_sync
+        self.reference = None
+        if self.mode == "frozen_copy":
+            self.reference = build_model(cfg, self.dist, self.device, sections.distributed, frozen=True).model
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.lr_scheduler = build_lr_schedule(sections.lr_scheduler, self.optimizer, self.step_scheduler.max_steps)
+        self.loss_fn = DPOLoss(**vars(sections.dpo))
+        self.forward_options = {"use_cache": False}
+        self.max_grad_norm = sections.clip_grad_norm.max_norm
+        self.precomputed = {"train": PrecomputedReference(len(self.dataset))} if self.mode == "precomputed" else {}
+        if self.mode == "precomputed" and self.val_dataset is not None:
+            self.precomputed["validation"] = PrecomputedReference(len(self.val_dataset))
+        self.setup_observers()  # a resumed run's precomputed log-probs come back here
+        for split, table in self.precomputed.items():
+            if not table.complete:
+                self._precompute(table, self.dataset if split == "train" else self.val_dataset)
+
+    def _loader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
+        section = self.cfg.get(name)
+        if section is None or section.get("collate_fn", None) is None:
+            collate = {"_target_": "nemo_like.components.datasets.llm.preference_collater.preference_collater"}
+            section = ConfigNode({**(section.to_dict() if section is not None else
+                                     {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}),
+                                  "collate_fn": collate}, path=name)
+        loader = build_dataloader(section, dataset, batch_size, train=train, tokenizer=self.tokenizer, dist=self.dist,
+                                  seed=self.rng.seed, ranked=bool(getattr(self.rng, "ranked", False)), name=name)
+        if self.mode == "precomputed":
+            loader.collate_fn = collate_with_pair_index(loader.collate_fn)
+        return loader
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The base's parts, and the precomputed reference log-probs (a resume must not recompute them)."""
+        return {**super().checkpoint_state(), **{f"reference_{k}": v for k, v in self.precomputed.items()}}
+
+    # ------------------------------------------------------------------ the step
+    def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """One optimizer step: the loss is the mean over all pairs of all micro-batches on all ranks."""
+        start = time.perf_counter()
+        num_pairs = all_reduce_sum(torch.tensor(float(sum(_pairs_in(b) for b in batches)), device=self.device))
+        num_chosen_tokens = all_reduce_sum(sum(_chosen_tokens(b) for b in batches).float().to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(len(_REWARDS) + 1, device=self.device, dtype=torch.float64)
+        for index, batch in enumerate(batches):
+            if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
+                self.model.set_requires_gradient_sync(index == len(batches) - 1)
+            loss, sums = self._pair_loss(batch, num_pairs, num_chosen_tokens)
+            (loss * self.dist.dp_size).backward()  # data-parallel gradients are averaged over ranks
+            totals += torch.cat([loss.detach().double().reshape(1), sums])
+        grad_norm = float(clip_grad_norm(self.model.parameters(), self.max_grad_norm or float("inf")))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step(1)
+        totals = all_reduce_sum(totals)
+        pairs = float(num_pairs)
+        elapsed = time.perf_counter() - start
+        return {"loss": float(totals[0]), **{k: float(v) / pairs for k, v in zip(_REWARDS, totals[1:])},
+                "grad_norm": grad_norm, "lr": lr, "num_pairs": int(pairs), "pairs_per_s": pairs / elapsed,
+                "mem_gib": peak_memory_gib(), "time_s": elapsed}
+
+    def _pair_loss(self, batch: dict[str, torch.Tensor], num_pairs: torch.Tensor, num_chosen_tokens: torch.Tensor,
+                   split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """This micro-batch's share of the loss over ``num_pairs``, and its sums of the reward metrics."""
+        (chosen, rejected), (chosen_tokens, rejected_tokens) = self._logps(self.model, batch)
+        ref_chosen, ref_rejected = self._reference_logps(batch, split)
+        loss, metrics = self.loss_fn(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens,
+                                     chosen_nll=-chosen, num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens)
+        sums = [metrics[k].sum() for k in _REWARDS[:4]] + [chosen.detach().sum(), rejected.detach().sum()]
+        return loss, torch.stack(sums).double()
+
+    def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+               ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """((chosen, rejected) summed completion log-probs, (chosen, rejected) completion token counts)."""
+        inputs, own = split_batch(batch, None, _METHOD_KEYS)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs = prepare_packed_attention(inputs, attention_implementation(model), next(model.parameters()).dtype)
+        with self._autocast():
+            logits = model(**inputs, **self.forward_options).logits
+        index = own.get("sequence_index")
+        logps, counts = sequence_logps(logits, inputs["input_ids"], own["completion_mask"].to(self.device),
+                                       None if index is None else index.to(self.device),
+                                       None if index is None else 2 * _pairs_in(batch))
+        return logps.chunk(2), counts.chunk(2)
+
+    def _reference_logps(self, batch: dict[str, torch.Tensor], split: str
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.mode == "none":
+            return None, None
+        if self.mode == "precomputed":
+            return self.precomputed[split].lookup(batch["pair_index"], torch.float32, self.device)
+        with torch.no_grad(), self._reference_context():
+            (chosen, rejected), _ = self._logps(self.reference or self.model, batch)
+        return chosen, rejected
+
+    def _reference_context(self) -> contextlib.AbstractContextManager:
+        """The policy with its adapters off is the reference in ``adapter_off`` (and when precomputing with LoRA)."""
+        return adapters_disabled(self.model) if self.reference is None and self.peft_config else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _precompute(self, table: PrecomputedReference, dataset: IndexedPairs) -> None:
+        """One pass over ``dataset`` with the reference (adapters off, or the policy before any step)."""
+        start = time.perf_counter()
+        size = self.sections.reference.batch_size or self.sections.step_scheduler.local_batch_size
+        collate = self.dataloader.collate_fn
+
+        def batches():
+            for indices in shard_indices(len(dataset), self.dist.dp_rank, self.dist.dp_size, size):
+                batch = collate([dataset[i] for i in indices])
+                with self._reference_context():
+                    (chosen, rejected), _ = self._logps(self.model, batch)
+                yield batch["pair_index"], chosen, rejected
+
+        table.fill(batches(), all_reduce_sum)
+        logger.info("reference log-probs of %d pairs precomputed in %.1f s", len(dataset), time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def _run_validation_epoch(self) -> dict[str, float]:
+        """The loss and reward metrics over every held-out pair (pair-weighted), with TRL's names."""
+        self.model.eval()
+        totals = torch.zeros(len(_REWARDS) + 1, device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        for batch in self.val_dataloader:
+            pairs = torch.tensor(float(_pairs_in(batch)), device=self.device)
+            chosen_tokens = _chosen_tokens(batch).float().to(self.device)
+            loss, sums = self._pair_loss(batch, pairs, chosen_tokens, split="validation")
+            totals += torch.cat([loss.double().reshape(1) * pairs, sums])  # the batch's mean back to a sum
+            count += pairs
+        self.model.train()
+        totals, count = all_reduce_sum(totals), float(all_reduce_sum(count).clamp(min=1))
+        return {"val_loss": float(totals[0]) / count, **{f"val_{k}": float(v) / count for k, v in
+                                                          zip(_REWARDS, totals[1:])}}
+
+
+def _pairs_in(batch: dict[str, torch.Tensor]) -> int:
+    """Pairs in a collated batch: rows / 2 when padded, sequences / 2 when packed."""
+    if "pair_index" in batch:
+        return int(batch["pair_index"].numel())
+    index = batch.get("sequence_index")
+    return int(index.max()) // 2 + 1 if index is not None else int(batch["input_ids"].shape[0]) // 2
+
+
+def _chosen_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The completion tokens of the chosen sequences (the first half of the sequences), counted on the host."""
+    mask = batch["completion_mask"][:, 1:]
+    index = batch.get("sequence_index")
+    if index is None:
+        return mask[: _pairs_in(batch)].sum()
+    index = index[:, 1:]
+    return (mask * ((index >= 0) & (index < _pairs_in(batch)))).sum()
