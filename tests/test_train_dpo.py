@@ -145,18 +145,23 @@ def test_precomputed_reference_equals_the_live_one(dpo_env, lora):
     assert abs(live_out["val_loss"] - stored_out["val_loss"]) < 1e-6
 
 
+COLLATERS = "nemo_like.components.datasets.llm.preference_collater."
+
+
 def test_micro_batches_and_packing_give_the_same_step_loss(dpo_env):
-    """Local batch 8 in one micro-batch, in 4 of 2, and packed into one row (no padding computed)."""
+    """Local batch 8 in one micro-batch, in 4 of 2, packed into one row (no padding computed), and in
+    the shared-prompt layout (each prompt computed once)."""
     whole = losses(run_recipe({"step_scheduler.local_batch_size": 8, "step_scheduler.global_batch_size": 8,
                                "step_scheduler.max_steps": 2}))
     split = losses(run_recipe({"step_scheduler.local_batch_size": 2, "step_scheduler.global_batch_size": 8,
                                "step_scheduler.max_steps": 2}))
-    packed_collater = "nemo_like.components.datasets.llm.preference_collater.packed_preference_collater"
-    packed = losses(run_recipe({"step_scheduler.local_batch_size": 2, "step_scheduler.global_batch_size": 8,
-                                "step_scheduler.max_steps": 2, "dataloader.collate_fn": packed_collater}))
+    layouts = {name: losses(run_recipe({"step_scheduler.local_batch_size": 2, "step_scheduler.global_batch_size": 8,
+                                         "step_scheduler.max_steps": 2, "dataloader.collate_fn": COLLATERS + name}))
+               for name in ("packed_preference_collater", "shared_prompt_preference_collater")}
     assert whole[1] < whole[0]
     assert worst(whole, split) < 1e-6, (whole, split)
-    assert worst(whole, packed) < 1e-5, (whole, packed)
+    for name, curve in layouts.items():
+        assert worst(whole, curve) < 1e-5, (name, whole, curve)
 
 
 def _train_on_rank(env: dict, overrides: dict) -> dict:
@@ -220,3 +225,11 @@ def test_reference_free_loss_runs_without_a_reference_from_the_command_line(dpo_
     assert [r["step"] for r in records] == [0, 1] and all("rewards/margins" in r for r in records)
     bad = subprocess.run([*cmd[:4], "--dpo.loss_typo", "simpo"], cwd=repo, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "loss_typo" in bad.stderr, bad.stderr
+
+
+def test_dora_adapters_off_are_the_base_model(dpo_env):
+    """With DoRA the adapted layer starts equal to its base, so the first step's loss is ln 2 exactly
+    when the adapters-off reference is the base model; training then moves the margins."""
+    history = run_recipe({"peft": {**LORA, "use_dora": True}, "optimizer.lr": 1e-2})
+    assert abs(history[0]["loss"] - 0.6931471805599453) < 1e-6
+    assert history[0]["rewards/margins"] == 0.0 and history[-1]["rewards/margins"] > 0

@@ -154,7 +154,8 @@ class PackedSequenceSection:
 
 @dataclass
 class GenerationEvalSection:
-    """``generation_eval``: held-out exact match by greedy generation, before and after training."""
+    """``generation_eval``: held-out exact match (or ``judge``'s verdict) by greedy generation, before and after
+    training."""
 
     path_or_dataset_id: str
     column_mapping: dict[str, str] | None = None
@@ -163,8 +164,13 @@ class GenerationEvalSection:
     batch_size: int = 32
     limit: int | None = None
     before_training: bool = True
+    judge: str | None = None  # import path of ``judge(generated, row) -> bool``; None: exact match of the answer
 
     def __post_init__(self) -> None:
+        if self.judge is not None:
+            from nemo_like.config.target_gate import precheck_target
+
+            precheck_target(self.judge, "generation_eval.judge")
         _positive("generation_eval", max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, limit=self.limit)
 
 

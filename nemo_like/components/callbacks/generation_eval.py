@@ -1,4 +1,4 @@
-"""Held-out exact match by greedy generation, before and after training, as a callback.
+"""Held-out exact match (or a judge's verdict) by greedy generation, before and after training, as a callback.
 
 The score before training is the baseline the one after is read against, so both run on the
 same rows with the same settings. Under torchrun every rank generates the same rows (sharded
@@ -41,6 +41,7 @@ class GenerationEval(Callback):
     batch_size: int = 32
     limit: int | None = None
     before_training: bool = True
+    judge: Callable[[str, dict], bool] | None = None  # scores each generation instead of exact match
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     world_size: int = 1
     cp_size: int = 1
@@ -74,8 +75,9 @@ class GenerationEval(Callback):
             result = generation_exact_match(
                 self.model, self.tokenizer, rows, column_mapping=self.column_mapping,
                 use_chat_template=self.use_hf_chat_template, max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size,
+                batch_size=self.batch_size, judge=self.judge,
             )
-        logger.info("held-out exact match %s: %.3f (%d rows, %.1f s)", when, result["accuracy"], result["n"],
+        what = "exact match" if self.judge is None else f"{getattr(self.judge, '__name__', 'judge')} rate"
+        logger.info("held-out %s %s: %.3f (%d rows, %.1f s)", what, when, result["accuracy"], result["n"],
                     time.perf_counter() - start)
         return result["accuracy"]

@@ -32,7 +32,9 @@ class ProgressBar(Callback):
 
     def on_validation_end(self, state: TrainState, record: dict[str, Any]) -> None:
         if self.reporter is not None and "val_loss" in record:
-            self.reporter.write(f"validation | step {record['step']} | val_loss {record['val_loss']:.4f}")
+            extra = (f" | val_reward_acc {record['val_rewards/accuracies']:.3f}"
+                     if "val_rewards/accuracies" in record else "")
+            self.reporter.write(f"validation | step {record['step']} | val_loss {record['val_loss']:.4f}{extra}")
 
     def on_train_end(self, state: TrainState) -> None:
         if self.reporter is not None:

@@ -8,7 +8,9 @@ padding so that every prompt ends at the same position and new tokens line up ac
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +193,10 @@ def generation_exact_match(
     batch_size: int = 32,
     num_examples: int = 5,
     share_prefix: bool = True,
+    judge: Callable[..., bool] | None = None,
 ) -> dict:
-    """Greedy-generate an answer for every row and score ``generated.strip() == answer.strip()``.
+    """Greedy-generate an answer for every row and score ``generated.strip() == answer.strip()``, or
+    ``judge(generated)`` / ``judge(generated, row)`` when given (a behaviour a script can check: a format, a style).
 
     Rows are batched in order of prompt length (less padding, faster on CPU) and scored in their
     original order. The model is switched to eval mode and back, and the tokenizer is never
@@ -228,7 +232,11 @@ def generation_exact_match(
         if was_training:
             model.train()
 
-    correct = sum(int(g.strip() == e) for g, e in zip(generated, expected))
+    if judge is None:
+        correct = sum(int(g.strip() == e) for g, e in zip(generated, expected))
+    else:
+        takes_row = len(inspect.signature(judge).parameters) > 1
+        correct = sum(int(bool(judge(g, row) if takes_row else judge(g))) for g, row in zip(generated, rows))
     examples = [
         {"prompt": prompts[i], "expected": expected[i], "got": generated[i].strip()}
         for i in range(min(num_examples, len(rows)))

@@ -21,8 +21,9 @@ def peak_memory_gib() -> float:
 
 # The step line's fields in order, with their formats; a method's step reports what it has (loss at least).
 _STEP_FIELDS = (("step", "step {}"), ("epoch", "epoch {}"), ("loss", "loss {:.4f}"), ("grad_norm", "grad_norm {:.4f}"),
+                ("rewards/accuracies", "reward_acc {:.3f}"), ("rewards/margins", "reward_margin {:.4f}"),
                 ("lr", "lr {:.2e}"), ("mem_gib", "mem {:.2f} GiB"), ("tps", "tps {:.0f}"),
-                ("num_label_tokens", "num_label_tokens {}"))
+                ("pairs_per_s", "pairs/s {:.1f}"), ("num_label_tokens", "num_label_tokens {}"))
 
 
 def format_step_line(m: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from nemo_like.components.callbacks.progress_bar import ProgressBar
 from nemo_like.components.loggers.metric_loggers import MetricLoggers
 from nemo_like.config.errors import ConfigError
 from nemo_like.config.loader import ConfigNode
+from nemo_like.config.target_gate import resolve_target
 
 
 def build_callbacks(nodes: Any, disable_progress_bar: bool = False) -> CallbackList:
@@ -60,7 +61,10 @@ def build_run_callbacks(
     """
     callbacks: list[Callback] = []
     if generation_eval:
-        callbacks.append(GenerationEval(model, tokenizer, **vars(generation_eval), autocast=autocast,
+        options = dict(vars(generation_eval))
+        if options.get("judge") is not None:
+            options["judge"] = resolve_target(options["judge"], key="generation_eval.judge")
+        callbacks.append(GenerationEval(model, tokenizer, **options, autocast=autocast,
                                         world_size=dist.world_size, cp_size=dist.cp_size,
                                         metric_loggers=metric_loggers))
     if evaluation:

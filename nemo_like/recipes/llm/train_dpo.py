@@ -19,11 +19,13 @@ import torch
 from nemo_like.components._peft.lora import adapters_disabled
 from nemo_like.components.batch import split_batch
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
+from nemo_like.components.datasets.llm.preference_collater import check_shared_prompt_attention
 from nemo_like.components.distributed.grad_clip import clip_grad_norm
 from nemo_like.components.distributed.init import all_reduce_sum
 from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.dpo import DPOLoss
-from nemo_like.components.loss.sequence_logps import sequence_logps
+from nemo_like.components.loss.linear_logps import linear_token_logps
+from nemo_like.components.loss.sequence_logps import completion_positions, sequence_logps
 from nemo_like.components.training.precomputed_reference import (
     IndexedPairs, PrecomputedReference, collate_with_pair_index, shard_indices,
 )
@@ -37,7 +39,7 @@ from nemo_like.recipes.llm.dpo_config import check_dpo_config, reference_mode
 
 logger = logging.getLogger("nemo_like")
 
-_METHOD_KEYS = ("completion_mask", "sequence_index", "pair_index")  # the batch fields the method reads itself
+_METHOD_KEYS = ("completion_mask", "sequence_index", "predicted_from", "pair_index")  # the batch fields the method reads itself
 _REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
             "logps/rejected")
 
@@ -47,6 +49,8 @@ class TrainDPORecipe(BaseRecipe):
 
     def __init__(self, cfg: ConfigNode) -> None:
         super().__init__(cfg, check_dpo_config(cfg))
+        self.val_scores: dict[str, float] = {}
+        self.val_scores_step = -1  # the step after which val_scores were taken
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -143,16 +147,36 @@ class TrainDPORecipe(BaseRecipe):
 
     def _logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
                ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """((chosen, rejected) summed completion log-probs, (chosen, rejected) completion token counts)."""
+        """((chosen, rejected) summed completion log-probs, (chosen, rejected) completion token counts).
+
+        The output layer scores only the positions that predict a completion token (``linear_token_logps``):
+        the model's full ``[tokens, vocab]`` logits are never made. Heads that are not a plain linear layer
+        (or whose logits are capped) go through the logits and ``sequence_logps``.
+        """
         inputs, own = split_batch(batch, None, _METHOD_KEYS)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "predicted_from" in own:  # the shared-prompt layout needs a backend that reads its mask
+            try:
+                check_shared_prompt_attention(attention_implementation(model))
+            except ValueError as err:
+                raise ConfigError(f"dataloader.collate_fn: {err}") from None
         inputs = prepare_packed_attention(inputs, attention_implementation(model), next(model.parameters()).dtype)
+        own = {k: v.to(self.device) for k, v in own.items()}
+        num_sequences = 2 * _pairs_in(batch)
+        head = model.get_output_embeddings()
+        if isinstance(head, torch.nn.Linear) and not getattr(model.config, "final_logit_softcapping", None):
+            where = completion_positions(inputs["input_ids"], own["completion_mask"], own.get("sequence_index"),
+                                         own.get("predicted_from"))
+            with self._autocast(), _scoring_head(head, where.rows, where.targets):
+                token_logps = model(**inputs, **self.forward_options).logits
+            logps = token_logps.new_zeros(num_sequences).index_add(0, where.sequence, token_logps)
+            counts = torch.bincount(where.sequence, minlength=num_sequences).to(logps.dtype)
+            return logps.chunk(2), counts.chunk(2)
         with self._autocast():
             logits = model(**inputs, **self.forward_options).logits
         index = own.get("sequence_index")
-        logps, counts = sequence_logps(logits, inputs["input_ids"], own["completion_mask"].to(self.device),
-                                       None if index is None else index.to(self.device),
-                                       None if index is None else 2 * _pairs_in(batch))
+        logps, counts = sequence_logps(logits, inputs["input_ids"], own["completion_mask"], index,
+                                       None if index is None else num_sequences, own.get("predicted_from"))
         return logps.chunk(2), counts.chunk(2)
 
     def _reference_logps(self, batch: dict[str, torch.Tensor], split: str
@@ -187,6 +211,30 @@ class TrainDPORecipe(BaseRecipe):
         logger.info("reference log-probs of %d pairs precomputed in %.1f s", len(dataset), time.perf_counter() - start)
 
     # ------------------------------------------------------------------ validation
+    def run_train_validation_loop(self) -> dict[str, Any]:
+        """The base's loop, with the held-out reward accuracy before (fresh runs) and after training reported."""
+        held_out = self.val_dataloader is not None
+        before = self._report_held_out("before training") if held_out and self.resume_from is None else None
+        self.val_scores_step = -1
+        result = super().run_train_validation_loop()
+        if held_out and not self.step_scheduler.sigterm:
+            done = self.step_scheduler.step - 1
+            if self.val_scores_step == done:  # the last step validated: its scores are the final ones
+                self._log_held_out("after training", self.val_scores)
+            after = self.val_scores if self.val_scores_step == done else self._report_held_out("after training")
+            result.update(reward_accuracy_before=before and before["val_rewards/accuracies"],
+                          reward_accuracy_after=after["val_rewards/accuracies"])
+        return result
+
+    def _report_held_out(self, when: str) -> dict[str, float]:
+        scores = self._run_validation_epoch()
+        self._log_held_out(when, scores)
+        return scores
+
+    def _log_held_out(self, when: str, scores: dict[str, float]) -> None:
+        logger.info("held-out pairs %s: reward accuracy %.3f, reward margin %.3f, loss %.4f", when,
+                    scores["val_rewards/accuracies"], scores["val_rewards/margins"], scores["val_loss"])
+
     @torch.no_grad()
     def _run_validation_epoch(self) -> dict[str, float]:
         """The loss and reward metrics over every held-out pair (pair-weighted), with TRL's names."""
@@ -201,8 +249,29 @@ class TrainDPORecipe(BaseRecipe):
             count += pairs
         self.model.train()
         totals, count = all_reduce_sum(totals), float(all_reduce_sum(count).clamp(min=1))
-        return {"val_loss": float(totals[0]) / count, **{f"val_{k}": float(v) / count for k, v in
-                                                          zip(_REWARDS, totals[1:])}}
+        self.val_scores_step = self.step_scheduler.step
+        self.val_scores = {"val_loss": float(totals[0]) / count,
+                           **{f"val_{k}": float(v) / count for k, v in zip(_REWARDS, totals[1:])}}
+        return self.val_scores
+
+
+@contextlib.contextmanager
+def _scoring_head(head: torch.nn.Linear, rows: torch.Tensor, targets: torch.Tensor) -> Any:
+    """For one forward, the output layer returns the log-probabilities of ``targets`` at the flat positions
+    ``rows`` of its input instead of logits (the model hands them back as ``logits``)."""
+
+    def score(hidden: torch.Tensor) -> torch.Tensor:
+        weight, bias = head.weight, head.bias
+        if hasattr(weight, "full_tensor"):  # tensor parallel: a DTensor shard, gathered differentiably
+            weight = weight.full_tensor()
+            bias = bias.full_tensor() if bias is not None else None
+        return linear_token_logps(hidden.reshape(-1, hidden.shape[-1])[rows], weight, targets, bias)
+
+    head.forward = score
+    try:
+        yield
+    finally:
+        del head.forward  # back to the class's forward
 
 
 def _pairs_in(batch: dict[str, torch.Tensor]) -> int:
@@ -215,9 +284,8 @@ def _pairs_in(batch: dict[str, torch.Tensor]) -> int:
 
 def _chosen_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The completion tokens of the chosen sequences (the first half of the sequences), counted on the host."""
-    mask = batch["completion_mask"][:, 1:]
+    mask = batch["completion_mask"]
     index = batch.get("sequence_index")
     if index is None:
         return mask[: _pairs_in(batch)].sum()
-    index = index[:, 1:]
     return (mask * ((index >= 0) & (index < _pairs_in(batch)))).sum()

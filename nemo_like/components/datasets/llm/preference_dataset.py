@@ -3,7 +3,8 @@
 Rows come in the plain form (three strings) or the conversational form (message lists: the
 prompt's turns, and each completion's assistant turn(s), rendered with the chat template), as
 TRL and Oumi read them; a row without a prompt column takes the leading turns its chosen and
-rejected conversations share as the prompt. The tokens are TRL's: the prompt alone and prompt +
+rejected conversations share as the prompt. ``use_hf_chat_template`` renders plain rows as one
+user turn and an assistant answer, so a chat model is tuned in the form it is prompted in. The tokens are TRL's: the prompt alone and prompt +
 completion are tokenized (plain text with the tokenizer's special tokens and an EOS ended
 completion; conversations through the template), and the completion starts where the two
 token lists part, so a template that renders the prompt differently alone still yields the
@@ -54,6 +55,7 @@ class PreferenceDataset(TokenizedDataset):
         truncation: str | bool = "do_not_truncate",
         limit_dataset_samples: int | None = None,
         chat_template: str | None = None,
+        use_hf_chat_template: bool = False,
         max_length: int | None = None,
         num_proc: int | None = None,
         cache_dir: str | None = None,
@@ -70,6 +72,7 @@ class PreferenceDataset(TokenizedDataset):
         self.seq_length = seq_length
         self.truncate = is_truncation_on(truncation)
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+        self.use_hf_chat_template = bool(use_hf_chat_template)
         self.row_limit = RowLimit(tokenizer, max_length, seq_length, self.truncate, source=path_or_dataset_id)
         self.pad_token_id = pad_token_id_of(tokenizer)
         if tokenizer.eos_token is None:
@@ -77,7 +80,8 @@ class PreferenceDataset(TokenizedDataset):
         self._load_table(path_or_dataset_id, split, limit_dataset_samples, cache_dir, num_proc)
 
     def _settings(self) -> dict[str, Any] | None:
-        return {"column_mapping": self.column_mapping, "chat_template": self.chat_template}
+        return {"column_mapping": self.column_mapping, "chat_template": self.chat_template,
+                "use_hf_chat_template": self.use_hf_chat_template}
 
     # ------------------------------------------------------------------ rows
     def _parts(self, where: str, row: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -106,6 +110,10 @@ class PreferenceDataset(TokenizedDataset):
 
     def _pieces(self, where: str, row: dict[str, Any]) -> Pieces:
         prompt, chosen, rejected = self._parts(where, row)
+        if isinstance(prompt, str) and self.use_hf_chat_template:  # a user turn and two assistant turns
+            prompt, chosen, rejected = ([{"role": "user", "content": prompt}],
+                                        [{"role": "assistant", "content": chosen}],
+                                        [{"role": "assistant", "content": rejected}])
         if isinstance(prompt, str):
             eos = self.tokenizer.eos_token
             chosen, rejected = (c if c.endswith(eos) else c + eos for c in (chosen, rejected))
