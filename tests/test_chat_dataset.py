@@ -183,3 +183,55 @@ def test_sft_chat_recipe_runs_on_a_tiny_model(tmp_path, monkeypatch, tiny_model_
     assert main(args) == 0
     rows = [json.loads(line) for line in (tmp_path / "ckpt" / "training.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["loss"] > 0
+
+
+# A template that shows earlier answers differently once a later turn follows (as some reasoning templates do):
+# a conversation with two answers does not render turn by turn.
+LAST_TURN_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and not loop.last %}(earlier) {% endif %}{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _varied_rows() -> list[dict]:
+    """Conversations of many shapes, each shape several times: system or not, one to three turns, tools and
+    tool calls, a tool reply, an empty answer, the template's own markers inside a message."""
+    rows = []
+    for i in range(4):
+        turns = [{"role": "user", "content": f"What is {i} plus {i}?"},
+                 {"role": "assistant", "content": f"It is {2 * i}."},
+                 {"role": "user", "content": f"And {i} times {i}?"},
+                 {"role": "assistant", "content": f"It is {i * i}."},
+                 {"role": "user", "content": "Thanks."},
+                 {"role": "assistant", "content": "" if i == 3 else "You are welcome."}]
+        rows += [{"messages": turns[:2]}, {"messages": turns}, {"messages": THREE_TURNS[:1] + turns[:4]},
+                 {"messages": [*turns[:2], {"role": "user", "content": f"say <|im_start|>assistant\n{i}"}, turns[3]]},
+                 {"messages": TOOL_TURNS, "tools": TOOLS}, {"messages": turns[:2] + TOOL_TURNS},
+                 {"messages": [{"role": "user", "content": "hi", "name": f"u{i}"}, *turns[1:2]]}]
+    return rows
+
+
+@pytest.mark.parametrize("template", [None, TOOL_CHATML, LAST_TURN_CHATML], ids=["own", "tools", "not-turn-by-turn"])
+def test_one_render_per_conversation_gives_the_items_of_every_prefix_rendered(tmp_path, tiny_tokenizer, monkeypatch,
+                                                                               template):
+    from nemo_like.components.datasets.llm.chat_dataset import TurnSplit
+
+    rows = _varied_rows()
+    calls = []  # the rows rendered prefix by prefix
+    prefix_turns = ChatDataset._prefix_turns
+    monkeypatch.setattr(ChatDataset, "_prefix_turns", lambda self, *a: calls.append(a[0]) or prefix_turns(self, *a))
+    split = _ds(tmp_path, tiny_tokenizer, rows, chat_template=template, skip_invalid_samples=True,
+                cache_dir=str(tmp_path / "split"))
+    rendered = len(calls)
+    monkeypatch.setattr(TurnSplit, "PROBES", len(rows) + 1)  # every row a probe: every row rendered prefix by prefix
+    exact = _ds(tmp_path, tiny_tokenizer, rows, chat_template=template, skip_invalid_samples=True,
+                cache_dir=str(tmp_path / "exact"))
+    assert len(split) == len(exact) and split.skipped == exact.skipped
+    assert split.samples == exact.samples and split.locations == exact.locations
+    if template is LAST_TURN_CHATML:  # its multi-turn rows are errors either way, and no row was split
+        assert exact.skipped == 20 and split._turns.off and rendered >= len(rows)
+    else:  # after the probes, rows of a shape seen are split (a row whose later text holds the marker is not)
+        assert split.skipped == 0 and not split._turns.off and rendered < len(rows)
+        assert split._turns.marker == "<|im_start|>"
+        assert split._turns.prompt == "<|im_start|>assistant\n"

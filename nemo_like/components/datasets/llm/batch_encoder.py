@@ -40,6 +40,7 @@ class BatchEncoder:
         self._tails: dict[str, list[int]] = {}
         self._encodings: list[Any] = []
         self._checked = False
+        self._grouped: bool | None = None  # encode_rows may hand a row's texts to the backend as one sequence
 
     def __getstate__(self) -> dict[str, Any]:
         """Sent to worker processes without the last batch's encodings (not picklable, not needed)."""
@@ -79,6 +80,45 @@ class BatchEncoder:
         if keep and not special:
             self._encodings = encodings
         return ids
+
+    def encode_rows(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """Per row, the ids of each of its texts, as ``encode(texts, False)`` gives them.
+
+        Why: a chat row is a dozen short pieces, and one backend encoding per piece costs a tenth
+        more than the row's text tokenized whole. Handed over as one pre-split sequence, the
+        backend tokenizes each piece on its own exactly as alone (normalised, split at special
+        tokens, pre-tokenized per piece) and returns one encoding per row; ``word_to_tokens``
+        says which of its tokens each piece gave. The first rows are compared with ``encode``
+        once; on a difference (or a slow tokenizer) ``encode`` does it all.
+        """
+        if self.backend is None or self._grouped is False:
+            return self._split_flat(rows)
+        full = [list(texts) for texts in rows if texts]
+        encodings = iter(self.backend.encode_batch(full, is_pretokenized=True, add_special_tokens=False) if full else [])
+        out = []
+        for texts in rows:
+            encoding = next(encodings) if texts else None
+            ids = encoding.ids if texts else []
+            pieces, at = [], 0
+            for k in range(len(texts)):
+                span = encoding.word_to_tokens(k)
+                end = at if span is None else span[1]
+                pieces.append(ids[at:end])
+                at = end
+            if at != len(ids):  # not one stretch of tokens per piece, in order
+                self._grouped = False
+                return self._split_flat(rows)
+            out.append(pieces)
+        if self._grouped is None:
+            probe = rows[:4]
+            self._grouped = out[: len(probe)] == self._split_flat(probe)
+            if not self._grouped:
+                return self._split_flat(rows)
+        return out
+
+    def _split_flat(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        ids = iter(self.encode([text for texts in rows for text in texts], False))
+        return [[next(ids) for _ in texts] for texts in rows]
 
     def prefix_count(self, prefix: str, full: str, index: int) -> int | None:
         """``len(tokenize(prefix))`` for ``full`` = the ``index``-th text of the last ``encode(..., False, keep=True)``;

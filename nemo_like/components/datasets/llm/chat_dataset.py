@@ -1,7 +1,8 @@
 """Conversations (OpenAI ``messages`` or ShareGPT ``conversations``) -> pre-shifted tokens, loss on assistant turns.
 
 How the loss mask is found: the chat template renders the conversation one message
-at a time, and each rendering must extend the previous one. The text an assistant
+at a time, and each rendering must extend the previous one (for templates shown to do so,
+one render of the whole conversation stands for those; see ``TurnSplit``). The text an assistant
 message adds after the generation prompt (``<|im_start|>assistant\\n`` in ChatML) is its
 content plus the end-of-turn marker; those tokens carry labels, everything else -100.
 Segments are tokenized one by one, so the first assistant token is tokenized exactly as
@@ -21,8 +22,8 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,91 @@ def reasoning_span(full: str, emptied: str) -> tuple[int, int] | None:
     return (p, len(full) - s) if len(full) - s > p else None
 
 
+def row_shape(messages: list[dict[str, Any]], tools: list[Any] | None) -> tuple[Any, ...]:
+    """What a chat template commonly branches on: tools, the first and last role, which role follows which
+    (with or without tool calls), one or several turns, the message fields that are set."""
+    roles = [(m["role"], bool(m.get("tool_calls"))) for m in messages]
+    several = tuple(sum(m["role"] == role for m in messages) > 1 for role in ("user", "assistant"))
+    fields_set = sorted({k for m in messages for k, v in m.items() if v not in (None, "", [], {})})
+    return (bool(tools), roles[0], roles[-1], tuple(sorted(set(zip(roles, roles[1:])))), several, tuple(fields_set))
+
+
+@dataclass
+class TurnSplit:
+    """Every prefix render of a conversation, from one render of it, for templates shown to render turn by turn.
+
+    Why: locating the assistant tokens exactly renders each prefix (``messages[:i + 1]``, and
+    ``messages[:i]`` with the generation prompt before each answer): about 1.5 renders per
+    message, each as long as its prefix, quadratic in turns and most of the set-up time besides
+    tokenizing. Most templates add one message at a time: each prefix's text extends the one
+    before, every message after the first starts with the same ``marker`` (``<|im_start|>`` in
+    ChatML), and the generation prompt is always the same text (``<|im_start|>assistant\\n``).
+    Then the renders of the first message and of the whole conversation give every prefix: the
+    whole text cut before each of the ``n - 1`` places the marker occurs after the first message
+    (a row whose later messages hold the marker in their text cannot be cut so and is rendered exactly).
+    Rows whose reasoning trace is masked are always rendered exactly.
+
+    The rows rendered exactly teach the marker and the prompt; a template that changes earlier
+    text in any of them (some reasoning templates do) or shows two prompts is never split. The
+    first ``PROBES`` rows of each shape (``row_shape``) are split too and must agree with the exact
+    renders before rows of that shape are split; one disagreement and no row is.
+    """
+
+    PROBES = 2
+    marker: str | None = None
+    prompt: str | None = None
+    agreed: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    off: bool = False
+
+    def trusts(self, shape: tuple[Any, ...] | None) -> bool:
+        return shape is not None and not self.off and self.agreed.get(shape, 0) >= self.PROBES
+
+    def probing(self, shape: tuple[Any, ...]) -> bool:
+        return not self.off and self.agreed.get(shape, 0) < self.PROBES
+
+    def learn(self, before_answer: dict[int, str], through: list[str]) -> bool:
+        """Take the marker and prompt from an exact render; False (and never split again) when it is not turn by turn."""
+        for i in range(1, len(through)):
+            done = through[i - 1]
+            if not through[i].startswith(done) or (i in before_answer and not before_answer[i].startswith(done)):
+                self.off = True
+                break
+            added = through[i][len(done):]
+            self.marker = added if self.marker is None else os.path.commonprefix([self.marker, added])
+            if i in before_answer:
+                prompt = before_answer[i][len(done):]
+                self.off = self.off or (self.prompt is not None and prompt != self.prompt)
+                self.prompt = prompt
+        self.off = self.off or self.marker == ""
+        return not self.off
+
+    def check(self, shape: tuple[Any, ...], exact: tuple[dict[int, str], list[str]],
+              split: tuple[dict[int, str], list[str]] | None) -> None:
+        """A probe row: the split must equal the exact renders (a row the split cannot cut says nothing)."""
+        if split is not None:
+            self.off = self.off or split != exact
+            self.agreed[shape] = self.agreed.get(shape, 0) + 1
+
+    def split(self, first: str, full: str, n: int, answers: list[int]) -> tuple[dict[int, str], list[str]] | None:
+        """(each answer's prompt, each prefix) from the first message's and the whole conversation's text, or None."""
+        if not full.startswith(first) or (n > 1 and not self.marker):
+            return None
+        ends = []  # where message i + 1 starts: every occurrence of the marker after the first message
+        at = full.find(self.marker, len(first)) if n > 1 else -1
+        while at >= 0 and len(ends) < n:
+            ends.append(at)
+            at = full.find(self.marker, at + 1)
+        if len(ends) != n - 1 or (ends and ends[0] != len(first)):
+            return None
+        ends.append(len(full))
+        before_answer = {}
+        for i in answers:
+            if i and (self.prompt is None or not full.startswith(self.prompt, ends[i - 1])):
+                return None
+            before_answer[i] = full[: ends[i - 1]] + self.prompt if i else ""
+        return before_answer, [full[:end] for end in ends]
+
+
 class ChatDataset(TokenizedDataset):
     """Chat rows with loss on assistant turns only (all of them, or the last with ``mask_history``).
 
@@ -341,17 +427,51 @@ class ChatDataset(TokenizedDataset):
                 self._renders_tools = False
         return self._renders_tools
 
+    @property
+    def _turns(self) -> TurnSplit:
+        """What this dataset's template has shown about its turns (probed on the rows it renders exactly)."""
+        turns = self.__dict__.get("_turn_split")
+        if turns is None:
+            turns = self.__dict__["_turn_split"] = TurnSplit()
+        return turns
+
     def _segments(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None) -> list[tuple[str, bool]]:
         """The rendered conversation cut into (text, supervised) pieces, checked to extend one another."""
-        last_assistant = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        thinking = [i for i in answers if self.mask_reasoning_content and messages[i].get("reasoning_content")]
         cleaned: dict[int, Any] = {}
+        shape = None if thinking else row_shape(messages, tools)
+        found = self._split_turns(where, messages, tools, answers, cleaned) if self._turns.trusts(shape) else None
+        if found is None:
+            found = self._prefix_turns(where, messages, tools, answers, cleaned)
+            if shape is not None and self._turns.learn(*found) and self._turns.probing(shape):
+                self._turns.check(shape, found, self._split_turns(where, messages, tools, answers, cleaned))
+        before_answer, through = found
+        emptied = dict(zip(thinking, self._render(
+            where, [messages[:i] + [{**messages[i], "reasoning_content": ""}] for i in thinking], tools)))
+        return self._cut(where, messages, before_answer, through, emptied)
+
+    def _prefix_turns(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None, answers: list[int],
+                      cleaned: dict[int, Any]) -> tuple[dict[int, str], list[str]]:
+        """The exact way: each assistant message's prompt (rendered with the generation prompt) and every prefix."""
         before_answer = dict(zip(answers, self._render(where, [messages[:i] for i in answers], tools,
                                                        add_generation_prompt=True, cleaned=cleaned)))
         through = self._render(where, [messages[: i + 1] for i in range(len(messages))], tools, cleaned=cleaned)
-        thinking = [i for i in answers if self.mask_reasoning_content and messages[i].get("reasoning_content")]
-        emptied = dict(zip(thinking, self._render(
-            where, [messages[:i] + [{**messages[i], "reasoning_content": ""}] for i in thinking], tools)))
+        return before_answer, through
+
+    def _split_turns(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None, answers: list[int],
+                     cleaned: dict[int, Any]) -> tuple[dict[int, str], list[str]] | None:
+        """What ``_prefix_turns`` gives, from two renders (the first message, the whole conversation), or None
+        when this row does not show the template's learnt turn structure (see ``TurnSplit``)."""
+        try:
+            first, full = self._render(where, [messages[:1], messages], tools, cleaned=cleaned)
+        except DatasetError:
+            return None  # the exact way says what is wrong
+        return self._turns.split(first, full, len(messages), answers)
+
+    def _cut(self, where: str, messages: list[dict[str, Any]], before_answer: dict[int, str], through: list[str],
+             emptied: dict[int, str]) -> list[tuple[str, bool]]:
+        last_assistant = max(before_answer)
         pieces: list[tuple[str, bool]] = []
         done = ""
         for i, message in enumerate(messages):
@@ -385,6 +505,13 @@ class ChatDataset(TokenizedDataset):
         segments = self._segments(where, messages, tools)
         return Pieces([text for text, _ in segments], [False] * len(segments), [flag for _, flag in segments])
 
+    def _encode_texts(self, prepared: list[Pieces]) -> Iterator[list[list[int]]]:
+        """Each row's pieces tokenized one by one, in one backend encoding per row (see ``BatchEncoder.encode_rows``)."""
+        if any(pieces.prefixes or any(pieces.special) for pieces in prepared):
+            yield from super()._encode_texts(prepared)
+        else:
+            yield from self.encoder.encode_rows([pieces.texts for pieces in prepared])
+
     def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]]:
         ids: list[int] = []
         labels: list[int] = []
@@ -392,9 +519,10 @@ class ChatDataset(TokenizedDataset):
             ids += piece
             labels += piece if supervised else [IGNORE_INDEX] * len(piece)
         keep = self.row_limit.keep(where, len(ids) - 1) + 1  # n tokens are n - 1 model inputs once shifted
-        if keep < len(ids) and self._truncation_side() == "left":
-            ids, labels = ids[len(ids) - keep:], labels[len(labels) - keep:]
-        sample = shift_and_pad(ids[:keep], labels[:keep], None, self.pad_token_id)
+        if keep < len(ids):
+            cut = slice(len(ids) - keep, None) if self._truncation_side() == "left" else slice(keep)
+            ids, labels = ids[cut], labels[cut]
+        sample = shift_and_pad(ids, labels, None, self.pad_token_id)
         if sample is None:
             raise DatasetError(f"{where}: no assistant token is left to learn from after truncation to "
                                f"{self.row_limit.describe()}")

@@ -3,7 +3,8 @@
 Why: supervised chat data renders every prefix of a conversation (to find where each answer
 starts), and ``apply_chat_template`` copies and cleans the messages again on every call,
 about half of its time. Here each message is cleaned once, by the same functions
-transformers uses, and the compiled template renders the prefixes. The first texts are
+transformers uses (a message of plain string fields by the one step they amount to for it),
+and the compiled template renders the prefixes. The first texts are
 compared with ``apply_chat_template``'s; on any difference (or when those functions are not
 there) every call goes through ``apply_chat_template`` itself.
 """
@@ -22,6 +23,21 @@ try:  # transformers' own cleaning steps; without them the reference path is use
     )
 except ImportError:  # pragma: no cover - depends on the transformers release
     _compile_jinja_template = None
+
+
+_REASONING_KEYS = frozenset({"reasoning_content", "thinking", "reasoning"})
+
+
+def _only_strings(message: Any) -> bool:
+    """A plain dict of string (or None) fields, no reasoning text: the common ``{role, content}``. Cleaning it only
+    drops its None fields; the functions above would rebuild the same dict, more slowly."""
+    return type(message) is dict and all(
+        type(k) is str and (v is None or (type(v) is str and k not in _REASONING_KEYS)) for k, v in message.items()
+    )
+
+
+def _plain_strings(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if v is not None}
 
 
 class ChatRenderer:
@@ -61,7 +77,8 @@ class ChatRenderer:
         def clean(message: dict[str, Any]) -> dict[str, Any]:
             key = id(message)
             if key not in cleaned:
-                cleaned[key] = _alias_reasoning_fields(_plain_template_data(_normalize_chat_messages([message])))[0]
+                cleaned[key] = (_plain_strings(message) if _only_strings(message) else
+                                _alias_reasoning_fields(_plain_template_data(_normalize_chat_messages([message])))[0])
             return cleaned[key]
 
         schemas = _plain_template_data(tools) if tools is not None else None
