@@ -35,7 +35,7 @@ TRUST_REMOTE_CODE_ENV = "NEMO_LIKE_TRUST_REMOTE_CODE"
 ALLOW_PICKLE_ENV = "NEMO_LIKE_ALLOW_PICKLE"
 
 # nemo_like's component targets, by where they are defined (module + qualified name):
-# datasets, collaters, prompt functions, losses, PEFT/distributed configs, RNG, schedulers,
+# datasets, collaters, prompt functions, losses, rewards and judges, PEFT/distributed configs, RNG, schedulers,
 # callbacks, trackers and the model/tokenizer loaders. Machinery is on the deny list below.
 NEMO_LIKE_TARGETS: tuple[str, ...] = (
     "nemo_like._transformers.auto_model.NeMoAutoModelForCausalLM.from_pretrained",
@@ -49,6 +49,7 @@ NEMO_LIKE_TARGETS: tuple[str, ...] = (
     "nemo_like.components.datasets.mixture.IterableDatasetMixture",
     "nemo_like.components.datasets.length_grouped_sampler.LengthGroupedSampler",
     "nemo_like.components.loss.*.*",
+    "nemo_like.components.rewards.*.*",
     "nemo_like.components._peft.lora.PeftConfig",
     "nemo_like.components.quantization.qlora.create_bnb_config",
     "nemo_like.components.quantization.qat.QATConfig",

@@ -53,7 +53,7 @@ DENIED_TARGET_PREFIXES: tuple[str, ...] = tuple(gate_rules.DENIED_TARGETS)
 
 _REVIEWED_TOPS = ("nemo_like", "torch", "torchdata", "transformers", "peft", "datasets")
 _PLAIN_DATA = (dict, list, tuple, str, bytes, int, float, bool, type(None))
-_NEMO_LIKE_WHAT = ("nemo_like's component targets (datasets, collaters, losses, PEFT and distributed configs, "
+_NEMO_LIKE_WHAT = ("nemo_like's component targets (datasets, collaters, losses, rewards, PEFT and distributed configs, "
                    "RNG, schedulers, callbacks, trackers, model loaders)")
 
 
