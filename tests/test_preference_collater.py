@@ -103,11 +103,17 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_padded_and_packed(attn,
 
 @pytest.mark.parametrize("prompt, completion", [((4, 12), (4, 12)), ((40, 60), (2, 6))])
 def test_the_shared_prompt_computes_each_prompt_once(prompt, completion):
-    """Tokens computed, padding left out: the saving is the share of prompts in the packed row, up to a half."""
+    """Real tokens computed (padding left out): the saving is the prompts' share of the separate layout, up to
+    a half; with padding, the padded layouts' widths compare the same way."""
     items = _pairs(8, seed=2, prompt=prompt, completion=completion)
-    packed = int((packed_preference_collater(items)["input_ids"].shape[1]))
-    shared = int((shared_prompt_preference_collater(items)["input_ids"].shape[1]))
+    packed = int((packed_preference_collater(items)["input_ids"].shape[1]))  # no padding: every token is real
+    batch = shared_prompt_preference_collater(items)
+    first_completion = batch["completion_mask"].argmax(-1)  # each row's prompt length
+    shared = int(first_completion.sum() + batch["completion_mask"].sum())
     prompts = sum(len(i["prompt_ids"]) for i in items)
+    assert first_completion.tolist() == [len(i["prompt_ids"]) for i in items]
     assert packed - shared == prompts
-    print(f"\nprompts {prompt}, completions {completion}: packed {packed} tokens, shared {shared} tokens, "
-          f"saving {1 - shared / packed:.0%}")
+    padded = preference_collater(items)["input_ids"].numel()
+    assert batch["input_ids"].numel() < padded
+    print(f"\nprompts {prompt}, completions {completion}: separate {packed} tokens, shared {shared} tokens "
+          f"(saving {1 - shared / packed:.0%}); with padding {padded} -> {batch['input_ids'].numel()}")

@@ -27,6 +27,7 @@ from nemo_like.components.checkpoint.model_state import ModelState
 from nemo_like.components.distributed.init import initialize_distributed
 from nemo_like.components.dtypes import parse_dtype
 from nemo_like.components.loggers.jsonl import JSONLLogger
+from nemo_like.components.training.grad_buffer import ContiguousGrads
 from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.config.secrets import redact_config
@@ -86,6 +87,7 @@ class BaseRecipe:
         self.model_id: str | None = None
         self.lr_scheduler: Any = None
         self.val_dataloader: Any = None
+        self.defer_grad_sync = False  # FSDP2 with distributed_config.defer_fsdp_grad_sync (set with the model)
         self._previous_handlers: dict[int, Any] = {}  # signal handlers to put back after the loop
 
     # ------------------------------------------------------------------ set-up
@@ -137,6 +139,24 @@ class BaseRecipe:
     def _run_validation_epoch(self) -> float | dict[str, float]:
         """The validation loss over ``val_dataloader``, or a dict of scores with it as ``val_loss``."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers of a method's step
+    def _contiguous_grads(self, trainable: list[torch.nn.Parameter]) -> ContiguousGrads | None:
+        """``contiguous_grads: true``: gradients in one buffer made now (see ``grad_buffer.py``); one process only."""
+        if not self.sections.contiguous_grads:
+            return None
+        if self.dist.world_size > 1:
+            logger.info("contiguous_grads: ignored with %d ranks (DDP/FSDP2 keep their own gradient storage)",
+                        self.dist.world_size)
+            return None
+        return ContiguousGrads(trainable)
+
+    def _set_gradient_sync(self, last_micro_batch: bool) -> None:
+        """With ``defer_fsdp_grad_sync``, FSDP2 keeps the micro-batches' gradients unsharded and
+        reduce-scatters them once, after the last one: one collective per step instead of one per
+        micro-batch, for the memory of the unsharded gradients of every trainable parameter."""
+        if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(last_micro_batch)
 
     # ------------------------------------------------------------------ the loop, resume and saves
     def checkpoint_state(self) -> dict[str, Any]:

@@ -11,6 +11,9 @@ values is any function of them, so gradients cannot be made in the forward.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +71,26 @@ def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
         return hidden.new_zeros(0, dtype=torch.float32) + 0 * weight.sum()
     size = chunk_size or max(1, _DEFAULT_CHUNK_BYTES // (4 * weight.shape[0]))
     return _LinearLogProbs.apply(hidden, weight, bias, targets, size)
+
+
+@contextlib.contextmanager
+def output_layer_scores(head: torch.nn.Linear, rows: torch.Tensor, targets: torch.Tensor) -> Iterator[None]:
+    """For one forward, the model's output layer returns ``linear_token_logps`` of ``targets`` at the flat
+    positions ``rows`` of its input instead of logits, and the model hands them back as ``logits``.
+
+    The scores are computed inside the model's own forward, where the layer's weight is the one the
+    forward uses (gathered by FSDP2, or a tensor-parallel shard gathered here differentiably).
+    """
+
+    def score(hidden: torch.Tensor) -> torch.Tensor:
+        weight, bias = head.weight, head.bias
+        if hasattr(weight, "full_tensor"):
+            weight = weight.full_tensor()
+            bias = bias.full_tensor() if bias is not None else None
+        return linear_token_logps(hidden.reshape(-1, hidden.shape[-1])[rows], weight, targets, bias)
+
+    head.forward = score
+    try:
+        yield
+    finally:
+        del head.forward  # back to the class's forward

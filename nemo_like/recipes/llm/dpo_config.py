@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nemo_like.config.errors import ConfigError
-from nemo_like.config.typed_sections import RecipeSchema, located
+from nemo_like.config.typed_sections import located
 from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, SFTSections, check_training_config
 
 __all__ = ["DPO_SCHEMA", "DPOSection", "DPOSections", "ReferenceSection", "check_dpo_config", "reference_mode"]

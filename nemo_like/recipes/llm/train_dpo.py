@@ -19,13 +19,17 @@ import torch
 from nemo_like.components._peft.lora import adapters_disabled
 from nemo_like.components.batch import split_batch
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
-from nemo_like.components.datasets.llm.preference_collater import check_shared_prompt_attention
+from nemo_like.components.datasets.llm.preference_collater import (
+    check_shared_prompt_attention, chosen_token_count, pairs_in_batch,
+)
 from nemo_like.components.distributed.grad_clip import clip_grad_norm
 from nemo_like.components.distributed.init import all_reduce_sum
 from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.dpo import DPOLoss
-from nemo_like.components.loss.linear_logps import linear_token_logps
+from nemo_like.components.loss.linear_logps import output_layer_scores
 from nemo_like.components.loss.sequence_logps import completion_positions, sequence_logps
+from nemo_like.components.training.cpu_heap import trim_cpu_heap
+from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.precomputed_reference import (
     IndexedPairs, PrecomputedReference, collate_with_pair_index, shard_indices,
 )
@@ -80,6 +84,9 @@ class TrainDPORecipe(BaseRecipe):
         if self.mode == "frozen_copy":
             self.reference = build_model(cfg, self.dist, self.device, sections.distributed, frozen=True).model
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.grad_buffer = self._contiguous_grads([p for g in self.optimizer.param_groups for p in g["params"]])
+        self.trim_cpu_heap = sections.trim_cpu_heap and self.device.type == "cpu"
+        self.skipped_steps = 0  # optimizer steps dropped by nan_policy: skip
         self.lr_scheduler = build_lr_schedule(sections.lr_scheduler, self.optimizer, self.step_scheduler.max_steps)
         self.loss_fn = DPOLoss(**vars(sections.dpo))
         self.forward_options = {"use_cache": False}
@@ -113,27 +120,34 @@ class TrainDPORecipe(BaseRecipe):
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: the loss is the mean over all pairs of all micro-batches on all ranks."""
         start = time.perf_counter()
-        num_pairs = all_reduce_sum(torch.tensor(float(sum(_pairs_in(b) for b in batches)), device=self.device))
-        num_chosen_tokens = all_reduce_sum(sum(_chosen_tokens(b) for b in batches).float().to(self.device))
-        self.optimizer.zero_grad(set_to_none=True)
+        num_pairs = all_reduce_sum(torch.tensor(float(sum(pairs_in_batch(b) for b in batches)), device=self.device))
+        num_chosen_tokens = all_reduce_sum(sum(chosen_token_count(b) for b in batches).float().to(self.device))
+        self.grad_buffer.zero_() if self.grad_buffer is not None else self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(len(_REWARDS) + 1, device=self.device, dtype=torch.float64)
         for index, batch in enumerate(batches):
-            if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
-                self.model.set_requires_gradient_sync(index == len(batches) - 1)
+            self._set_gradient_sync(last_micro_batch=index == len(batches) - 1)
+            if self.trim_cpu_heap:
+                trim_cpu_heap()  # the last backward's freed pages go back to the OS first
             loss, sums = self._pair_loss(batch, num_pairs, num_chosen_tokens)
             (loss * self.dist.dp_size).backward()  # data-parallel gradients are averaged over ranks
             totals += torch.cat([loss.detach().double().reshape(1), sums])
         grad_norm = float(clip_grad_norm(self.model.parameters(), self.max_grad_norm or float("inf")))
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        totals = all_reduce_sum(totals)
+        if should_skip_update(self.step_scheduler.step, float(totals[0]), grad_norm, self.sections.nan_policy):
+            self.skipped_steps += 1
+            logger.warning("step %d: non-finite loss / grad norm %s; update skipped (%d so far, nan_policy: skip)",
+                           self.step_scheduler.step, grad_norm, self.skipped_steps)
+        else:
+            self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step(1)
-        totals = all_reduce_sum(totals)
         pairs = float(num_pairs)
         elapsed = time.perf_counter() - start
         return {"loss": float(totals[0]), **{k: float(v) / pairs for k, v in zip(_REWARDS, totals[1:])},
                 "grad_norm": grad_norm, "lr": lr, "num_pairs": int(pairs), "pairs_per_s": pairs / elapsed,
-                "mem_gib": peak_memory_gib(), "time_s": elapsed}
+                "mem_gib": peak_memory_gib(), "time_s": elapsed,
+                **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {})}
 
     def _pair_loss(self, batch: dict[str, torch.Tensor], num_pairs: torch.Tensor, num_chosen_tokens: torch.Tensor,
                    split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,12 +176,12 @@ class TrainDPORecipe(BaseRecipe):
                 raise ConfigError(f"dataloader.collate_fn: {err}") from None
         inputs = prepare_packed_attention(inputs, attention_implementation(model), next(model.parameters()).dtype)
         own = {k: v.to(self.device) for k, v in own.items()}
-        num_sequences = 2 * _pairs_in(batch)
+        num_sequences = 2 * pairs_in_batch(batch)
         head = model.get_output_embeddings()
         if isinstance(head, torch.nn.Linear) and not getattr(model.config, "final_logit_softcapping", None):
             where = completion_positions(inputs["input_ids"], own["completion_mask"], own.get("sequence_index"),
                                          own.get("predicted_from"))
-            with self._autocast(), _scoring_head(head, where.rows, where.targets):
+            with self._autocast(), output_layer_scores(head, where.rows, where.targets):
                 token_logps = model(**inputs, **self.forward_options).logits
             logps = token_logps.new_zeros(num_sequences).index_add(0, where.sequence, token_logps)
             counts = torch.bincount(where.sequence, minlength=num_sequences).to(logps.dtype)
@@ -242,8 +256,8 @@ class TrainDPORecipe(BaseRecipe):
         totals = torch.zeros(len(_REWARDS) + 1, device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         for batch in self.val_dataloader:
-            pairs = torch.tensor(float(_pairs_in(batch)), device=self.device)
-            chosen_tokens = _chosen_tokens(batch).float().to(self.device)
+            pairs = torch.tensor(float(pairs_in_batch(batch)), device=self.device)
+            chosen_tokens = chosen_token_count(batch).float().to(self.device)
             loss, sums = self._pair_loss(batch, pairs, chosen_tokens, split="validation")
             totals += torch.cat([loss.double().reshape(1) * pairs, sums])  # the batch's mean back to a sum
             count += pairs
@@ -253,39 +267,3 @@ class TrainDPORecipe(BaseRecipe):
         self.val_scores = {"val_loss": float(totals[0]) / count,
                            **{f"val_{k}": float(v) / count for k, v in zip(_REWARDS, totals[1:])}}
         return self.val_scores
-
-
-@contextlib.contextmanager
-def _scoring_head(head: torch.nn.Linear, rows: torch.Tensor, targets: torch.Tensor) -> Any:
-    """For one forward, the output layer returns the log-probabilities of ``targets`` at the flat positions
-    ``rows`` of its input instead of logits (the model hands them back as ``logits``)."""
-
-    def score(hidden: torch.Tensor) -> torch.Tensor:
-        weight, bias = head.weight, head.bias
-        if hasattr(weight, "full_tensor"):  # tensor parallel: a DTensor shard, gathered differentiably
-            weight = weight.full_tensor()
-            bias = bias.full_tensor() if bias is not None else None
-        return linear_token_logps(hidden.reshape(-1, hidden.shape[-1])[rows], weight, targets, bias)
-
-    head.forward = score
-    try:
-        yield
-    finally:
-        del head.forward  # back to the class's forward
-
-
-def _pairs_in(batch: dict[str, torch.Tensor]) -> int:
-    """Pairs in a collated batch: rows / 2 when padded, sequences / 2 when packed."""
-    if "pair_index" in batch:
-        return int(batch["pair_index"].numel())
-    index = batch.get("sequence_index")
-    return int(index.max()) // 2 + 1 if index is not None else int(batch["input_ids"].shape[0]) // 2
-
-
-def _chosen_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The completion tokens of the chosen sequences (the first half of the sequences), counted on the host."""
-    mask = batch["completion_mask"]
-    index = batch.get("sequence_index")
-    if index is None:
-        return mask[: _pairs_in(batch)].sum()
-    return (mask * ((index >= 0) & (index < _pairs_in(batch)))).sum()

@@ -20,7 +20,6 @@ from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.linear_ce import FusedLinearCrossEntropy
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
-from nemo_like.components.training.grad_buffer import ContiguousGrads
 from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
@@ -41,7 +40,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
 
     def __init__(self, cfg: ConfigNode) -> None:
         super().__init__(cfg, check_sft_config(cfg))  # every section typed and checked before anything loads
-        self.defer_grad_sync = False  # FSDP2 with distributed_config.defer_fsdp_grad_sync (set with the model)
         self._sequence_parallel = False
         self.skipped_steps = 0  # optimizer steps dropped by nan_policy: skip
 
@@ -91,16 +89,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         self.max_grad_norm = sections.clip_grad_norm.max_norm
         self.setup_observers()
 
-    def _contiguous_grads(self, trainable: list[torch.nn.Parameter]) -> ContiguousGrads | None:
-        """``contiguous_grads: true``: gradients in one buffer made now (see ``grad_buffer.py``); one process only."""
-        if not self.sections.contiguous_grads:
-            return None
-        if self.dist.world_size > 1:
-            logger.info("contiguous_grads: ignored with %d ranks (DDP/FSDP2 keep their own gradient storage)",
-                        self.dist.world_size)
-            return None
-        return ContiguousGrads(trainable)
-
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: loss = sum of token losses over all micro-batches / global label tokens."""
         start = time.perf_counter()
@@ -143,13 +131,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
             "time_s": elapsed,
             **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
         }
-
-    def _set_gradient_sync(self, last_micro_batch: bool) -> None:
-        """With ``defer_fsdp_grad_sync``, FSDP2 keeps the micro-batches' gradients unsharded and
-        reduce-scatters them once, after the last one: one collective per step instead of one per
-        micro-batch, for the memory of the unsharded gradients of every trainable parameter."""
-        if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
-            self.model.set_requires_gradient_sync(last_micro_batch)
 
     def _inputs_and_labels(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """This rank's share of the batch as (model inputs, labels with ``loss_mask`` folded in); the labels

@@ -5,7 +5,7 @@ Padded: each pair's prompt + chosen rows first, then its prompt + rejected rows,
 DPO trainer uses (one forward over ``2B`` rows; the first half chosen). Packed: all ``2B``
 sequences one after another in a single row, each restarting its positions and seeing only
 itself (the block-causal mask packed SFT uses), so no padding is computed. Shared prompt: one
-row again, but each pair is ``[prompt, chosen, rejected]`` with the prompt computed once; the
+row per pair, ``[prompt, chosen, rejected]``, with the prompt computed once; the
 rejected tokens see the prompt and themselves, not the chosen ones, and their positions continue
 from the prompt's end, so every completion is computed as if it followed the prompt alone. Either
 way ``completion_mask`` marks the completion tokens whose log-probabilities the loss sums; the
@@ -86,53 +86,61 @@ def check_shared_prompt_attention(attn_implementation: str) -> None:
 
 def shared_prompt_preference_collater(batch: list[dict[str, Any]], pad_token_id: int = 0,
                                       pad_seq_len_divisible: int | None = None) -> dict[str, torch.Tensor]:
-    """One row ``[1, T]``: per pair ``[prompt, chosen, rejected]``, the prompt computed once for both.
+    """One row per pair, ``[prompt, chosen, rejected]`` right-padded to ``[B, L]``: the prompt computed once for both.
 
-    Besides the packed collater's keys (``attention_mask`` is a boolean ``[1, 1, T, T]`` mask for
+    Besides the packed collater's keys (``attention_mask`` is a boolean ``[B, 1, L, L]`` mask for
     :func:`~nemo_like.components.datasets.llm.packed_sequence.prepare_packed_attention`), the batch has
-    ``predicted_from``: for each completion token, the position whose logits predict it (-1 elsewhere).
-    It is the previous position except for a rejected completion's first token, which the prompt's last
-    token predicts; pass it to :func:`~nemo_like.components.loss.sequence_logps.sequence_logps`.
-    Only backends in ``SHARED_PROMPT_ATTENTION`` apply the mask (see ``check_shared_prompt_attention``).
+    ``predicted_from``: for each completion token, the position in its row whose logits predict it (-1
+    elsewhere). It is the previous position except for a rejected completion's first token, which the
+    prompt's last token predicts; pass it to :func:`~nemo_like.components.loss.sequence_logps.sequence_logps`.
+    One row per pair keeps the attention work that of the pair (a single packed row would attend across
+    all pairs under the mask). Only backends in ``SHARED_PROMPT_ATTENTION`` apply the mask (see
+    ``check_shared_prompt_attention``).
     """
     if not batch:
         raise ValueError("shared_prompt_preference_collater: empty batch")
-    ids: list[int] = []
-    positions: list[int] = []
-    pair: list[int] = []  # which pair's block each token is in (a padding token is a block of its own)
-    part: list[int] = []  # 0 prompt, 1 chosen, 2 rejected
-    owner: list[int] = []
-    source: list[int] = []
-    num_pairs = len(batch)
+    width = max(len(b["prompt_ids"]) + len(b["chosen_ids"]) + len(b["rejected_ids"]) for b in batch)
+    if pad_seq_len_divisible:
+        width = -(-width // pad_seq_len_divisible) * pad_seq_len_divisible
+    rows = len(batch)
+    ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    kind = torch.full((rows, width), 3, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, 3 padding
+    owner = torch.full((rows, width), -1, dtype=torch.long)
+    source = torch.full((rows, width), -1, dtype=torch.long)
     for i, item in enumerate(batch):
         prompt, chosen, rejected = item["prompt_ids"], item["chosen_ids"], item["rejected_ids"]
         n, m1, m2 = len(prompt), len(chosen), len(rejected)
         if not n:
             raise ValueError(f"shared_prompt_preference_collater: pair {i} has an empty prompt; its completions' "
                              "first tokens would have nothing to be predicted from")
-        start = len(ids)
-        last_prompt = start + n - 1
-        ids += list(prompt) + list(chosen) + list(rejected)
-        positions += list(range(n + m1)) + list(range(n, n + m2))
-        pair += [i] * (n + m1 + m2)
-        part += [0] * n + [1] * m1 + [2] * m2
-        owner += [-1] * n + [i] * m1 + [num_pairs + i] * m2
-        source += [-1] * n + list(range(last_prompt, last_prompt + m1))
-        source += [last_prompt] + list(range(start + n + m1, start + n + m1 + m2 - 1))
-    pad = (-len(ids)) % pad_seq_len_divisible if pad_seq_len_divisible else 0
-    ids += [pad_token_id] * pad
-    positions += [0] * pad
-    pair += range(num_pairs, num_pairs + pad)
-    part += [0] * pad
-    owner += [-1] * pad
-    source += [-1] * pad
-    block, kind = torch.tensor(pair), torch.tensor(part)
-    index = torch.arange(len(ids))
+        end = n + m1 + m2
+        ids[i, :end] = torch.tensor(list(prompt) + list(chosen) + list(rejected), dtype=torch.long)
+        positions[i, :end] = torch.tensor(list(range(n + m1)) + list(range(n, n + m2)))
+        kind[i, :end] = torch.tensor([0] * n + [1] * m1 + [2] * m2)
+        owner[i, n: n + m1], owner[i, n + m1: end] = i, rows + i
+        source[i, n: end] = torch.arange(n - 1, end - 1)
+        source[i, n + m1] = n - 1  # the first rejected token follows the prompt, not the chosen completion
+    index = torch.arange(width)
     causal = index[:, None] >= index[None, :]
-    rejected_sees_chosen = (kind[:, None] == 2) & (kind[None, :] == 1)
-    mask = (block[:, None] == block[None, :]) & causal & ~rejected_sees_chosen
-    owners = torch.tensor([owner], dtype=torch.long)
-    return {"input_ids": torch.tensor([ids], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long),
-            "attention_mask": mask[None, None], "completion_mask": (owners >= 0).to(torch.long),
-            "sequence_index": owners, "predicted_from": torch.tensor([source], dtype=torch.long)}
+    query, key = kind[:, :, None], kind[:, None, :]
+    mask = causal & ~((query == 2) & (key == 1)) & (key != 3) & (query != 3)
+    mask |= (query == 3) & torch.eye(width, dtype=torch.bool)  # a padding token sees itself only
+    return {"input_ids": ids, "position_ids": positions, "attention_mask": mask[:, None],
+            "completion_mask": (owner >= 0).to(torch.long), "sequence_index": owner, "predicted_from": source}
+
+
+def pairs_in_batch(batch: dict[str, torch.Tensor]) -> int:
+    """The pairs a collated batch holds, in any of the layouts above (its chosen sequences come first)."""
+    if "pair_index" in batch:
+        return int(batch["pair_index"].numel())
+    index = batch.get("sequence_index")
+    return int(index.max()) // 2 + 1 if index is not None else int(batch["input_ids"].shape[0]) // 2
+
+
+def chosen_token_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The completion tokens of the batch's chosen sequences (an SFT term's denominator), counted on the host."""
+    mask, index = batch["completion_mask"], batch.get("sequence_index")
+    if index is None:
+        return mask[: pairs_in_batch(batch)].sum()
+    return (mask * ((index >= 0) & (index < pairs_in_batch(batch)))).sum()
