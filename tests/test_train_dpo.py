@@ -233,3 +233,17 @@ def test_dora_adapters_off_are_the_base_model(dpo_env):
     history = run_recipe({"peft": {**LORA, "use_dora": True}, "optimizer.lr": 1e-2})
     assert abs(history[0]["loss"] - 0.6931471805599453) < 1e-6
     assert history[0]["rewards/margins"] == 0.0 and history[-1]["rewards/margins"] > 0
+
+
+def test_a_judge_is_an_import_path_through_the_gate(dpo_env):
+    """``generation_eval.judge`` names a function; one that runs commands is refused before anything loads."""
+    from nemo_like.config.errors import ConfigError
+    from nemo_like.config.loader import load_yaml_config
+    from nemo_like.recipes.llm.dpo_config import check_dpo_config
+
+    cfg = load_yaml_config(TINY)
+    cfg.set_by_path("generation_eval", {"path_or_dataset_id": dpo_env["val"], "judge": "os.system"})
+    with pytest.raises(ConfigError, match="generation_eval.judge"):
+        check_dpo_config(cfg)
+    cfg.set_by_path("generation_eval.judge", "nemo_like.components.rewards.answer_format.shows_answer_format")
+    assert check_dpo_config(cfg).generation_eval.judge.endswith("shows_answer_format")

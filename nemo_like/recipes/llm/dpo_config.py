@@ -111,6 +111,9 @@ def check_dpo_config(cfg: Any, world_size: int | None = None) -> DPOSections:
     if mode == "none" and sections.dpo.needs_reference:
         raise ConfigError(f"{located('reference.mode', sources)}: none, but dpo.loss_type {sections.dpo.loss_type!r} "
                           "compares against a reference; use simpo / sft, or another reference mode")
+    if sections.distributed.cp_size > 1:
+        raise ConfigError(f"{located('distributed.cp_size', sources)}: DPO scores whole sequences; context parallel "
+                          "is not supported, use cp_size: 1")
     if mode == "adapter_off" and not has_peft:
         raise ConfigError(f"{located('reference.mode', sources)}: adapter_off needs LoRA adapters (a peft section); "
                           "use frozen_copy or precomputed for a full fine-tune")

@@ -60,8 +60,6 @@ class TrainDPORecipe(BaseRecipe):
     def setup(self) -> None:
         cfg, sections = self.cfg, self.sections
         self.setup_run()
-        if self.dist.cp_size > 1:
-            raise ConfigError("distributed.cp_size: DPO scores whole sequences; context parallel is not supported")
         self.model_id = cfg.get("model.pretrained_model_name_or_path")
         self.tokenizer = build_tokenizer(cfg, self.model_id)
         self.mode = reference_mode(sections, "peft" in cfg)
@@ -122,7 +120,10 @@ class TrainDPORecipe(BaseRecipe):
         start = time.perf_counter()
         num_pairs = all_reduce_sum(torch.tensor(float(sum(pairs_in_batch(b) for b in batches)), device=self.device))
         num_chosen_tokens = all_reduce_sum(sum(chosen_token_count(b) for b in batches).float().to(self.device))
-        self.grad_buffer.zero_() if self.grad_buffer is not None else self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_buffer is not None:
+            self.grad_buffer.zero_()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(len(_REWARDS) + 1, device=self.device, dtype=torch.float64)
         for index, batch in enumerate(batches):
             self._set_gradient_sync(last_micro_batch=index == len(batches) - 1)
