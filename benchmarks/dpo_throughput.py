@@ -283,21 +283,13 @@ def run_trl(w: Workload, checkpointing: bool) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    sys.path.insert(0, str(HERE))
+    from runners import _timed_callback  # noqa: PLC0415 - the SFT benchmark's step timer, beside this script
+
     log = StepLog()
-
-    class StepTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201, ARG002
-            log.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201, ARG002
-            log.end_step()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201, ARG002
-            if logs and "loss" in logs:
-                log.losses.append(float(logs["loss"]))
 
     tokenizer = AutoTokenizer.from_pretrained(w.model_dir)
     base = AutoModelForCausalLM.from_pretrained(w.model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -314,7 +306,7 @@ def run_trl(w: Workload, checkpointing: bool) -> dict[str, Any]:
                          dataloader_num_workers=0, seed=w.seed, gradient_checkpointing=checkpointing)
         trainer = DPOTrainer(model=policy, ref_model=None, args=args,
                              train_dataset=Dataset.from_list(read_jsonl(w.train_rows)), processing_class=tokenizer,
-                             callbacks=[StepTimer()])
+                             callbacks=[_timed_callback(log)])
         theirs = [{k: list(row[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
                   for row in trainer.train_dataset]
         trainer.train()

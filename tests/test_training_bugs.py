@@ -36,9 +36,14 @@ def _rows() -> list[dict[str, list[int]]]:
     return [{"input_ids": [i, i, i, i], "labels": [i, i, i, i], "attention_mask": [1, 1, 1, 1]} for i in range(ROWS)]
 
 
+def _pairs() -> list[dict[str, list[int]]]:
+    return [{"prompt_ids": [i, i], "chosen_ids": [i], "rejected_ids": [i, i]} for i in range(ROWS)]
+
+
 def _orders_on_two_ranks(recipes: list[str], tokenizer) -> dict[str, list[list[int]]]:
     """On one of two forked ranks: each recipe's dataloader section over the samples, two epochs, sample order."""
     from nemo_like.components.datasets.llm.packed_sequence import PackedSequence
+    from nemo_like.components.datasets.llm.preference_collater import pairs_in_batch
     from nemo_like.components.distributed.init import initialize_distributed
 
     dist = initialize_distributed("gloo")
@@ -47,9 +52,11 @@ def _orders_on_two_ranks(recipes: list[str], tokenizer) -> dict[str, list[list[i
     for path in recipes:
         cfg = load_yaml_config(path)
         local = int(cfg.get("step_scheduler").get("local_batch_size"))
-        packed = "packed_sequence_collater" in str(cfg.get("dataloader").get("collate_fn"))
+        collate = str(cfg.get("dataloader").get("collate_fn"))
+        packed = "packed_sequence_collater" in collate
+        pairs = "preference_collater" in collate  # a preference recipe: sample i is a pair whose prompt starts with i
         # A pack of 4 tokens holds exactly one 4-token sample: pack i is sample i.
-        dataset = PackedSequence(_rows(), packed_sequence_size=4) if packed else _rows()
+        dataset = PackedSequence(_rows(), packed_sequence_size=4) if packed else _pairs() if pairs else _rows()
         loader = build_dataloader(cfg.get("dataloader"), dataset, local, train=True, tokenizer=tokenizer, dist=dist,
                                   seed=42, ranked=False)
         sched = StepScheduler(global_batch_size=2 * local, local_batch_size=local, dp_size=2, num_epochs=2,
@@ -57,7 +64,8 @@ def _orders_on_two_ranks(recipes: list[str], tokenizer) -> dict[str, list[list[i
         epochs = []
         for epoch in sched.epochs:
             sched.set_epoch(epoch)
-            epochs.append([int(i) for step in sched for batch in step for i in batch["input_ids"][:, 0]])
+            epochs.append([int(i) for step in sched for batch in step
+                           for i in batch["input_ids"][: pairs_in_batch(batch) if pairs else None, 0]])
         orders[path] = epochs
     return orders
 
