@@ -43,7 +43,8 @@ from nemo_like.recipes.llm.dpo_config import check_dpo_config, reference_mode
 
 logger = logging.getLogger("nemo_like")
 
-_METHOD_KEYS = ("completion_mask", "sequence_index", "predicted_from", "pair_index")  # the batch fields the method reads itself
+# The batch fields the method reads itself; the model takes the rest.
+_METHOD_KEYS = ("completion_mask", "sequence_index", "predicted_from", "pair_index")
 _REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
             "logps/rejected")
 
@@ -206,7 +207,9 @@ class TrainDPORecipe(BaseRecipe):
 
     def _reference_context(self) -> contextlib.AbstractContextManager:
         """The policy with its adapters off is the reference in ``adapter_off`` (and when precomputing with LoRA)."""
-        return adapters_disabled(self.model) if self.reference is None and self.peft_config else contextlib.nullcontext()
+        if self.reference is None and self.peft_config:
+            return adapters_disabled(self.model)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def _precompute(self, table: PrecomputedReference, dataset: IndexedPairs) -> None:
