@@ -215,7 +215,7 @@ def _varied_rows() -> list[dict]:
 @pytest.mark.parametrize("template", [None, TOOL_CHATML, LAST_TURN_CHATML], ids=["own", "tools", "not-turn-by-turn"])
 def test_one_render_per_conversation_gives_the_items_of_every_prefix_rendered(tmp_path, tiny_tokenizer, monkeypatch,
                                                                                template):
-    from nemo_like.components.datasets.llm.chat_dataset import TurnSplit
+    from nemo_like.components.datasets.llm.turn_split import TurnSplit
 
     rows = _varied_rows()
     calls = []  # the rows rendered prefix by prefix
