@@ -37,6 +37,8 @@ class BatchEncoder:
         self._split = self._special_pattern(tokenizer) if backend is not None else None
         self._special_ids = ({t.content: i for i, t in tokenizer.added_tokens_decoder.items()}
                              if self._split is not None else {})
+        contents = list(self._special_ids)
+        self._nested = any(a != b and a in b for a in contents for b in contents)  # count occurrences the slow way
         self._tails: dict[str, list[int]] = {}
         self._encodings: list[Any] = []
         self._checked = False
@@ -84,28 +86,43 @@ class BatchEncoder:
     def encode_rows(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         """Per row, the ids of each of its texts, as ``encode(texts, False)`` gives them.
 
-        Why: a chat row is a dozen short pieces, and one backend encoding per piece costs a tenth
-        more than the row's text tokenized whole. Handed over as one pre-split sequence, the
-        backend tokenizes each piece on its own exactly as alone (normalised, split at special
-        tokens, pre-tokenized per piece) and returns one encoding per row; ``word_to_tokens``
-        says which of its tokens each piece gave. The first rows are compared with ``encode``
-        once; on a difference (or a slow tokenizer) ``encode`` does it all.
+        Why: a chat row is a dozen short pieces, and one backend encoding per piece costs a fifth
+        more than the row's text tokenized whole. A piece that starts with an added token (the
+        ``<|im_start|>`` of each turn) is joined to the piece before it: the tokenizer cuts text at
+        added tokens before anything else, so the joined text's tokens are the two pieces' tokens
+        one after the other, and the piece starts at that added token, found in the ids. The joined
+        texts go to the backend as one pre-split sequence per row, so the other pieces (an answer
+        after its ``assistant\\n`` header) are still tokenized each on its own, exactly as alone
+        (normalised, split, pre-tokenized per piece); ``word_to_tokens`` says which tokens each gave.
+        The first rows are compared with ``encode`` once; on a difference (or a slow tokenizer)
+        ``encode`` does it all.
         """
         if self.backend is None or self._grouped is False:
             return self._split_flat(rows)
-        full = [list(texts) for texts in rows if texts]
+        plans = [self._join(texts) for texts in rows]
+        full = [words for words, _ in plans if words]
         encodings = iter(self.backend.encode_batch(full, is_pretokenized=True, add_special_tokens=False) if full else [])
         out = []
-        for texts in rows:
-            encoding = next(encodings) if texts else None
-            ids = encoding.ids if texts else []
+        for texts, (words, starts) in zip(rows, plans):
+            encoding = next(encodings) if words else None
+            ids = encoding.ids if words else []
             pieces, at = [], 0
-            for k in range(len(texts)):
-                span = encoding.word_to_tokens(k)
-                end = at if span is None else span[1]
-                pieces.append(ids[at:end])
-                at = end
-            if at != len(ids):  # not one stretch of tokens per piece, in order
+            try:
+                for k, word_starts in enumerate(starts):
+                    span = encoding.word_to_tokens(k)
+                    end = at if span is None else span[1]
+                    word_at = at
+                    for added, before in word_starts:  # a joined piece starts at this added token's next occurrence
+                        cut = word_at - 1
+                        for _ in range(before + 1):
+                            cut = ids.index(added, cut + 1, end)
+                        pieces.append(ids[at:cut])
+                        at = cut
+                    pieces.append(ids[at:end])
+                    at = end
+            except ValueError:  # an added token is not where the text has it
+                at = -1
+            if at != len(ids) or len(pieces) != len(texts):  # not one stretch of tokens per piece, in order
                 self._grouped = False
                 return self._split_flat(rows)
             out.append(pieces)
@@ -115,6 +132,24 @@ class BatchEncoder:
             if not self._grouped:
                 return self._split_flat(rows)
         return out
+
+    def _join(self, texts: Sequence[str]) -> tuple[list[str], list[list[tuple[int, int]]]]:
+        """A row's texts joined where a text starts with an added token: the joined texts, and per joined text, for
+        each piece after its first, (the id of the added token it starts with, how often it occurs before it)."""
+        words: list[str] = []
+        starts: list[list[tuple[int, int]]] = []
+        for text in texts:
+            match = self._split.match(text) if words and self._split is not None and text else None
+            if match is None:
+                words.append(text)
+                starts.append([])
+                continue
+            added = match.group()
+            before = (words[-1].count(added) if not self._nested else
+                      sum(found == added for found in self._split.findall(words[-1])))
+            starts[-1].append((self._special_ids[added], before))
+            words[-1] += text
+        return words, starts
 
     def _split_flat(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         ids = iter(self.encode([text for texts in rows for text in texts], False))
