@@ -16,6 +16,9 @@ commands:
   dpo -c X.yaml [--a.b value ...] [--nproc-per-node N]
                                          preference tuning (DPO, IPO, SimPO, ...) on prompt/chosen/
                                          rejected pairs
+  grpo -c X.yaml [--a.b value ...] [--nproc-per-node N]
+                                         reinforcement learning from verifiable rewards (GRPO,
+                                         Dr. GRPO, DAPO, GSPO) on prompts and reward functions
   eval --checkpoint DIR --tasks T[,T2] [--limit N] [--use-adapter | --peft ADAPTER]
                                          score a checkpoint with lm-eval; results JSON beside it
   plot RUN_DIR [RUN_DIR ...] [--out DIR] train/validation loss and learning rate against step;
@@ -31,7 +34,7 @@ commands:
 Run `nemo-like <command> --help` for a command's options.
 """
 
-COMMANDS = ("finetune", "dpo", "eval", "plot", "generate", "merge-lora", "dry-run")
+COMMANDS = ("finetune", "dpo", "grpo", "eval", "plot", "generate", "merge-lora", "dry-run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "finetune":
         return finetune_main(rest)
-    if command == "dpo":
-        return finetune_main(rest, method="dpo")
+    if command in ("dpo", "grpo"):
+        return finetune_main(rest, method=command)
     if command == "eval":
         return eval_main(rest)
     if command == "plot":

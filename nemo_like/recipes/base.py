@@ -218,7 +218,7 @@ class BaseRecipe:
                     if sched.is_val_step and self.val_dataloader is not None:
                         scores = self._run_validation_epoch()
                         scores = scores if isinstance(scores, dict) else {"val_loss": scores}
-                        last_val = scores["val_loss"]
+                        last_val = scores.get("val_loss")  # a method may score without a loss (GRPO)
                         record = {"step": sched.step, "epoch": epoch, **scores}
                         self.val_log.log(record)
                         self.metric_loggers.log_validation(record)

@@ -31,7 +31,10 @@ class ProgressBar(Callback):
             self.reporter.update(metrics)
 
     def on_validation_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        if self.reporter is not None and "val_loss" in record:
+        if self.reporter is not None and "val_accuracy" in record:  # a method scored by rewards (GRPO)
+            self.reporter.write(f"validation | step {record['step']} | val_accuracy {record['val_accuracy']:.3f} | "
+                                f"val_reward {record['val_reward']:.3f}")
+        elif self.reporter is not None and "val_loss" in record:
             extra = (f" | val_reward_acc {record['val_rewards/accuracies']:.3f}"
                      if "val_rewards/accuracies" in record else "")
             self.reporter.write(f"validation | step {record['step']} | val_loss {record['val_loss']:.4f}{extra}")

@@ -22,6 +22,8 @@ def peak_memory_gib() -> float:
 # The step line's fields in order, with their formats; a method's step reports what it has (loss at least).
 _STEP_FIELDS = (("step", "step {}"), ("epoch", "epoch {}"), ("loss", "loss {:.4f}"), ("grad_norm", "grad_norm {:.4f}"),
                 ("rewards/accuracies", "reward_acc {:.3f}"), ("rewards/margins", "reward_margin {:.4f}"),
+                ("reward", "reward {:.3f}"), ("kl", "kl {:.4f}"), ("completions/mean_length", "completion_len {:.1f}"),
+                ("generation_s", "generate {:.1f} s"), ("update_s", "update {:.1f} s"),
                 ("lr", "lr {:.2e}"), ("mem_gib", "mem {:.2f} GiB"), ("tps", "tps {:.0f}"),
                 ("pairs_per_s", "pairs/s {:.1f}"), ("num_label_tokens", "num_label_tokens {}"))
 

@@ -74,10 +74,12 @@ def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
 
 
 @contextlib.contextmanager
-def output_layer_scores(head: torch.nn.Linear, rows: torch.Tensor, targets: torch.Tensor) -> Iterator[None]:
+def output_layer_scores(head: torch.nn.Linear, rows: torch.Tensor, targets: torch.Tensor,
+                        scale: float = 1.0) -> Iterator[None]:
     """For one forward, the model's output layer returns ``linear_token_logps`` of ``targets`` at the flat
     positions ``rows`` of its input instead of logits, and the model hands them back as ``logits``.
 
+    ``scale`` multiplies the scores before the softmax (``1 / temperature`` for a sampling distribution).
     The scores are computed inside the model's own forward, where the layer's weight is the one the
     forward uses (gathered by FSDP2, or a tensor-parallel shard gathered here differentiably).
     """
@@ -87,7 +89,10 @@ def output_layer_scores(head: torch.nn.Linear, rows: torch.Tensor, targets: torc
         if hasattr(weight, "full_tensor"):
             weight = weight.full_tensor()
             bias = bias.full_tensor() if bias is not None else None
-        return linear_token_logps(hidden.reshape(-1, hidden.shape[-1])[rows], weight, targets, bias)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[rows]
+        if scale != 1.0:  # (h W + b) * s = (h s) W + b s, on the few rows scored
+            hidden, bias = hidden * scale, (bias * scale if bias is not None else None)
+        return linear_token_logps(hidden, weight, targets, bias)
 
     head.forward = score
     try:

@@ -81,7 +81,7 @@ class HFGenerator:
         modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()  # dropout off while sampling; each module's own mode comes back afterwards
         try:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: FSDP2 keeps the buffers it gathers into, for training too
                 tokens, logps, lengths, stopped = self._decode(prompt_ids, num_generations, sampling)
         finally:
             for module, training in modes:

@@ -25,6 +25,8 @@ METHODS = {
             "nemo_like.recipes.llm.train_ft", "TrainFinetuneRecipeForNextTokenPrediction"),
     "dpo": ("nemo_like.recipes.llm.dpo_config", "DPO_SCHEMA", "check_dpo_config",
             "nemo_like.recipes.llm.train_dpo", "TrainDPORecipe"),
+    "grpo": ("nemo_like.recipes.llm.grpo_config", "GRPO_SCHEMA", "check_grpo_config",
+             "nemo_like.recipes.llm.train_grpo", "TrainGRPORecipe"),
 }
 
 

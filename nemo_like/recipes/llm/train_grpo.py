@@ -1,0 +1,363 @@
+"""Group Relative Policy Optimization on the recipe base: sample a group of completions per prompt, score
+them with reward functions, and raise the log-probability of those that beat their group's mean.
+
+A step: the rank's prompts are generated for in one batched rollout (each prompt encoded once per
+group, see ``components/rollout``), every reward scores every completion, the weighted sum is turned
+into advantages within each group (``group_advantages``), and ``num_iterations`` optimizer updates
+follow, each over the step's micro-batches. The loss (``PolicyGradientLoss``) is normalised by the
+whole step's sequence or token counts, all ranks together, so it does not change with the split into
+micro-batches and ranks. The KL reference exists only when ``grpo.beta > 0``: the policy with its
+adapters off (LoRA) or a frozen copy. Metrics carry TRL's names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import time
+from typing import Any, Callable
+
+import torch
+
+from nemo_like.components._peft.lora import adapters_disabled
+from nemo_like.components.datasets.llm.prompt_dataset import collate_prompts
+from nemo_like.components.distributed.grad_clip import clip_grad_norm
+from nemo_like.components.distributed.init import all_reduce_sum
+from nemo_like.components.loggers.progress import peak_memory_gib
+from nemo_like.components.loss.grpo import PolicyGradientLoss, group_advantages, mask_truncated
+from nemo_like.components.loss.linear_logps import output_layer_scores
+from nemo_like.components.loss.sequence_logps import completion_positions
+from nemo_like.components.rollout import HFGenerator, Rollout, SamplingParams
+from nemo_like.components.training.cpu_heap import trim_cpu_heap
+from nemo_like.components.training.nan_policy import should_skip_update
+from nemo_like.components.training.step_scheduler import StepScheduler
+from nemo_like.config.loader import ConfigError, ConfigNode
+from nemo_like.config.target_gate import resolve_target
+from nemo_like.recipes.base import BaseRecipe
+from nemo_like.recipes.builders.data import build_dataloader, build_dataset
+from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
+from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
+from nemo_like.recipes.llm.grpo_config import check_grpo_config, kl_reference_mode
+
+logger = logging.getLogger("nemo_like")
+
+Reward = Callable[..., list[float]]
+
+
+def build_rewards(entries: list[Any]) -> list[tuple[str, float, Reward]]:
+    """``rewards:`` as (name, weight, callable): a function target is the reward itself (its other keys bound
+    as keyword arguments), a class target is built with them. Targets pass the config gate like any other."""
+    rewards = []
+    for i, entry in enumerate(entries):
+        node = ConfigNode({k: v for k, v in entry.items() if k not in ("weight", "name")}, path=f"rewards.{i}")
+        target = resolve_target(node["_target_"], f"rewards.{i}._target_")
+        kwargs = {k: v for k, v in node.to_dict().items() if k != "_target_"}
+        if inspect.isclass(target):
+            reward = node.instantiate()
+        else:
+            reward = functools.partial(target, **kwargs) if kwargs else target
+        if not callable(reward):
+            raise ConfigError(f"rewards.{i}._target_: {entry['_target_']} does not give a callable reward")
+        name = str(entry.get("name") or entry["_target_"].rsplit(".", 1)[-1])
+        rewards.append((name, float(entry.get("weight", 1.0)), reward))
+    return rewards
+
+
+class TrainGRPORecipe(BaseRecipe):
+    """Builds the policy, the generator, the rewards and the loss, then trains with ``run_train_validation_loop``."""
+
+    def __init__(self, cfg: ConfigNode) -> None:
+        super().__init__(cfg, check_grpo_config(cfg))
+        self.val_scores: dict[str, float] = {}
+        self.val_scores_step = -1
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        cfg, sections = self.cfg, self.sections
+        grpo = sections.grpo
+        self.setup_run()
+        self.model_id = cfg.get("model.pretrained_model_name_or_path")
+        self.tokenizer = build_tokenizer(cfg, self.model_id)
+        context = model_context_length(self.model_id)
+        self.dataset = build_dataset(cfg.dataset, self.tokenizer, max_length=context)
+        self.val_dataset = (build_dataset(cfg.validation_dataset, self.tokenizer, max_length=context)
+                            if "validation_dataset" in cfg else None)
+        sched = vars(sections.step_scheduler)
+        self.dataloader = self._loader("dataloader", self.dataset, sched["local_batch_size"], train=True)
+        self.val_dataloader = (self._loader("validation_dataloader", self.val_dataset, sched["local_batch_size"],
+                                            train=False) if self.val_dataset is not None else None)
+        self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
+
+        built = build_model(cfg, self.dist, self.device, sections.distributed)
+        self.model, self.peft_config, self.defer_grad_sync = built.model, built.peft_config, built.defer_grad_sync
+        self.mode = kl_reference_mode(sections, "peft" in cfg)
+        self.reference = (build_model(cfg, self.dist, self.device, sections.distributed, frozen=True).model
+                          if self.mode == "frozen_copy" else None)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.grad_buffer = self._contiguous_grads([p for g in self.optimizer.param_groups for p in g["params"]])
+        self.trim_cpu_heap = sections.trim_cpu_heap and self.device.type == "cpu"
+        self.skipped_steps = 0
+        self.lr_scheduler = build_lr_schedule(sections.lr_scheduler, self.optimizer,
+                                              self.step_scheduler.max_steps * grpo.num_iterations)
+        self.rewards = build_rewards(cfg.rewards)
+        self.loss_fn = PolicyGradientLoss(loss_type=grpo.loss_type, epsilon=grpo.epsilon,
+                                          epsilon_high=grpo.epsilon_high, beta=grpo.beta, delta=grpo.delta,
+                                          importance_sampling_level=grpo.importance_sampling_level,
+                                          max_completion_length=grpo.max_completion_length)
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        self.pad_token_id = pad
+        everywhere = None
+        if self.dist.world_size > 1:  # a sharded forward is a collective: every rank decodes as many steps
+            everywhere = lambda left: int(all_reduce_sum(torch.tensor(float(left), device=self.device)))  # noqa: E731
+        self.generator = HFGenerator(self.model, eos_token_id=eos, pad_token_id=pad, rows_left_everywhere=everywhere)
+        self.sampling = SamplingParams(temperature=grpo.temperature, top_p=grpo.top_p, top_k=grpo.top_k or None,
+                                       max_completion_length=grpo.max_completion_length)
+        self.greedy = SamplingParams(temperature=1.0, max_completion_length=grpo.max_completion_length,
+                                     do_sample=False)
+        self.max_grad_norm = sections.clip_grad_norm.max_norm
+        self.setup_observers()
+
+    def _loader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
+        section = self.cfg.get(name)
+        if section is None or section.get("collate_fn", None) is None:
+            collate = {"_target_": "nemo_like.components.datasets.llm.prompt_dataset.collate_prompts"}
+            section = ConfigNode({**(section.to_dict() if section is not None else
+                                     {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}),
+                                  "collate_fn": collate}, path=name)
+        return build_dataloader(section, dataset, batch_size, train=train, tokenizer=self.tokenizer, dist=self.dist,
+                                seed=self.rng.seed, ranked=bool(getattr(self.rng, "ranked", False)), name=name)
+
+    # ------------------------------------------------------------------ the step
+    def _run_train_optim_step(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """Generate and score for every prompt of the step, then ``num_iterations`` updates on those completions."""
+        grpo = self.sections.grpo
+        start = time.perf_counter()
+        prompts = _joined(batches)
+        rollout = self.generator.generate(prompts["prompt_ids"], grpo.num_generations, self.sampling)
+        scores, per_reward = self._score(prompts, rollout)
+        advantages, stats = self._advantages(scores)
+        rows = self._rows(prompts, rollout, advantages)
+        keep = ~stats["zero_std"].cpu() if grpo.zero_std_groups == "drop" else torch.ones(len(advantages), dtype=bool)
+        sizes = [len(b["prompt_ids"]) * grpo.num_generations for b in batches]
+        micro = [_take(rows, keep, sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes))]
+        num_sequences = all_reduce_sum(torch.tensor(float(keep.sum()), device=self.device))
+        num_tokens = all_reduce_sum(sum((m["completion_mask"].sum() for m in micro),
+                                        torch.zeros((), device=self.device)).float())
+        generated = time.perf_counter()
+        if grpo.num_iterations > 1:  # the sampling policy's log-probs, for the importance ratios of later updates
+            with torch.no_grad():
+                for m in micro:
+                    m["old_logps"] = self._completion_logps(self.model, m)
+        if self.mode != "none":
+            with torch.no_grad(), self._reference_context():
+                for m in micro:
+                    m["ref_logps"] = self._completion_logps(self.reference or self.model, m)
+        iterations = [self._update(micro, num_sequences, num_tokens) for _ in range(grpo.num_iterations)]
+        totals = iterations[-1]
+        updated = time.perf_counter()
+        tokens = rollout.generated_tokens
+        return {**totals, **per_reward, **stats["metrics"], **_lengths(rollout),
+                "reward": float(scores.mean()), "reward_std": float(scores.std()) if scores.numel() > 1 else 0.0,
+                "lr": self.optimizer.param_groups[0]["lr"], "num_sequences": int(num_sequences),
+                "generation_s": generated - start, "update_s": updated - generated,
+                "generated_tokens_per_s": tokens / max(rollout.seconds, 1e-9), "time_s": updated - start,
+                "mem_gib": peak_memory_gib(), **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
+                **({"iterations": iterations} if len(iterations) > 1 else {})}
+
+    def _update(self, micro: list[dict[str, torch.Tensor]], num_sequences: torch.Tensor,
+                num_tokens: torch.Tensor) -> dict[str, float]:
+        """One optimizer update over the step's micro-batches; the loss, KL and clip fractions of the step."""
+        if self.grad_buffer is not None:
+            self.grad_buffer.zero_()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for index, m in enumerate(micro):
+            self._set_gradient_sync(last_micro_batch=index == len(micro) - 1)
+            if self.trim_cpu_heap:
+                trim_cpu_heap()
+            logps = self._completion_logps(self.model, m)
+            loss, metrics = self.loss_fn(logps, m.get("old_logps"), m["advantages"], m["completion_mask"],
+                                         m.get("ref_logps"), num_sequences=num_sequences, num_tokens=num_tokens)
+            (loss * self.dist.dp_size).backward()  # data-parallel gradients are averaged over ranks
+            for key, value in {"loss": loss.detach(), **metrics}.items():
+                sums[key] = sums.get(key, 0) + value.detach().double()
+        grad_norm = float(clip_grad_norm(self.model.parameters(), self.max_grad_norm or float("inf")))
+        reduced = {k: float(all_reduce_sum(v.reshape(1).to(self.device))) for k, v in sorted(sums.items())}
+        if should_skip_update(self.step_scheduler.step, reduced["loss"], grad_norm, self.sections.nan_policy):
+            self.skipped_steps += 1
+            logger.warning("step %d: non-finite loss / grad norm %s; update skipped (%d so far, nan_policy: skip)",
+                           self.step_scheduler.step, grad_norm, self.skipped_steps)
+        else:
+            self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step(1)
+        return {**self.loss_fn.finish(reduced), "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _score(self, prompts: dict[str, Any], rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        """Every reward of every completion, weighted and summed; the per-reward means and stds as TRL logs them."""
+        g = self.sections.grpo.num_generations
+        completions = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        repeat = lambda values: [v for v in values for _ in range(g)]  # noqa: E731 - a prompt's row per completion
+        columns = {k: repeat(v) for k, v in prompts["columns"].items()}
+        table = []
+        for name, _, reward in self.rewards:
+            values = reward(prompts=repeat(prompts["prompts"]), completions=completions,
+                            completion_ids=rollout.completion_ids, **columns)
+            if len(values) != len(completions):
+                raise ValueError(f"reward {name!r} gave {len(values)} values for {len(completions)} completions")
+            table.append(torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32))
+        table = torch.stack(table, dim=1).to(self.device)  # [completions, rewards]
+        weights = torch.tensor([w for _, w, _ in self.rewards], device=self.device)
+        scores = (torch.nan_to_num(table) * weights).sum(dim=1)
+        per_reward = {}
+        for i, (name, _, _) in enumerate(self.rewards):
+            column = table[:, i][~torch.isnan(table[:, i])]
+            per_reward[f"rewards/{name}/mean"] = float(column.mean()) if column.numel() else float("nan")
+            per_reward[f"rewards/{name}/std"] = float(column.std()) if column.numel() > 1 else 0.0
+        return scores, per_reward
+
+    def _advantages(self, scores: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Group advantages; with ``scale_rewards: batch`` over every rank's completions, as TRL gathers them."""
+        grpo = self.sections.grpo
+        if grpo.scale_rewards == "batch" and self.dist.world_size > 1:
+            gathered = [torch.zeros_like(scores) for _ in range(self.dist.dp_size)]
+            torch.distributed.all_gather(gathered, scores)
+            advantages, stats = group_advantages(torch.cat(gathered), grpo.num_generations, grpo.scale_rewards)
+            mine = slice(self.dist.dp_rank * scores.numel(), (self.dist.dp_rank + 1) * scores.numel())
+            return advantages[mine], {**stats, "zero_std": stats["zero_std"][mine]}
+        advantages, stats = group_advantages(scores, grpo.num_generations, grpo.scale_rewards)
+        return advantages, stats
+
+    def _rows(self, prompts: dict[str, Any], rollout: Rollout, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[prompt + completion] rows, right-padded, with the completion mask (truncated completions masked out
+        with ``mask_truncated_completions``) and each row's advantage."""
+        grpo = self.sections.grpo
+        sequences = [list(prompts["prompt_ids"][i // grpo.num_generations]) + list(c)
+                     for i, c in enumerate(rollout.completion_ids)]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        completion_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, s in enumerate(sequences):
+            start = len(prompts["prompt_ids"][i // grpo.num_generations])
+            input_ids[i, : len(s)] = torch.tensor(s)
+            attention_mask[i, : len(s)] = 1
+            completion_mask[i, start: len(s)] = 1
+        if grpo.mask_truncated_completions:
+            completion_mask = mask_truncated(completion_mask, torch.tensor(rollout.truncated))
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device),
+                "completion_mask": completion_mask.to(self.device), "advantages": advantages.to(self.device)}
+
+    def _completion_logps(self, model: torch.nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[rows, tokens] log-probs of each completion token at the sampling temperature (zero elsewhere).
+
+        The output layer scores only the positions that predict a completion token (``output_layer_scores``);
+        the model's full ``[tokens, vocab]`` logits are never made.
+        """
+        input_ids, mask = rows["input_ids"], rows["completion_mask"]
+        scored = mask
+        if not bool(mask.any()):  # nothing to learn from (dropped groups): one token scored, times zero below,
+            scored = torch.zeros_like(mask)  # so the backward still runs through the model (FSDP2 reduces there)
+            scored[0, int(rows["attention_mask"][0].sum()) - 1] = 1
+        where = completion_positions(input_ids, scored)
+        scale = 1.0 / self.sections.grpo.temperature
+        head = model.get_output_embeddings()
+        with self._autocast():
+            if isinstance(head, torch.nn.Linear) and not getattr(model.config, "final_logit_softcapping", None):
+                with output_layer_scores(head, where.rows, where.targets, scale=scale):
+                    flat = model(input_ids=input_ids, attention_mask=rows["attention_mask"], use_cache=False).logits
+            else:
+                logits = model(input_ids=input_ids, attention_mask=rows["attention_mask"], use_cache=False).logits
+                scores = torch.log_softmax(logits.float().flatten(0, 1)[where.rows] * scale, dim=-1)
+                flat = scores.gather(1, where.targets.unsqueeze(1)).squeeze(1)
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=input_ids.device)
+        batch, tokens = scored.nonzero(as_tuple=True)
+        out = out.index_put((batch, tokens), flat.float())
+        return out if scored is mask else out * 0
+
+    def _reference_context(self) -> contextlib.AbstractContextManager:
+        if self.reference is None and self.peft_config:
+            return adapters_disabled(self.model)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ validation
+    def run_train_validation_loop(self) -> dict[str, Any]:
+        """The base's loop, with held-out greedy accuracy before (fresh runs) and after training reported."""
+        held_out = self.val_dataloader is not None
+        before = self._report_held_out("before training") if held_out and self.resume_from is None else None
+        self.val_scores_step = -1
+        result = super().run_train_validation_loop()
+        if held_out and not self.step_scheduler.sigterm:
+            done = self.step_scheduler.step - 1
+            if self.val_scores_step == done:
+                self._log_held_out("after training", self.val_scores)
+            after = self.val_scores if self.val_scores_step == done else self._report_held_out("after training")
+            result.update(accuracy_before=before and before["val_accuracy"], accuracy_after=after["val_accuracy"])
+        return result
+
+    def _report_held_out(self, when: str) -> dict[str, float]:
+        scores = self._run_validation_epoch()
+        self._log_held_out(when, scores)
+        return scores
+
+    def _log_held_out(self, when: str, scores: dict[str, float]) -> None:
+        logger.info("held-out prompts %s: greedy accuracy %.3f, mean reward %.3f", when, scores["val_accuracy"],
+                    scores["val_reward"])
+
+    @torch.no_grad()
+    def _run_validation_epoch(self) -> dict[str, float]:
+        """Greedy completions of every held-out prompt, scored by every reward. ``val_accuracy``: the share that
+        get the first reward's full score (1.0 or more); ``val_reward``: the mean of the weighted sum."""
+        weights = torch.tensor([w for _, w, _ in self.rewards], dtype=torch.float64)
+        totals = torch.zeros(3 + len(self.rewards), dtype=torch.float64)  # count, correct, weighted, per reward
+        for batch in self.val_dataloader:
+            rollout = self.generator.generate(batch["prompt_ids"], 1, self.greedy)
+            completions = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+            table = torch.stack([torch.tensor([0.0 if v is None else float(v) for v in reward(
+                prompts=batch["prompts"], completions=completions, completion_ids=rollout.completion_ids,
+                **batch["columns"])], dtype=torch.float64) for _, _, reward in self.rewards], dim=1)
+            totals += torch.cat([torch.tensor([float(len(completions)), float((table[:, 0] >= 1.0).sum()),
+                                               float((table * weights).sum())], dtype=torch.float64),
+                                 table.sum(dim=0)])
+        totals = all_reduce_sum(totals.to(self.device)).cpu()
+        count = float(totals[0].clamp(min=1))
+        self.val_scores_step = self.step_scheduler.step
+        self.val_scores = {"val_accuracy": float(totals[1]) / count, "val_reward": float(totals[2]) / count,
+                           **{f"val_rewards/{name}": float(totals[3 + i]) / count
+                              for i, (name, _, _) in enumerate(self.rewards)}}
+        return self.val_scores
+
+
+def _joined(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The step's micro-batches of prompts as one (they are generated for together)."""
+    columns = {k: [v for b in batches for v in b["columns"][k]] for k in batches[0]["columns"]}
+    return {"prompt_ids": [p for b in batches for p in b["prompt_ids"]],
+            "prompts": [p for b in batches for p in b["prompts"]], "columns": columns}
+
+
+def _take(rows: dict[str, torch.Tensor], keep: torch.Tensor, start: int, end: int) -> dict[str, torch.Tensor]:
+    """The kept rows among ``start:end`` of every field, trimmed to the longest of them. A micro-batch with none
+    kept keeps its first row with nothing to learn from: every rank runs as many forwards and backwards
+    (collectives under FSDP2), and it adds zero to the loss."""
+    index = torch.nonzero(keep[start:end]).squeeze(1) + start
+    empty = len(index) == 0
+    if empty:
+        index = torch.tensor([start])
+    taken = {k: v[index.to(v.device)] for k, v in rows.items()}
+    if empty:
+        taken["completion_mask"] = torch.zeros_like(taken["completion_mask"])
+    width = int(taken["attention_mask"].sum(dim=1).max())
+    return {k: (v[:, :width] if v.dim() == 2 else v) for k, v in taken.items()}
+
+
+def _lengths(rollout: Rollout) -> dict[str, float]:
+    """Completion lengths as TRL logs them."""
+    lengths = [len(c) for c in rollout.completion_ids]
+    return {"completions/mean_length": sum(lengths) / max(len(lengths), 1),
+            "completions/max_length": float(max(lengths, default=0)),
+            "completions/min_length": float(min(lengths, default=0)),
+            "completions/clipped_ratio": sum(rollout.truncated) / max(len(lengths), 1)}
