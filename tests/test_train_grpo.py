@@ -225,3 +225,20 @@ def test_two_ranks_train_like_one(grpo_env):
     sampled = run_on_ranks(_train_on_rank, 2, env, {**overrides, "step_scheduler.max_steps": 2,
                                                     "step_scheduler.val_every_steps": 2}, False)
     assert sampled[0] == sampled[1] and sampled[0]["num_sequences"] == [2 * G, 2 * G]
+
+
+@pytest.mark.parametrize("mask_truncated", [False, True])
+def test_shared_prompt_rows_score_like_one_row_per_completion(grpo_env, mask_truncated):
+    """One [prompt, c_1..c_G] row per group (each prompt computed once) gives the updates of padded rows."""
+    base = {"grpo.beta": 0.1, "grpo.num_iterations": 2, "grpo.mask_truncated_completions": mask_truncated,
+            "step_scheduler.max_steps": 2}
+    runs = {}
+    for layout in ("padded", "shared_prompt"):  # each run right after its set-up, which seeds the sampling
+        recipe = make_recipe({**base, "grpo.layout": layout}, fixed=False)
+        assert recipe.layout == layout
+        runs[layout] = updates(recipe.run_train_validation_loop()["history"])
+    a, b = runs["padded"], runs["shared_prompt"]
+    assert any(u["grad_norm"] > 0 for u in a)
+    assert_same(a, b, ("loss", "kl", "clip_ratio/region_mean", "grad_norm", "reward"), tol=1e-5)
+    if mask_truncated:
+        assert any(h["completions/clipped_ratio"] > 0 for h in a)  # some completions were cut and masked out

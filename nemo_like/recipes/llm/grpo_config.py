@@ -27,7 +27,10 @@ class GRPOSection:
     ``num_iterations`` optimizer updates on them. ``zero_std_groups: drop`` leaves out of the update
     the groups whose completions all got the same reward (their advantages are zero: only the KL term
     would move them). ``mask_truncated_completions``: completions cut at ``max_completion_length``
-    add nothing to the loss (DAPO).
+    add nothing to the loss (DAPO). ``layout``: how completions are scored in the update: one row per
+    completion (``padded``) or one ``[prompt, c_1, ..., c_G]`` row per group, each prompt computed once
+    (``shared_prompt``, for attention backends that read a dense mask); ``auto`` picks shared_prompt
+    where the backend allows it.
     """
 
     num_generations: int = 8
@@ -45,6 +48,7 @@ class GRPOSection:
     scale_rewards: Literal["group", "batch", "none"] = "group"
     zero_std_groups: Literal["keep", "drop"] = "keep"
     mask_truncated_completions: bool = False
+    layout: Literal["auto", "padded", "shared_prompt"] = "auto"
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:

@@ -26,10 +26,13 @@ from nemo_like.components.datasets.llm.prompt_dataset import collate_prompts
 from nemo_like.components.distributed.grad_clip import clip_grad_norm
 from nemo_like.components.distributed.init import all_reduce_sum
 from nemo_like.components.loggers.progress import peak_memory_gib
-from nemo_like.components.loss.grpo import PolicyGradientLoss, group_advantages, mask_truncated
+from nemo_like.components.loss.grpo import PolicyGradientLoss, group_advantages
 from nemo_like.components.loss.linear_logps import output_layer_scores
 from nemo_like.components.loss.sequence_logps import completion_positions
 from nemo_like.components.rollout import HFGenerator, Rollout, SamplingParams
+from nemo_like.components.rollout.group_rows import group_rows
+from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
+from nemo_like.components.datasets.llm.preference_collater import SHARED_PROMPT_ATTENTION
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
 from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.step_scheduler import StepScheduler
@@ -118,6 +121,12 @@ class TrainGRPORecipe(BaseRecipe):
         self.greedy = SamplingParams(temperature=1.0, max_completion_length=grpo.max_completion_length,
                                      do_sample=False)
         self.max_grad_norm = sections.clip_grad_norm.max_norm
+        backend = attention_implementation(self.model)
+        self.layout = grpo.layout if grpo.layout != "auto" else (
+            "shared_prompt" if backend in SHARED_PROMPT_ATTENTION else "padded")
+        if self.layout == "shared_prompt" and backend not in SHARED_PROMPT_ATTENTION:
+            raise ConfigError(f"grpo.layout: shared_prompt needs an attention backend that reads a dense mask "
+                              f"({', '.join(SHARED_PROMPT_ATTENTION)}), and the model uses {backend}; use padded")
         self.setup_observers()
 
     def _loader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
@@ -139,12 +148,14 @@ class TrainGRPORecipe(BaseRecipe):
         rollout = self.generator.generate(prompts["prompt_ids"], grpo.num_generations, self.sampling)
         scores, per_reward = self._score(prompts, rollout)
         advantages, stats = self._advantages(scores)
-        rows = self._rows(prompts, rollout, advantages)
-        keep = ~stats["zero_std"].cpu() if grpo.zero_std_groups == "drop" else torch.ones(len(advantages), dtype=bool)
-        sizes = [len(b["prompt_ids"]) * grpo.num_generations for b in batches]
-        micro = [_take(rows, keep, sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes))]
-        num_sequences = all_reduce_sum(torch.tensor(float(keep.sum()), device=self.device))
-        num_tokens = all_reduce_sum(sum((m["completion_mask"].sum() for m in micro),
+        keep = ~stats["zero_std"].view(-1, grpo.num_generations)[:, 0].cpu() if grpo.zero_std_groups == "drop" \
+            else torch.ones(len(prompts["prompt_ids"]), dtype=torch.bool)  # per group
+        bounds = [0]
+        for b in batches:
+            bounds.append(bounds[-1] + len(b["prompt_ids"]))
+        micro = [self._micro_batch(prompts, rollout, advantages, keep, range(a, z)) for a, z in zip(bounds, bounds[1:])]
+        num_sequences = all_reduce_sum(torch.tensor(float(keep.sum() * grpo.num_generations), device=self.device))
+        num_tokens = all_reduce_sum(sum((m["grid_mask"].sum() for m in micro),
                                         torch.zeros((), device=self.device)).float())
         generated = time.perf_counter()
         if grpo.num_iterations > 1:  # the sampling policy's log-probs, for the importance ratios of later updates
@@ -180,7 +191,7 @@ class TrainGRPORecipe(BaseRecipe):
             if self.trim_cpu_heap:
                 trim_cpu_heap()
             logps = self._completion_logps(self.model, m)
-            loss, metrics = self.loss_fn(logps, m.get("old_logps"), m["advantages"], m["completion_mask"],
+            loss, metrics = self.loss_fn(logps, m.get("old_logps"), m["advantages"], m["grid_mask"],
                                          m.get("ref_logps"), num_sequences=num_sequences, num_tokens=num_tokens)
             (loss * self.dist.dp_size).backward()  # data-parallel gradients are averaged over ranks
             for key, value in {"loss": loss.detach(), **metrics}.items():
@@ -232,52 +243,57 @@ class TrainGRPORecipe(BaseRecipe):
         advantages, stats = group_advantages(scores, grpo.num_generations, grpo.scale_rewards)
         return advantages, stats
 
-    def _rows(self, prompts: dict[str, Any], rollout: Rollout, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[prompt + completion] rows, right-padded, with the completion mask (truncated completions masked out
-        with ``mask_truncated_completions``) and each row's advantage."""
+    def _micro_batch(self, prompts: dict[str, Any], rollout: Rollout, advantages: torch.Tensor, keep: torch.Tensor,
+                     groups: range) -> dict[str, torch.Tensor]:
+        """The kept groups of ``groups`` as rows (``group_rows``), with their advantages and the loss's token grid.
+
+        A micro-batch with no group kept keeps its first one with nothing scored: every rank runs as many
+        forwards and backwards (collectives under FSDP2), and it adds zero to the loss.
+        """
         grpo = self.sections.grpo
-        sequences = [list(prompts["prompt_ids"][i // grpo.num_generations]) + list(c)
-                     for i, c in enumerate(rollout.completion_ids)]
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        completion_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, s in enumerate(sequences):
-            start = len(prompts["prompt_ids"][i // grpo.num_generations])
-            input_ids[i, : len(s)] = torch.tensor(s)
-            attention_mask[i, : len(s)] = 1
-            completion_mask[i, start: len(s)] = 1
-        if grpo.mask_truncated_completions:
-            completion_mask = mask_truncated(completion_mask, torch.tensor(rollout.truncated))
-        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device),
-                "completion_mask": completion_mask.to(self.device), "advantages": advantages.to(self.device)}
+        g = grpo.num_generations
+        kept = [i for i in groups if keep[i]]
+        empty = not kept
+        kept = kept or [groups[0]]
+        sequences = [i * g + k for i in kept for k in range(g)]
+        scored = [not empty and not (grpo.mask_truncated_completions and rollout.truncated[j]) for j in sequences]
+        rows = group_rows([prompts["prompt_ids"][i] for i in kept], [rollout.completion_ids[j] for j in sequences],
+                          scored, self.layout, self.pad_token_id)
+        shape = tuple(int(n) for n in rows.pop("grid_shape"))
+        grid_mask = torch.zeros(shape, dtype=torch.long)
+        grid_mask[rows["grid_sequence"], rows["grid_token"]] = 1
+        rows.update(grid_mask=grid_mask, advantages=advantages[torch.tensor(sequences, device=advantages.device)])
+        return {k: v.to(self.device) for k, v in rows.items()}
 
     def _completion_logps(self, model: torch.nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[rows, tokens] log-probs of each completion token at the sampling temperature (zero elsewhere).
+        """[sequences, completion tokens] log-probs of each scored token at the sampling temperature (zero elsewhere).
 
-        The output layer scores only the positions that predict a completion token (``output_layer_scores``);
+        The output layer scores only the positions that predict a scored token (``output_layer_scores``);
         the model's full ``[tokens, vocab]`` logits are never made.
         """
         input_ids, mask = rows["input_ids"], rows["completion_mask"]
-        scored = mask
-        if not bool(mask.any()):  # nothing to learn from (dropped groups): one token scored, times zero below,
-            scored = torch.zeros_like(mask)  # so the backward still runs through the model (FSDP2 reduces there)
-            scored[0, int(rows["attention_mask"][0].sum()) - 1] = 1
-        where = completion_positions(input_ids, scored)
+        inputs = {k: rows[k] for k in ("input_ids", "attention_mask", "position_ids") if k in rows}
+        inputs = prepare_packed_attention(inputs, attention_implementation(model), next(model.parameters()).dtype)
+        if bool(mask.any()):
+            where = completion_positions(input_ids, mask, None, rows.get("predicted_from"))
+        else:  # nothing to learn from: one token scored, times zero below, so the backward still runs (FSDP2)
+            one = torch.zeros_like(mask)
+            one[0, 1] = 1
+            where = completion_positions(input_ids, one)
         scale = 1.0 / self.sections.grpo.temperature
         head = model.get_output_embeddings()
         with self._autocast():
             if isinstance(head, torch.nn.Linear) and not getattr(model.config, "final_logit_softcapping", None):
                 with output_layer_scores(head, where.rows, where.targets, scale=scale):
-                    flat = model(input_ids=input_ids, attention_mask=rows["attention_mask"], use_cache=False).logits
+                    flat = model(**inputs, use_cache=False).logits
             else:
-                logits = model(input_ids=input_ids, attention_mask=rows["attention_mask"], use_cache=False).logits
+                logits = model(**inputs, use_cache=False).logits
                 scores = torch.log_softmax(logits.float().flatten(0, 1)[where.rows] * scale, dim=-1)
                 flat = scores.gather(1, where.targets.unsqueeze(1)).squeeze(1)
-        out = torch.zeros(mask.shape, dtype=torch.float32, device=input_ids.device)
-        batch, tokens = scored.nonzero(as_tuple=True)
-        out = out.index_put((batch, tokens), flat.float())
-        return out if scored is mask else out * 0
+        grid = torch.zeros(rows["grid_mask"].shape, dtype=torch.float32, device=input_ids.device)
+        if not bool(mask.any()):
+            return grid + 0 * flat.float().sum()
+        return grid.index_put((rows["grid_sequence"], rows["grid_token"]), flat.float())
 
     def _reference_context(self) -> contextlib.AbstractContextManager:
         if self.reference is None and self.peft_config:
@@ -337,21 +353,6 @@ def _joined(batches: list[dict[str, Any]]) -> dict[str, Any]:
     columns = {k: [v for b in batches for v in b["columns"][k]] for k in batches[0]["columns"]}
     return {"prompt_ids": [p for b in batches for p in b["prompt_ids"]],
             "prompts": [p for b in batches for p in b["prompts"]], "columns": columns}
-
-
-def _take(rows: dict[str, torch.Tensor], keep: torch.Tensor, start: int, end: int) -> dict[str, torch.Tensor]:
-    """The kept rows among ``start:end`` of every field, trimmed to the longest of them. A micro-batch with none
-    kept keeps its first row with nothing to learn from: every rank runs as many forwards and backwards
-    (collectives under FSDP2), and it adds zero to the loss."""
-    index = torch.nonzero(keep[start:end]).squeeze(1) + start
-    empty = len(index) == 0
-    if empty:
-        index = torch.tensor([start])
-    taken = {k: v[index.to(v.device)] for k, v in rows.items()}
-    if empty:
-        taken["completion_mask"] = torch.zeros_like(taken["completion_mask"])
-    width = int(taken["attention_mask"].sum(dim=1).max())
-    return {k: (v[:, :width] if v.dim() == 2 else v) for k, v in taken.items()}
 
 
 def _lengths(rollout: Rollout) -> dict[str, float]:
