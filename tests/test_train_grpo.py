@@ -242,3 +242,16 @@ def test_shared_prompt_rows_score_like_one_row_per_completion(grpo_env, mask_tru
     assert_same(a, b, ("loss", "kl", "clip_ratio/region_mean", "grad_norm", "reward"), tol=1e-5)
     if mask_truncated:
         assert any(h["completions/clipped_ratio"] > 0 for h in a)  # some completions were cut and masked out
+
+
+def test_a_reward_of_ones_own_from_a_file_needs_user_modules_on(grpo_env, monkeypatch):
+    from nemo_like.config.errors import ConfigError
+
+    path = grpo_env["tmp"] / "my_rewards.py"
+    path.write_text("def shorter(prompts, completions, **kw):\n    return [-len(c) / 10 for c in completions]\n")
+    rewards = [{"_target_": f"{path}:shorter", "weight": 1.0}]
+    with pytest.raises(ConfigError, match="NEMO_LIKE_ENABLE_USER_MODULES"):
+        make_recipe({"rewards": rewards})
+    monkeypatch.setenv("NEMO_LIKE_ENABLE_USER_MODULES", "1")
+    history = make_recipe({"rewards": rewards, "step_scheduler.max_steps": 1}).run_train_validation_loop()["history"]
+    assert "rewards/shorter/mean" in history[0] and history[0]["reward"] < 0

@@ -13,7 +13,7 @@ from nemo_like.config.typed_sections import check_target_arguments, located
 from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, SFTSections, check_training_config
 
 __all__ = ["GRPO_SCHEMA", "GRPOSection", "GRPOSections", "GenerationSection", "KLReferenceSection",
-           "check_grpo_config", "kl_reference_mode"]
+           "check_grpo_config", "kl_reference_mode", "reward_name"]
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 
@@ -120,6 +120,11 @@ GRPO_SCHEMA = dataclasses.replace(
 _REWARD_KEYS = frozenset({"weight", "name"})
 
 
+def reward_name(entry: Any) -> str:
+    """A reward's name in the metrics: its ``name``, else its function or class name (``a.b.fn``, ``file.py:fn``)."""
+    return str(entry.get("name") or entry["_target_"].rsplit(":", 1)[-1].rsplit(".", 1)[-1])
+
+
 def kl_reference_mode(sections: GRPOSections, has_peft: bool) -> str:
     """``none`` without a KL term, else the section's mode or the default for the model."""
     if sections.grpo.beta == 0:
@@ -145,7 +150,7 @@ def check_grpo_config(cfg: Any, world_size: int | None = None) -> GRPOSections:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ConfigError(f"{located(where + '.weight', sources)}: expected a number, got {weight!r}")
         check_target_arguments(entry, where, sources, extra=_REWARD_KEYS)
-        names.append(str(entry.get("name") or entry["_target_"].rsplit(".", 1)[-1]))
+        names.append(reward_name(entry))
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ConfigError(f"{located('rewards', sources)}: two rewards are named {duplicated[0]!r}; give each a "

@@ -42,7 +42,7 @@ from nemo_like.recipes.base import BaseRecipe
 from nemo_like.recipes.builders.data import build_dataloader, build_dataset
 from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
 from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
-from nemo_like.recipes.llm.grpo_config import check_grpo_config, kl_reference_mode
+from nemo_like.recipes.llm.grpo_config import check_grpo_config, kl_reference_mode, reward_name
 
 logger = logging.getLogger("nemo_like")
 
@@ -63,7 +63,7 @@ def build_rewards(entries: list[Any]) -> list[tuple[str, float, Reward]]:
             reward = functools.partial(target, **kwargs) if kwargs else target
         if not callable(reward):
             raise ConfigError(f"rewards.{i}._target_: {entry['_target_']} does not give a callable reward")
-        name = str(entry.get("name") or entry["_target_"].rsplit(".", 1)[-1])
+        name = reward_name(entry)
         rewards.append((name, float(entry.get("weight", 1.0)), reward))
     return rewards
 
