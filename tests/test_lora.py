@@ -352,3 +352,23 @@ def test_lora_dtype_and_post_dropout() -> None:
         assert not torch.equal(a, b)  # dropout active in training
         layer.eval()
         assert torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+def test_adapters_merged_for_sampling_give_the_same_outputs_and_leave_the_layers(use_dora: bool) -> None:
+    from nemo_like.components._peft.lora import adapters_merged
+
+    model = tiny_llama()
+    apply_lora_to_linear_modules(model, PeftConfig(match_all_linear=True, dim=4, alpha=8, use_dora=use_dora))
+    randomize_adapters(model)
+    ids = batches(1)[0]
+    with torch.no_grad():
+        want = model(ids).logits
+        with adapters_merged(model):
+            assert all(layer.merged is not None for _, layer in lora_modules(model))
+            got = model(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert all(layer.merged is None for _, layer in lora_modules(model))
+    loss = model(ids).logits.sum()
+    loss.backward()  # the adapters train as before
+    assert all(layer.lora_A.weight.grad is not None for _, layer in lora_modules(model))

@@ -18,12 +18,15 @@ G = 4
 
 def prompt_rows(n: int, offset: int = 0) -> list[dict]:
     """Single-digit sums: every prompt has the same number of tokens (no prompt padding on either side)."""
-    return [{"prompt": f"What is {(3 * i + offset) % 10} plus {(7 * i + 1) % 10}?",
-             "answer": str((3 * i + offset) % 10 + (7 * i + 1) % 10)} for i in range(n)]
+    return [{"prompt": f"What is {(3 * i + offset) % 10} plus {(4 * i + 1) % 10}?",
+             "answer": str((3 * i + offset) % 10 + (4 * i + 1) % 10)} for i in range(n)]
 
 
 def completion_texts(answer: str) -> list[str]:
-    """A group of G answers: right, wrong, right and long, empty-ish; so rewards differ within the group."""
+    """A group of G answers: right, wrong, right and long, empty-ish (two right for even sums), so rewards differ
+    within a group and between prompts (and ranks)."""
+    if int(answer) % 2 == 0:
+        return [f" {answer}", f" {answer}.", f" {int(answer) + 1}", " no"]
     return [f" {answer}", f" {int(answer) + 1}", f" {answer} plus more", " no"]
 
 
@@ -205,7 +208,8 @@ def _train_on_rank(env: dict, overrides: dict, fixed: bool) -> dict:
 
     os.environ.update(env)
     out = make_recipe(overrides, fixed=fixed).run_train_validation_loop()
-    return {k: [h[k] for h in out["history"]] for k in ("loss", "kl", "grad_norm", "reward", "num_sequences")}
+    return {k: [h[k] for h in out["history"]] for k in ("loss", "kl", "grad_norm", "reward", "reward_std",
+                                                           "completions/mean_length", "num_sequences")}
 
 
 def test_two_ranks_train_like_one(grpo_env):
@@ -220,7 +224,7 @@ def test_two_ranks_train_like_one(grpo_env):
     one = run_on_ranks(_train_on_rank, 1, env, overrides, True)[0]
     two = run_on_ranks(_train_on_rank, 2, env, overrides, True)
     assert two[0] == two[1]
-    for key in ("loss", "kl", "grad_norm", "reward"):
+    for key in ("loss", "kl", "grad_norm", "reward", "reward_std", "completions/mean_length"):
         assert max(abs(a - b) for a, b in zip(one[key], two[0][key], strict=True)) < 1e-6, (key, one, two[0])
     sampled = run_on_ranks(_train_on_rank, 2, env, {**overrides, "step_scheduler.max_steps": 2,
                                                     "step_scheduler.val_every_steps": 2}, False)

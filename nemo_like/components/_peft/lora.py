@@ -214,6 +214,7 @@ class LinearLoRA(nn.Module):
         if use_dora:
             self.lora_magnitude = nn.Parameter(torch.empty(self.out_features, **factory))
         self.adapter_enabled = True  # off: the layer is its base layer (a DPO reference without a model copy)
+        self.merged: torch.Tensor | None = None  # set by ``adapters_merged``: one matmul while sampling
         self.reset_lora_parameters()
 
     @torch.no_grad()
@@ -269,6 +270,8 @@ class LinearLoRA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adapter_enabled:
             return self._base_forward(x)
+        if self.merged is not None:
+            return F.linear(x, self.merged, self.bias)
         if self.use_triton and self._kernel_applies(x):
             from nemo_like.components._peft.lora_kernel import lora_linear
 
@@ -350,6 +353,23 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
     finally:
         for layer, state in zip(layers, states):
             layer.adapter_enabled = state
+
+
+@contextlib.contextmanager
+def adapters_merged(model: nn.Module) -> Iterator[None]:
+    """Inside, each plain LoRA/DoRA layer over a dense, unsharded weight multiplies by one merged matrix
+    (``W + scale B A``, made once on entry) instead of three: for sampling, where the adapter does not
+    change and every decoding step pays the small matmuls of 200-odd adapters. Costs one copy of the
+    adapted weights while it lasts; the layers are untouched on exit. No gradients flow through it."""
+    layers = [m for _, m in lora_modules(model) if m.adapter_enabled and not m.quantized
+              and not isinstance(m.weight, DTensor) and not isinstance(m.lora_A.weight, DTensor)]
+    try:
+        for layer in layers:
+            layer.merged = layer.merged_weight()
+        yield
+    finally:
+        for layer in layers:
+            layer.merged = None
 
 
 def _linear_names(model: nn.Module) -> list[str]:

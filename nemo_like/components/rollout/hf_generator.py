@@ -12,6 +12,7 @@ seed both pick the same tokens.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable
@@ -52,10 +53,12 @@ class HFGenerator:
     ``rows_left_everywhere``: for a model sharded over ranks (FSDP2), whose every forward is a collective,
     the count of rows still generating summed over ranks; then finished rows stay in the batch (their
     tokens unused) and every rank runs the same number of steps, until no rank has a row left.
+    ``sampling_context``: entered around each call (e.g. LoRA adapters merged into their layers).
     """
 
     def __init__(self, model: Any, eos_token_id: int | list[int], pad_token_id: int,
-                 rows_left_everywhere: Callable[[int], int] | None = None) -> None:
+                 rows_left_everywhere: Callable[[int], int] | None = None,
+                 sampling_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
         eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         if not eos or not all(isinstance(t, int) and not isinstance(t, bool) for t in eos):
             raise ValueError(f"eos_token_id must be an int or a non-empty list of ints, got {eos_token_id!r}")
@@ -65,6 +68,7 @@ class HFGenerator:
         self.eos_token_ids = eos
         self.pad_token_id = pad_token_id
         self.rows_left_everywhere = rows_left_everywhere
+        self.sampling_context = sampling_context or contextlib.nullcontext
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = set(inspect.signature(base.forward).parameters)
         # transformers 5 renamed the forward's `past_key_values` to `cache`; take whichever the model has.
@@ -81,7 +85,8 @@ class HFGenerator:
         modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()  # dropout off while sampling; each module's own mode comes back afterwards
         try:
-            with torch.no_grad():  # not inference_mode: FSDP2 keeps the buffers it gathers into, for training too
+            # not inference_mode: FSDP2 keeps the buffers it gathers into, for training too
+            with torch.no_grad(), self.sampling_context():
                 tokens, logps, lengths, stopped = self._decode(prompt_ids, num_generations, sampling)
         finally:
             for module, training in modes:

@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import torch
 
-from nemo_like.components._peft.lora import adapters_disabled
+from nemo_like.components._peft.lora import adapters_disabled, adapters_merged
 from nemo_like.components.datasets.llm.prompt_dataset import collate_prompts
 from nemo_like.components.distributed.grad_clip import clip_grad_norm
-from nemo_like.components.distributed.init import all_reduce_sum
+from nemo_like.components.distributed.init import all_reduce_sum, data_parallel_group
 from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.grpo import PolicyGradientLoss, group_advantages
 from nemo_like.components.loss.linear_logps import output_layer_scores
@@ -115,7 +115,8 @@ class TrainGRPORecipe(BaseRecipe):
         everywhere = None
         if self.dist.world_size > 1:  # a sharded forward is a collective: every rank decodes as many steps
             everywhere = lambda left: int(all_reduce_sum(torch.tensor(float(left), device=self.device)))  # noqa: E731
-        self.generator = HFGenerator(self.model, eos_token_id=eos, pad_token_id=pad, rows_left_everywhere=everywhere)
+        self.generator = HFGenerator(self.model, eos_token_id=eos, pad_token_id=pad, rows_left_everywhere=everywhere,
+                                     sampling_context=lambda: adapters_merged(self.model))
         self.sampling = SamplingParams(temperature=grpo.temperature, top_p=grpo.top_p, top_k=grpo.top_k or None,
                                        max_completion_length=grpo.max_completion_length)
         self.greedy = SamplingParams(temperature=1.0, max_completion_length=grpo.max_completion_length,
@@ -146,18 +147,9 @@ class TrainGRPORecipe(BaseRecipe):
         start = time.perf_counter()
         prompts = _joined(batches)
         rollout = self.generator.generate(prompts["prompt_ids"], grpo.num_generations, self.sampling)
-        scores, per_reward = self._score(prompts, rollout)
+        scores, table = self._score(prompts, rollout)
         advantages, stats = self._advantages(scores)
-        keep = ~stats["zero_std"].view(-1, grpo.num_generations)[:, 0].cpu() if grpo.zero_std_groups == "drop" \
-            else torch.ones(len(prompts["prompt_ids"]), dtype=torch.bool)  # per group
-        bounds = [0]
-        for b in batches:
-            bounds.append(bounds[-1] + len(b["prompt_ids"]))
-        micro = [self._micro_batch(prompts, rollout, advantages, keep, range(a, z)) for a, z in zip(bounds, bounds[1:])]
-        num_sequences = all_reduce_sum(torch.tensor(float(keep.sum() * grpo.num_generations), device=self.device))
-        num_tokens = all_reduce_sum(sum((m["grid_mask"].sum() for m in micro),
-                                        torch.zeros((), device=self.device)).float())
-        generated = time.perf_counter()
+        micro, num_sequences, num_tokens = self._micro_batches(batches, prompts, rollout, advantages, stats)
         if grpo.num_iterations > 1:  # the sampling policy's log-probs, for the importance ratios of later updates
             with torch.no_grad():
                 for m in micro:
@@ -167,16 +159,30 @@ class TrainGRPORecipe(BaseRecipe):
                 for m in micro:
                     m["ref_logps"] = self._completion_logps(self.reference or self.model, m)
         iterations = [self._update(micro, num_sequences, num_tokens) for _ in range(grpo.num_iterations)]
-        totals = iterations[-1]
-        updated = time.perf_counter()
-        tokens = rollout.generated_tokens
-        return {**totals, **per_reward, **stats["metrics"], **_lengths(rollout),
-                "reward": float(scores.mean()), "reward_std": float(scores.std()) if scores.numel() > 1 else 0.0,
-                "lr": self.optimizer.param_groups[0]["lr"], "num_sequences": int(num_sequences),
-                "generation_s": generated - start, "update_s": updated - generated,
-                "generated_tokens_per_s": tokens / max(rollout.seconds, 1e-9), "time_s": updated - start,
-                "mem_gib": peak_memory_gib(), **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
+        elapsed = time.perf_counter() - start
+        return {**iterations[-1], **self._rollout_metrics(table, scores, stats["zero_std"], rollout),
+                "num_sequences": int(num_sequences), "generation_s": rollout.seconds,
+                "update_s": elapsed - rollout.seconds, "generated_tokens_per_s": rollout.generated_tokens /
+                max(rollout.seconds, 1e-9), "time_s": elapsed, "mem_gib": peak_memory_gib(),
+                **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
                 **({"iterations": iterations} if len(iterations) > 1 else {})}
+
+    def _micro_batches(self, batches: list[dict[str, Any]], prompts: dict[str, Any], rollout: Rollout,
+                       advantages: torch.Tensor, stats: dict[str, Any]
+                       ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor, torch.Tensor]:
+        """The scheduler's micro-batches as scoring rows (groups with one reward left out under ``drop``), and the
+        step's sequence and scored-token counts over all ranks (the loss's normalisers)."""
+        grpo = self.sections.grpo
+        keep = ~stats["zero_std"].view(-1, grpo.num_generations)[:, 0].cpu() if grpo.zero_std_groups == "drop" \
+            else torch.ones(len(prompts["prompt_ids"]), dtype=torch.bool)  # per group
+        bounds = [0]
+        for b in batches:
+            bounds.append(bounds[-1] + len(b["prompt_ids"]))
+        micro = [self._micro_batch(prompts, rollout, advantages, keep, range(a, z)) for a, z in zip(bounds, bounds[1:])]
+        num_sequences = all_reduce_sum(torch.tensor(float(keep.sum() * grpo.num_generations), device=self.device))
+        num_tokens = all_reduce_sum(sum((m["grid_mask"].sum() for m in micro),
+                                        torch.zeros((), device=self.device)).float())
+        return micro, num_sequences, num_tokens
 
     def _update(self, micro: list[dict[str, torch.Tensor]], num_sequences: torch.Tensor,
                 num_tokens: torch.Tensor) -> dict[str, float]:
@@ -197,6 +203,7 @@ class TrainGRPORecipe(BaseRecipe):
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0) + value.detach().double()
         grad_norm = float(clip_grad_norm(self.model.parameters(), self.max_grad_norm or float("inf")))
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update uses
         reduced = {k: float(all_reduce_sum(v.reshape(1).to(self.device))) for k, v in sorted(sums.items())}
         if should_skip_update(self.step_scheduler.step, reduced["loss"], grad_norm, self.sections.nan_policy):
             self.skipped_steps += 1
@@ -206,10 +213,11 @@ class TrainGRPORecipe(BaseRecipe):
             self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step(1)
-        return {**self.loss_fn.finish(reduced), "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
+        return {**self.loss_fn.finish(reduced), "grad_norm": grad_norm, "lr": lr}
 
-    def _score(self, prompts: dict[str, Any], rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
-        """Every reward of every completion, weighted and summed; the per-reward means and stds as TRL logs them."""
+    def _score(self, prompts: dict[str, Any], rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weighted sum of the rewards of every completion, and the ``[completions, rewards]`` table (NaN: a
+        reward that gave None, left out of that reward's mean as TRL does)."""
         g = self.sections.grpo.num_generations
         completions = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         repeat = lambda values: [v for v in values for _ in range(g)]  # noqa: E731 - a prompt's row per completion
@@ -223,13 +231,40 @@ class TrainGRPORecipe(BaseRecipe):
             table.append(torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32))
         table = torch.stack(table, dim=1).to(self.device)  # [completions, rewards]
         weights = torch.tensor([w for _, w, _ in self.rewards], device=self.device)
-        scores = (torch.nan_to_num(table) * weights).sum(dim=1)
-        per_reward = {}
+        return (torch.nan_to_num(table) * weights).sum(dim=1), table
+
+    def _rollout_metrics(self, table: torch.Tensor, scores: torch.Tensor, zero_std: torch.Tensor,
+                         rollout: Rollout) -> dict[str, float]:
+        """TRL's reward and completion metrics over every rank's completions: means and (unbiased) stds from
+        summed moments, the zero-std share of all groups, lengths with their global max and min."""
+        g = self.sections.grpo.num_generations
+        present = ~torch.isnan(table)
+        values = torch.nan_to_num(table).double()
+        lengths = torch.tensor([len(c) for c in rollout.completion_ids], dtype=torch.float64)
+        step = [float(scores.double().sum()), float((scores.double() ** 2).sum()), float(scores.numel()),
+                float(zero_std.view(-1, g)[:, 0].sum()), float(zero_std.numel() // g), float(lengths.sum()),
+                float(sum(rollout.truncated))]
+        sums = torch.cat([values.sum(0), (values ** 2).sum(0), present.sum(0).double(),
+                          torch.tensor(step, dtype=torch.float64, device=values.device)])
+        sums = all_reduce_sum(sums.to(self.device)).cpu()
+        extremes = _all_reduce_max(torch.tensor([lengths.max(), -lengths.min()], device=self.device)).cpu()
+        r = len(self.rewards)
+
+        def mean_std(total: torch.Tensor, squares: torch.Tensor, n: torch.Tensor) -> tuple[float, float]:
+            n = float(n)
+            mean = float(total) / n if n else float("nan")
+            var = (float(squares) - n * mean * mean) / (n - 1) if n > 1 else 0.0
+            return mean, max(var, 0.0) ** 0.5
+
+        out = {}
         for i, (name, _, _) in enumerate(self.rewards):
-            column = table[:, i][~torch.isnan(table[:, i])]
-            per_reward[f"rewards/{name}/mean"] = float(column.mean()) if column.numel() else float("nan")
-            per_reward[f"rewards/{name}/std"] = float(column.std()) if column.numel() > 1 else 0.0
-        return scores, per_reward
+            out[f"rewards/{name}/mean"], out[f"rewards/{name}/std"] = mean_std(sums[i], sums[r + i], sums[2 * r + i])
+        total, squares, count, zero, groups, length, truncated = sums[3 * r:].tolist()
+        out["reward"], out["reward_std"] = mean_std(total, squares, count)
+        out.update({"frac_reward_zero_std": zero / groups, "completions/mean_length": length / count,
+                    "completions/max_length": float(extremes[0]), "completions/min_length": float(-extremes[1]),
+                    "completions/clipped_ratio": truncated / count})
+        return out
 
     def _advantages(self, scores: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """Group advantages; with ``scale_rewards: batch`` over every rank's completions, as TRL gathers them."""
@@ -355,10 +390,8 @@ def _joined(batches: list[dict[str, Any]]) -> dict[str, Any]:
             "prompts": [p for b in batches for p in b["prompts"]], "columns": columns}
 
 
-def _lengths(rollout: Rollout) -> dict[str, float]:
-    """Completion lengths as TRL logs them."""
-    lengths = [len(c) for c in rollout.completion_ids]
-    return {"completions/mean_length": sum(lengths) / max(len(lengths), 1),
-            "completions/max_length": float(max(lengths, default=0)),
-            "completions/min_length": float(min(lengths, default=0)),
-            "completions/clipped_ratio": sum(rollout.truncated) / max(len(lengths), 1)}
+def _all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """The elementwise max over data-parallel ranks (identity for one process)."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, group=data_parallel_group())
+    return value
