@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from nemo_like.components._peft.lora import adapters_disabled
 from nemo_like.components.callbacks.callback import CallbackList, TrainState
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, drop_records_after
 from nemo_like.components.checkpoint.model_state import ModelState
@@ -32,6 +33,7 @@ from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.config.secrets import redact_config
 from nemo_like.recipes.builders.callbacks import build_callbacks, build_run_callbacks
+from nemo_like.recipes.builders.data import build_dataloader
 from nemo_like.recipes.builders.evaluation import evaluation_section
 from nemo_like.recipes.builders.trackers import build_metric_loggers
 
@@ -157,6 +159,50 @@ class BaseRecipe:
         micro-batch, for the memory of the unsharded gradients of every trainable parameter."""
         if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
             self.model.set_requires_gradient_sync(last_micro_batch)
+
+    def _method_loader(self, name: str, dataset: Any, batch_size: int, train: bool, collate_fn: str) -> Any:
+        """The ``name`` dataloader section over ``dataset`` (a plain StatefulDataLoader when absent), with the method's
+        own ``collate_fn`` (an import path) unless the section names one."""
+        section = self.cfg.get(name)
+        if section is None or section.get("collate_fn", None) is None:
+            section = ConfigNode({**(section.to_dict() if section is not None else
+                                     {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}),
+                                  "collate_fn": {"_target_": collate_fn}}, path=name)
+        return build_dataloader(section, dataset, batch_size, train=train, tokenizer=self.tokenizer, dist=self.dist,
+                                seed=self.rng.seed, ranked=bool(getattr(self.rng, "ranked", False)), name=name)
+
+    def _reference_context(self) -> contextlib.AbstractContextManager:
+        """A method with a reference policy and no copy of it (``self.reference`` None) uses the policy with its
+        LoRA adapters switched off."""
+        if getattr(self, "reference", None) is None and self.peft_config:
+            return adapters_disabled(self.model)
+        return contextlib.nullcontext()
+
+    def _run_with_held_out(self, score: str, name: str) -> dict[str, Any]:
+        """``run_train_validation_loop`` with the held-out ``score`` (a key of ``_run_validation_epoch``'s dict)
+        reported before training (fresh runs) and after it, returned as ``{name}_before`` / ``{name}_after``.
+        The method keeps its last scores in ``val_scores`` (taken after step ``val_scores_step``) and says
+        them with ``_log_held_out``; the last step's own validation is not run twice."""
+        held_out = self.val_dataloader is not None
+        before = self._report_held_out("before training") if held_out and self.resume_from is None else None
+        self.val_scores_step = -1
+        result = BaseRecipe.run_train_validation_loop(self)
+        if held_out and not self.step_scheduler.sigterm:
+            done = self.step_scheduler.step - 1
+            if self.val_scores_step == done:  # the last step validated: its scores are the final ones
+                self._log_held_out("after training", self.val_scores)
+            after = self.val_scores if self.val_scores_step == done else self._report_held_out("after training")
+            result.update({f"{name}_before": before and before[score], f"{name}_after": after[score]})
+        return result
+
+    def _report_held_out(self, when: str) -> dict[str, float]:
+        scores = self._run_validation_epoch()
+        self._log_held_out(when, scores)
+        return scores
+
+    def _log_held_out(self, when: str, scores: dict[str, float]) -> None:
+        """One line of held-out scores (a method that reports them says which)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ the loop, resume and saves
     def checkpoint_state(self) -> dict[str, Any]:

@@ -9,14 +9,12 @@ whatever its split into micro-batches and ranks; the metrics carry TRL's names.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
 
 import torch
 
-from nemo_like.components._peft.lora import adapters_disabled
 from nemo_like.components.batch import split_batch
 from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
 from nemo_like.components.datasets.llm.preference_collater import (
@@ -36,7 +34,7 @@ from nemo_like.components.training.precomputed_reference import (
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.recipes.base import BaseRecipe
-from nemo_like.recipes.builders.data import build_dataloader, build_dataset
+from nemo_like.recipes.builders.data import build_dataset
 from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
 from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
 from nemo_like.recipes.llm.dpo_config import check_dpo_config, reference_mode
@@ -99,14 +97,8 @@ class TrainDPORecipe(BaseRecipe):
                 self._precompute(table, self.dataset if split == "train" else self.val_dataset)
 
     def _loader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
-        section = self.cfg.get(name)
-        if section is None or section.get("collate_fn", None) is None:
-            collate = {"_target_": "nemo_like.components.datasets.llm.preference_collater.preference_collater"}
-            section = ConfigNode({**(section.to_dict() if section is not None else
-                                     {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}),
-                                  "collate_fn": collate}, path=name)
-        loader = build_dataloader(section, dataset, batch_size, train=train, tokenizer=self.tokenizer, dist=self.dist,
-                                  seed=self.rng.seed, ranked=bool(getattr(self.rng, "ranked", False)), name=name)
+        loader = self._method_loader(name, dataset, batch_size, train,
+                                     "nemo_like.components.datasets.llm.preference_collater.preference_collater")
         if self.mode == "precomputed":
             loader.collate_fn = collate_with_pair_index(loader.collate_fn)
         return loader
@@ -205,12 +197,6 @@ class TrainDPORecipe(BaseRecipe):
             (chosen, rejected), _ = self._logps(self.reference or self.model, batch)
         return chosen, rejected
 
-    def _reference_context(self) -> contextlib.AbstractContextManager:
-        """The policy with its adapters off is the reference in ``adapter_off`` (and when precomputing with LoRA)."""
-        if self.reference is None and self.peft_config:
-            return adapters_disabled(self.model)
-        return contextlib.nullcontext()
-
     @torch.no_grad()
     def _precompute(self, table: PrecomputedReference, dataset: IndexedPairs) -> None:
         """One pass over ``dataset`` with the reference (adapters off, or the policy before any step)."""
@@ -231,23 +217,7 @@ class TrainDPORecipe(BaseRecipe):
     # ------------------------------------------------------------------ validation
     def run_train_validation_loop(self) -> dict[str, Any]:
         """The base's loop, with the held-out reward accuracy before (fresh runs) and after training reported."""
-        held_out = self.val_dataloader is not None
-        before = self._report_held_out("before training") if held_out and self.resume_from is None else None
-        self.val_scores_step = -1
-        result = super().run_train_validation_loop()
-        if held_out and not self.step_scheduler.sigterm:
-            done = self.step_scheduler.step - 1
-            if self.val_scores_step == done:  # the last step validated: its scores are the final ones
-                self._log_held_out("after training", self.val_scores)
-            after = self.val_scores if self.val_scores_step == done else self._report_held_out("after training")
-            result.update(reward_accuracy_before=before and before["val_rewards/accuracies"],
-                          reward_accuracy_after=after["val_rewards/accuracies"])
-        return result
-
-    def _report_held_out(self, when: str) -> dict[str, float]:
-        scores = self._run_validation_epoch()
-        self._log_held_out(when, scores)
-        return scores
+        return self._run_with_held_out("val_rewards/accuracies", "reward_accuracy")
 
     def _log_held_out(self, when: str, scores: dict[str, float]) -> None:
         logger.info("held-out pairs %s: reward accuracy %.3f, reward margin %.3f, loss %.4f", when,

@@ -12,7 +12,6 @@ adapters off (LoRA) or a frozen copy. Metrics carry TRL's names.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
@@ -21,8 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from nemo_like.components._peft.lora import adapters_disabled, adapters_merged
-from nemo_like.components.datasets.llm.prompt_dataset import collate_prompts
+from nemo_like.components._peft.lora import adapters_merged
 from nemo_like.components.distributed.grad_clip import clip_grad_norm
 from nemo_like.components.distributed.init import all_reduce_sum, data_parallel_group
 from nemo_like.components.loggers.progress import peak_memory_gib
@@ -39,7 +37,7 @@ from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.config.target_gate import resolve_target
 from nemo_like.recipes.base import BaseRecipe
-from nemo_like.recipes.builders.data import build_dataloader, build_dataset
+from nemo_like.recipes.builders.data import build_dataset
 from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
 from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
 from nemo_like.recipes.llm.grpo_config import check_grpo_config, kl_reference_mode, reward_name
@@ -131,14 +129,8 @@ class TrainGRPORecipe(BaseRecipe):
         self.setup_observers()
 
     def _loader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
-        section = self.cfg.get(name)
-        if section is None or section.get("collate_fn", None) is None:
-            collate = {"_target_": "nemo_like.components.datasets.llm.prompt_dataset.collate_prompts"}
-            section = ConfigNode({**(section.to_dict() if section is not None else
-                                     {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}),
-                                  "collate_fn": collate}, path=name)
-        return build_dataloader(section, dataset, batch_size, train=train, tokenizer=self.tokenizer, dist=self.dist,
-                                seed=self.rng.seed, ranked=bool(getattr(self.rng, "ranked", False)), name=name)
+        return self._method_loader(name, dataset, batch_size, train,
+                                   "nemo_like.components.datasets.llm.prompt_dataset.collate_prompts")
 
     # ------------------------------------------------------------------ the step
     def _run_train_optim_step(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
@@ -330,30 +322,10 @@ class TrainGRPORecipe(BaseRecipe):
             return grid + 0 * flat.float().sum()
         return grid.index_put((rows["grid_sequence"], rows["grid_token"]), flat.float())
 
-    def _reference_context(self) -> contextlib.AbstractContextManager:
-        if self.reference is None and self.peft_config:
-            return adapters_disabled(self.model)
-        return contextlib.nullcontext()
-
     # ------------------------------------------------------------------ validation
     def run_train_validation_loop(self) -> dict[str, Any]:
         """The base's loop, with held-out greedy accuracy before (fresh runs) and after training reported."""
-        held_out = self.val_dataloader is not None
-        before = self._report_held_out("before training") if held_out and self.resume_from is None else None
-        self.val_scores_step = -1
-        result = super().run_train_validation_loop()
-        if held_out and not self.step_scheduler.sigterm:
-            done = self.step_scheduler.step - 1
-            if self.val_scores_step == done:
-                self._log_held_out("after training", self.val_scores)
-            after = self.val_scores if self.val_scores_step == done else self._report_held_out("after training")
-            result.update(accuracy_before=before and before["val_accuracy"], accuracy_after=after["val_accuracy"])
-        return result
-
-    def _report_held_out(self, when: str) -> dict[str, float]:
-        scores = self._run_validation_epoch()
-        self._log_held_out(when, scores)
-        return scores
+        return self._run_with_held_out("val_accuracy", "accuracy")
 
     def _log_held_out(self, when: str, scores: dict[str, float]) -> None:
         logger.info("held-out prompts %s: greedy accuracy %.3f, mean reward %.3f", when, scores["val_accuracy"],
