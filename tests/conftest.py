@@ -103,6 +103,31 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def fork_logged(log: Path, fn, *args) -> int:
+    """Run ``fn(*args)`` in a forked child (one torch thread) whose stderr is appended to ``log``; returns its pid.
+    The child leaves with ``os._exit``: 0 when ``fn`` returned, 1 with the traceback in ``log`` otherwise."""
+    import sys
+    import traceback
+
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:  # pragma: no cover - runs in the child
+        import torch
+
+        out = open(log, "a", buffering=1)
+        os.dup2(out.fileno(), 2)
+        sys.stderr = out
+        torch.set_num_threads(1)
+        fn(*args)
+        code = 0
+    except BaseException:  # noqa: BLE001 - the parent reads the log
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_jsonl
+from conftest import fork_logged, write_jsonl
 from test_train_dpo import LORA, TINY, pair_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,21 +37,7 @@ def _train(env: dict[str, str], ckpt: Path, overrides: dict) -> None:
 
 
 def _fork(env: dict[str, str], ckpt: Path, log: Path, overrides: dict) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:  # pragma: no cover - runs in the child
-        out = open(log, "a", buffering=1)
-        os.dup2(out.fileno(), 2)
-        sys.stderr = out
-        torch.set_num_threads(1)
-        _train(env, ckpt, overrides)
-        code = 0
-    except BaseException:  # noqa: BLE001 - the parent reads the log
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+    return fork_logged(log, _train, env, ckpt, overrides)
 
 
 def _kill_after_checkpoint(pid: int, ckpt: Path, log: Path, newer_than: str | None) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_jsonl
+from conftest import fork_logged, write_jsonl
 from test_dpo_resume import _kill_after_checkpoint
 from test_train_grpo import TINY, prompt_rows
 
@@ -40,24 +40,7 @@ def _train(env: dict[str, str], ckpt: Path) -> None:
 
 
 def _fork(env: dict[str, str], ckpt: Path, log: Path) -> int:
-    import sys
-    import traceback
-
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:  # pragma: no cover - runs in the child
-        out = open(log, "a", buffering=1)
-        os.dup2(out.fileno(), 2)
-        sys.stderr = out
-        torch.set_num_threads(1)
-        _train(env, ckpt)
-        code = 0
-    except BaseException:  # noqa: BLE001 - the parent reads the log
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+    return fork_logged(log, _train, env, ckpt)
 
 
 def _records(ckpt: Path) -> dict[int, dict]:
