@@ -192,7 +192,7 @@ def test_top_p_filter_is_transformers_warper(value):
 @pytest.mark.parametrize(("field", "value"), [
     ("temperature", 0.0), ("temperature", -1.0), ("temperature", float("nan")), ("temperature", "hot"),
     ("top_p", 0.0), ("top_p", 1.5), ("top_k", -1), ("top_k", 2.5),
-    ("max_completion_length", 0), ("max_completion_length", 3.0), ("do_sample", "yes"),
+    ("max_completion_length", 0), ("max_completion_length", 3.0), ("do_sample", "yes"), ("sampler", "gumbel"),
 ])
 def test_bad_sampling_params_name_the_field(field, value):
     with pytest.raises(ValueError) as err:
@@ -227,3 +227,17 @@ def test_ranks_in_lockstep_step_until_every_rank_is_done_and_sample_the_same(mod
     assert len(calls) >= 12 and (calls[-1] == 0 or len(calls) == sp.max_completion_length - 1)
     assert min(len(c) for c in alone.completion_ids) < 12  # some rows did finish while the other rank went on
     assert torch.equal(torch.rand(3), after_alone)
+
+
+@pytest.mark.parametrize("sampler", ["multinomial", "inverse_cdf"])
+def test_each_sampler_draws_from_the_filtered_distribution(model, prompts, sampler):
+    """4000 first tokens of one prompt against softmax(logits / T) after top-k: total variation under 0.04."""
+    sp = SamplingParams(temperature=0.8, top_k=12, max_completion_length=1, sampler=sampler)
+    torch.manual_seed(11)
+    got = HFGenerator(model, eos_token_id=[0], pad_token_id=0).generate(prompts[:1], 4000, sp)
+    with torch.no_grad():
+        logits = model(torch.tensor(prompts[:1])).logits[0, -1].float() / sp.temperature
+    want = top_k_filter(logits[None], 12).softmax(-1)[0]
+    seen = torch.bincount(torch.tensor([c[0] for c in got.completion_ids]), minlength=want.numel()).double() / 4000
+    assert set(torch.nonzero(seen).squeeze(1).tolist()) <= set(torch.nonzero(want).squeeze(1).tolist())
+    assert 0.5 * float((seen - want.double()).abs().sum()) < 0.04

@@ -170,13 +170,18 @@ class HFGenerator:
             if sp.top_p < 1.0:
                 scores = top_p_filter(scores, sp.top_p)
             probs = scores.softmax(dim=-1)
-            if active.numel() < rows:  # generate still draws for finished rows; so must we, for the same RNG stream
-                full = probs.new_zeros((rows, probs.size(-1)))
-                full[:, 0] = 1.0
-                full[active] = probs
-                probs = full
-            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
-            tokens = tokens[active] if active.numel() < rows else tokens
+            if sp.sampler == "inverse_cdf":  # one uniform per row, found in the cumulative probabilities
+                cumulative = probs.double().cumsum(dim=-1)
+                u = torch.rand(probs.size(0), 1, dtype=torch.float64, device=probs.device) * cumulative[:, -1:]
+                tokens = torch.searchsorted(cumulative, u, right=True).squeeze(1).clamp(max=probs.size(-1) - 1)
+            else:
+                if active.numel() < rows:  # generate draws for finished rows too; so must we, for its RNG stream
+                    full = probs.new_zeros((rows, probs.size(-1)))
+                    full[:, 0] = 1.0
+                    full[active] = probs
+                    probs = full
+                tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+                tokens = tokens[active] if active.numel() < rows else tokens
         else:
             tokens = logits.argmax(dim=-1)  # generate's greedy ignores temperature
         logps = scaled.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)

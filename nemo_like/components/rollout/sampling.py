@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Generator", "Rollout", "SamplingParams"]
+__all__ = ["SAMPLERS", "Generator", "Rollout", "SamplingParams"]
+
+SAMPLERS = ("multinomial", "inverse_cdf")
 
 
 @dataclass
@@ -22,6 +24,12 @@ class SamplingParams:
     ``top_k`` of ``None`` or ``0`` keeps every token, as in ``generate``; ``top_p`` of ``1.0`` likewise.
     ``temperature`` also divides the logits of the returned log-probs when ``do_sample`` is false, so
     the numbers a trainer compares against stay those of one distribution.
+
+    ``sampler``: how a token is drawn from the filtered distribution. ``multinomial`` is ``generate``'s
+    ``torch.multinomial``: under one seed the same tokens as ``generate``, at the cost of one random
+    number per vocabulary entry and row each step (a quarter of the sampling time of a 49K vocabulary
+    on a CPU). ``inverse_cdf`` draws one uniform number per row and finds it in the cumulative
+    probabilities (float64): the same distribution, other tokens, and a fraction of the cost.
     """
 
     temperature: float = 1.0
@@ -29,8 +37,11 @@ class SamplingParams:
     top_k: int | None = None
     max_completion_length: int = 256
     do_sample: bool = True
+    sampler: str = "multinomial"
 
     def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"SamplingParams.sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
             raise ValueError(f"SamplingParams.temperature must be a number, got {self.temperature!r}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

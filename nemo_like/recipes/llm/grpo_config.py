@@ -26,7 +26,9 @@ class GRPOSection:
     and rank), samples ``num_generations`` completions for each, scores them and makes
     ``num_iterations`` optimizer updates on them. ``zero_std_groups: drop`` leaves out of the update
     the groups whose completions all got the same reward (their advantages are zero: only the KL term
-    would move them). ``mask_truncated_completions``: completions cut at ``max_completion_length``
+    would move them). ``sampler``: ``multinomial`` draws as ``generate`` does (the same tokens under
+    one seed); ``inverse_cdf`` draws from the same distribution with one random number per row, which
+    makes sampling from a large vocabulary several times cheaper. ``mask_truncated_completions``: completions cut at ``max_completion_length``
     add nothing to the loss (DAPO). ``layout``: how completions are scored in the update: one row per
     completion (``padded``) or one ``[prompt, c_1, ..., c_G]`` row per group, each prompt computed once
     (``shared_prompt``, for attention backends that read a dense mask); ``auto`` picks shared_prompt
@@ -38,6 +40,7 @@ class GRPOSection:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None
+    sampler: Literal["multinomial", "inverse_cdf"] = "multinomial"
     num_iterations: int = 1
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
     beta: float = 0.0

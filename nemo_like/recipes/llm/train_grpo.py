@@ -116,7 +116,7 @@ class TrainGRPORecipe(BaseRecipe):
         self.generator = HFGenerator(self.model, eos_token_id=eos, pad_token_id=pad, rows_left_everywhere=everywhere,
                                      sampling_context=lambda: adapters_merged(self.model))
         self.sampling = SamplingParams(temperature=grpo.temperature, top_p=grpo.top_p, top_k=grpo.top_k or None,
-                                       max_completion_length=grpo.max_completion_length)
+                                       max_completion_length=grpo.max_completion_length, sampler=grpo.sampler)
         self.greedy = SamplingParams(temperature=1.0, max_completion_length=grpo.max_completion_length,
                                      do_sample=False)
         self.max_grad_norm = sections.clip_grad_norm.max_norm
