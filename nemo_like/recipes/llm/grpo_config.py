@@ -10,10 +10,11 @@ from typing import Any, Literal
 
 from nemo_like.config.errors import ConfigError
 from nemo_like.config.typed_sections import check_target_arguments, located
+from nemo_like.recipes.builders.rewards import reward_name
 from nemo_like.recipes.llm.sft_config import SFT_SCHEMA, SFTSections, check_training_config
 
 __all__ = ["GRPO_SCHEMA", "GRPOSection", "GRPOSections", "GenerationSection", "KLReferenceSection",
-           "check_grpo_config", "kl_reference_mode", "reward_name"]
+           "check_grpo_config", "kl_reference_mode"]
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 
@@ -121,11 +122,6 @@ GRPO_SCHEMA = dataclasses.replace(
 )
 
 _REWARD_KEYS = frozenset({"weight", "name"})
-
-
-def reward_name(entry: Any) -> str:
-    """A reward's name in the metrics: its ``name``, else its function or class name (``a.b.fn``, ``file.py:fn``)."""
-    return str(entry.get("name") or entry["_target_"].rsplit(":", 1)[-1].rsplit(".", 1)[-1])
 
 
 def kl_reference_mode(sections: GRPOSections, has_peft: bool) -> str:

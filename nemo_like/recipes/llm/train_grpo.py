@@ -12,15 +12,15 @@ adapters off (LoRA) or a frozen copy. Metrics carry TRL's names.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from nemo_like.components._peft.lora import adapters_merged
+from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
+from nemo_like.components.datasets.llm.preference_collater import SHARED_PROMPT_ATTENTION
 from nemo_like.components.distributed.grad_clip import clip_grad_norm
 from nemo_like.components.distributed.init import all_reduce_sum, data_parallel_group
 from nemo_like.components.loggers.progress import peak_memory_gib
@@ -29,42 +29,18 @@ from nemo_like.components.loss.linear_logps import output_layer_scores
 from nemo_like.components.loss.sequence_logps import completion_positions
 from nemo_like.components.rollout import HFGenerator, Rollout, SamplingParams
 from nemo_like.components.rollout.group_rows import group_rows
-from nemo_like.components.datasets.llm.packed_sequence import attention_implementation, prepare_packed_attention
-from nemo_like.components.datasets.llm.preference_collater import SHARED_PROMPT_ATTENTION
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
 from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
-from nemo_like.config.target_gate import resolve_target
+from nemo_like.recipes.builders.rewards import build_rewards
 from nemo_like.recipes.base import BaseRecipe
 from nemo_like.recipes.builders.data import build_dataset
 from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
 from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
-from nemo_like.recipes.llm.grpo_config import check_grpo_config, kl_reference_mode, reward_name
+from nemo_like.recipes.llm.grpo_config import check_grpo_config, kl_reference_mode
 
 logger = logging.getLogger("nemo_like")
-
-Reward = Callable[..., list[float]]
-
-
-def build_rewards(entries: list[Any]) -> list[tuple[str, float, Reward]]:
-    """``rewards:`` as (name, weight, callable): a function target is the reward itself (its other keys bound
-    as keyword arguments), a class target is built with them. Targets pass the config gate like any other."""
-    rewards = []
-    for i, entry in enumerate(entries):
-        node = ConfigNode({k: v for k, v in entry.items() if k not in ("weight", "name")}, path=f"rewards.{i}")
-        target = resolve_target(node["_target_"], f"rewards.{i}._target_")
-        kwargs = {k: v for k, v in node.to_dict().items() if k != "_target_"}
-        if inspect.isclass(target):
-            reward = node.instantiate()
-        else:
-            reward = functools.partial(target, **kwargs) if kwargs else target
-        if not callable(reward):
-            raise ConfigError(f"rewards.{i}._target_: {entry['_target_']} does not give a callable reward")
-        name = reward_name(entry)
-        rewards.append((name, float(entry.get("weight", 1.0)), reward))
-    return rewards
-
 
 class TrainGRPORecipe(BaseRecipe):
     """Builds the policy, the generator, the rewards and the loss, then trains with ``run_train_validation_loop``."""
