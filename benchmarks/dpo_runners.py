@@ -10,7 +10,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,14 @@ HERE = Path(__file__).resolve().parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PACKED_COLLATER = "nemo_like.components.datasets.llm.preference_collater.packed_preference_collater"
 SHARED_COLLATER = "nemo_like.components.datasets.llm.preference_collater.shared_prompt_preference_collater"
+sys.path.insert(0, str(HERE))
+from workload import JSONRecord  # noqa: E402 - beside this script
+
 RUNNERS = ("ours_padded", "ours_shared", "ours_packed", "ours_precomputed", "trl", "trl_no_ckpt")
 
 
 @dataclass
-class Workload:
+class Workload(JSONRecord):
     """What a worker process needs to train its contender; written to JSON for it."""
 
     model: str
@@ -40,13 +43,6 @@ class Workload:
     max_grad_norm: float = 1.0
     seed: int = 0
     threads: int = 2
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Workload:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 # ---------------------------------------------------------------- shared by every contender

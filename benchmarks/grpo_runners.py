@@ -4,12 +4,10 @@ each step). The parent script prepares the workload, alternates the runs and rep
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +19,12 @@ RUNNERS = ("ours", "ours_keep", "ours_fast", "trl", "trl_no_ckpt")
 
 sys.path.insert(0, str(HERE))
 from dpo_runners import StepLog, initial_adapters, peak_rss_mib, read_jsonl, set_adapters  # noqa: E402
+from runners import _timed_callback  # noqa: E402
+from workload import JSONRecord  # noqa: E402
 
 
 @dataclass
-class Workload:
+class Workload(JSONRecord):
     """What a worker process needs to train its contender; written to JSON for it."""
 
     model: str  # "smollm2" or "tiny"
@@ -44,13 +44,6 @@ class Workload:
     temperature: float = 1.0
     seed: int = 42
     threads: int = 2
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Workload:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 class GenerationLog:
@@ -144,7 +137,6 @@ def run_trl(w: Workload, checkpointing: bool) -> dict[str, Any]:
     """TRL's GRPOTrainer + PEFT on the library's model object, with our adapters' initial values."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from nemo_like._transformers.auto_model import NeMoAutoModelForCausalLM
@@ -171,18 +163,9 @@ def run_trl(w: Workload, checkpointing: bool) -> dict[str, Any]:
             gen.prepare_s.append(time.perf_counter() - start)
             return out
 
-    class StepTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201, ARG002
-            log.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201, ARG002
-            log.end_step()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201, ARG002
-            if logs and "loss" in logs:
-                log.losses.append(float(logs["loss"]))
-            if logs and "reward" in logs:
-                gen.rewards.append(float(logs["reward"]))
+    def note_reward(logs: dict[str, Any]) -> None:
+        if "reward" in logs:
+            gen.rewards.append(float(logs["reward"]))
 
     tokenizer = build_tokenizer(w.model_dir)
     model = NeMoAutoModelForCausalLM.from_pretrained(w.model_dir)
@@ -199,7 +182,7 @@ def run_trl(w: Workload, checkpointing: bool) -> dict[str, Any]:
                           disable_tqdm=True, dataloader_num_workers=0, seed=w.seed,
                           gradient_checkpointing=checkpointing)
         trainer = TimedGRPOTrainer(model=model, reward_funcs=[exact_answer], args=args, train_dataset=dataset,
-                                   processing_class=tokenizer, callbacks=[StepTimer()],
+                                   processing_class=tokenizer, callbacks=[_timed_callback(log, note_reward)],
                                    peft_config=LoraConfig(r=w.lora_r, lora_alpha=w.lora_alpha, lora_dropout=0.0,
                                                           target_modules=TARGETS))
         set_adapters(trainer.model, initial, strip="base_model.model.")

@@ -153,7 +153,8 @@ def _load_model(w: Workload) -> Any:
     return AutoModelForCausalLM.from_pretrained(w.model_dir, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def _timed_callback(log: StepLog) -> Any:
+def _timed_callback(log: StepLog, on_logs: Any = None) -> Any:
+    """A TrainerCallback noting when each step ended and its loss; ``on_logs(logs)`` sees every logged dict."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -166,6 +167,8 @@ def _timed_callback(log: StepLog) -> Any:
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201, ARG002
             if logs and "loss" in logs:
                 log.losses.append(float(logs["loss"]))
+            if logs and on_logs is not None:
+                on_logs(logs)
 
     return StepTimer()
 

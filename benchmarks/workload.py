@@ -25,8 +25,19 @@ TRAIN_DOCS = 2000
 COLUMNS = {"question": "question", "answer": "answer"}
 
 
+class JSONRecord:
+    """A dataclass a benchmark writes to JSON for its worker processes, which read it back."""
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Any:
+        return cls(**json.loads(Path(path).read_text()))
+
+
 @dataclass
-class Workload:
+class Workload(JSONRecord):
     """Everything a worker process needs to train its contender; written to JSON for it."""
 
     model: str  # "smollm2" (the embedded SmolLM2-135M-Instruct) or "tiny" (a 2-layer Llama, SmolLM2's vocabulary)
@@ -47,13 +58,6 @@ class Workload:
     threads: int = 2
     train_jsonl: str = str(TRAIN_JSONL)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Workload:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def tiny_model_dir(work_dir: Path, tokenizer_dir: str) -> str:

@@ -104,7 +104,7 @@ def one_thread():
 
 
 def fork_logged(log: Path, fn, *args) -> int:
-    """Run ``fn(*args)`` in a forked child (one torch thread) whose stderr is appended to ``log``; returns its pid.
+    """Run ``fn(*args)`` in a forked child (one torch thread) whose output is appended to ``log``; returns its pid.
     The child leaves with ``os._exit``: 0 when ``fn`` returned, 1 with the traceback in ``log`` otherwise."""
     import sys
     import traceback
@@ -117,8 +117,9 @@ def fork_logged(log: Path, fn, *args) -> int:
         import torch
 
         out = open(log, "a", buffering=1)
+        os.dup2(out.fileno(), 1)
         os.dup2(out.fileno(), 2)
-        sys.stderr = out
+        sys.stdout = sys.stderr = out
         torch.set_num_threads(1)
         fn(*args)
         code = 0

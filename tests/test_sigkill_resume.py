@@ -17,9 +17,7 @@ import json
 import os
 import random
 import signal
-import sys
 import time
-import traceback
 from pathlib import Path
 from unittest import mock
 
@@ -28,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 import crash_hooks
-from conftest import addition_rows, tiny_llama_config, write_jsonl
+from conftest import addition_rows, fork_logged, tiny_llama_config, write_jsonl
 from nemo_like.components.checkpoint.checkpointing import Checkpointer, CheckpointingConfig
 from nemo_like.components.checkpoint.manifest import verify_manifest
 from nemo_like.config.loader import load_yaml_config
@@ -85,25 +83,14 @@ def _train(env: dict[str, str], ckpt: Path, loop: bool = True) -> tuple[float, f
 
 def _start(env: dict[str, str], ckpt: Path, log: Path, pause: float) -> int:
     """Fork a training process; its output goes to ``log``. One thread, and ``os._exit``: no hang on exit."""
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:  # pragma: no cover - runs in the child
-        out = open(log, "a", buffering=1)
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        sys.stdout = sys.stderr = out
-        torch.set_num_threads(1)
-        if pause:
-            crash_hooks.install()
-            os.environ["NEMO_LIKE_TEST_SAVE_PAUSE"] = str(pause)
-        _train(env, ckpt)
-        code = 0
-    except BaseException:  # noqa: BLE001 - the parent reads the log
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+    return fork_logged(log, _paused_train, env, ckpt, pause)
+
+
+def _paused_train(env: dict[str, str], ckpt: Path, pause: float) -> None:
+    if pause:
+        crash_hooks.install()
+        os.environ["NEMO_LIKE_TEST_SAVE_PAUSE"] = str(pause)
+    _train(env, ckpt)
 
 
 def _wait(pid: int, log: Path, timeout_s: float = 120.0) -> None:

@@ -30,10 +30,12 @@ from nemo_like.components.dtypes import parse_dtype
 from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.training.grad_buffer import ContiguousGrads
 from nemo_like.components.training.rng import StatefulRNG
+from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.config.secrets import redact_config
 from nemo_like.recipes.builders.callbacks import build_callbacks, build_run_callbacks
-from nemo_like.recipes.builders.data import build_dataloader
+from nemo_like.recipes.builders.data import build_dataloader, build_dataset
+from nemo_like.recipes.builders.model import build_model, model_context_length
 from nemo_like.recipes.builders.evaluation import evaluation_section
 from nemo_like.recipes.builders.trackers import build_metric_loggers
 
@@ -159,6 +161,28 @@ class BaseRecipe:
         micro-batch, for the memory of the unsharded gradients of every trainable parameter."""
         if self.defer_grad_sync and hasattr(self.model, "set_requires_gradient_sync"):
             self.model.set_requires_gradient_sync(last_micro_batch)
+
+    def _setup_data(self, wrap: Any = None) -> None:
+        """``dataset`` and ``validation_dataset`` built with the tokenizer (rows held to the model's context),
+        each passed through ``wrap`` when given, their loaders (the method's ``_loader(name, dataset,
+        batch_size, train)``) and the step scheduler over the training loader."""
+        context = model_context_length(self.model_id)
+        built = [build_dataset(self.cfg[name], self.tokenizer, max_length=context) if name in self.cfg else None
+                 for name in ("dataset", "validation_dataset")]
+        self.dataset, self.val_dataset = (d if d is None or wrap is None else wrap(d) for d in built)
+        sched = vars(self.sections.step_scheduler)
+        self.dataloader = self._loader("dataloader", self.dataset, sched["local_batch_size"], train=True)
+        self.val_dataloader = (self._loader("validation_dataloader", self.val_dataset, sched["local_batch_size"],
+                                            train=False) if self.val_dataset is not None else None)
+        self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
+
+    def _setup_policy(self, frozen_copy: bool) -> None:
+        """The model (LoRA, placement, sharding as its sections say) and, with ``frozen_copy``, a frozen second one
+        through the same builder as ``self.reference`` (else None)."""
+        built = build_model(self.cfg, self.dist, self.device, self.sections.distributed)
+        self.model, self.peft_config, self.defer_grad_sync = built.model, built.peft_config, built.defer_grad_sync
+        self.reference = (build_model(self.cfg, self.dist, self.device, self.sections.distributed, frozen=True).model
+                          if frozen_copy else None)
 
     def _method_loader(self, name: str, dataset: Any, batch_size: int, train: bool, collate_fn: str) -> Any:
         """The ``name`` dataloader section over ``dataset`` (a plain StatefulDataLoader when absent), with the method's

@@ -31,11 +31,9 @@ from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.precomputed_reference import (
     IndexedPairs, PrecomputedReference, collate_with_pair_index, shard_indices,
 )
-from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.recipes.base import BaseRecipe
-from nemo_like.recipes.builders.data import build_dataset
-from nemo_like.recipes.builders.model import build_model, build_tokenizer, model_context_length
+from nemo_like.recipes.builders.model import build_tokenizer
 from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
 from nemo_like.recipes.llm.dpo_config import check_dpo_config, reference_mode
 
@@ -62,24 +60,8 @@ class TrainDPORecipe(BaseRecipe):
         self.model_id = cfg.get("model.pretrained_model_name_or_path")
         self.tokenizer = build_tokenizer(cfg, self.model_id)
         self.mode = reference_mode(sections, "peft" in cfg)
-        context = model_context_length(self.model_id)
-        self.dataset = build_dataset(cfg.dataset, self.tokenizer, max_length=context)
-        self.val_dataset = (build_dataset(cfg.validation_dataset, self.tokenizer, max_length=context)
-                            if "validation_dataset" in cfg else None)
-        if self.mode == "precomputed":
-            self.dataset = IndexedPairs(self.dataset)
-            self.val_dataset = IndexedPairs(self.val_dataset) if self.val_dataset is not None else None
-        sched = vars(sections.step_scheduler)
-        self.dataloader = self._loader("dataloader", self.dataset, sched["local_batch_size"], train=True)
-        self.val_dataloader = (self._loader("validation_dataloader", self.val_dataset, sched["local_batch_size"],
-                                            train=False) if self.val_dataset is not None else None)
-        self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
-
-        built = build_model(cfg, self.dist, self.device, sections.distributed)
-        self.model, self.peft_config, self.defer_grad_sync = built.model, built.peft_config, built.defer_grad_sync
-        self.reference = None
-        if self.mode == "frozen_copy":
-            self.reference = build_model(cfg, self.dist, self.device, sections.distributed, frozen=True).model
+        self._setup_data(wrap=IndexedPairs if self.mode == "precomputed" else None)
+        self._setup_policy(frozen_copy=self.mode == "frozen_copy")
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
         self.grad_buffer = self._contiguous_grads([p for g in self.optimizer.param_groups for p in g["params"]])
         self.trim_cpu_heap = sections.trim_cpu_heap and self.device.type == "cpu"
