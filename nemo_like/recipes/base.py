@@ -29,6 +29,7 @@ from nemo_like.components.distributed.init import initialize_distributed
 from nemo_like.components.dtypes import parse_dtype
 from nemo_like.components.loggers.jsonl import JSONLLogger
 from nemo_like.components.training.grad_buffer import ContiguousGrads
+from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.rng import StatefulRNG
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
@@ -154,6 +155,25 @@ class BaseRecipe:
                         self.dist.world_size)
             return None
         return ContiguousGrads(trainable)
+
+    def _zero_grads(self) -> None:
+        """Before a step's first backward: the contiguous buffer zeroed, else the gradients dropped."""
+        if getattr(self, "grad_buffer", None) is not None:
+            self.grad_buffer.zero_()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _apply_update(self, loss_value: float, grad_norm: float) -> None:
+        """The optimizer step (or, under ``nan_policy: skip``, none when the loss or norm is not finite; ``error``
+        raises there), then the learning-rate schedule's step."""
+        if should_skip_update(self.step_scheduler.step, loss_value, grad_norm, self.sections.nan_policy):
+            self.skipped_steps += 1
+            logger.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d so far, nan_policy: skip)",
+                           self.step_scheduler.step, loss_value, grad_norm, self.skipped_steps)
+        else:
+            self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step(1)
 
     def _set_gradient_sync(self, last_micro_batch: bool) -> None:
         """With ``defer_fsdp_grad_sync``, FSDP2 keeps the micro-batches' gradients unsharded and

@@ -27,7 +27,6 @@ from nemo_like.components.loss.dpo import DPOLoss
 from nemo_like.components.loss.linear_logps import output_layer_scores
 from nemo_like.components.loss.sequence_logps import completion_positions, sequence_logps
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
-from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.precomputed_reference import (
     IndexedPairs, PrecomputedReference, collate_with_pair_index, shard_indices,
 )
@@ -95,10 +94,7 @@ class TrainDPORecipe(BaseRecipe):
         start = time.perf_counter()
         num_pairs = all_reduce_sum(torch.tensor(float(sum(pairs_in_batch(b) for b in batches)), device=self.device))
         num_chosen_tokens = all_reduce_sum(sum(chosen_token_count(b) for b in batches).float().to(self.device))
-        if self.grad_buffer is not None:
-            self.grad_buffer.zero_()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grads()
         totals = torch.zeros(len(_REWARDS) + 1, device=self.device, dtype=torch.float64)
         for index, batch in enumerate(batches):
             self._set_gradient_sync(last_micro_batch=index == len(batches) - 1)
@@ -110,14 +106,7 @@ class TrainDPORecipe(BaseRecipe):
         grad_norm = float(clip_grad_norm(self.model.parameters(), self.max_grad_norm or float("inf")))
         lr = self.optimizer.param_groups[0]["lr"]
         totals = all_reduce_sum(totals)
-        if should_skip_update(self.step_scheduler.step, float(totals[0]), grad_norm, self.sections.nan_policy):
-            self.skipped_steps += 1
-            logger.warning("step %d: non-finite loss / grad norm %s; update skipped (%d so far, nan_policy: skip)",
-                           self.step_scheduler.step, grad_norm, self.skipped_steps)
-        else:
-            self.optimizer.step()
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step(1)
+        self._apply_update(float(totals[0]), grad_norm)
         pairs = float(num_pairs)
         elapsed = time.perf_counter() - start
         return {"loss": float(totals[0]), **{k: float(v) / pairs for k, v in zip(_REWARDS, totals[1:])},

@@ -20,7 +20,6 @@ from nemo_like.components.loggers.progress import peak_memory_gib
 from nemo_like.components.loss.linear_ce import FusedLinearCrossEntropy
 from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
-from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.recipes.base import BaseRecipe
@@ -96,10 +95,7 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         batches = [self._inputs_and_labels(b) for b in batches]
         num_label_tokens = all_reduce_sum(sum((lb != self.ignore_index).sum() for _, lb in batches).to(self.device))
         num_tokens = sum(int(inputs["input_ids"].numel()) for inputs, _ in batches)
-        if self.grad_buffer is not None:
-            self.grad_buffer.zero_()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grads()
         step_loss = torch.zeros((), device=self.device)
         for index, (inputs, labels) in enumerate(batches):
             self._set_gradient_sync(last_micro_batch=index == len(batches) - 1)
@@ -112,14 +108,7 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         grad_norm = self._clip_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
         loss_value = float(all_reduce_sum(step_loss))
-        if should_skip_update(self.step_scheduler.step, loss_value, grad_norm, self.sections.nan_policy):
-            self.skipped_steps += 1
-            logger.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d so far, nan_policy: skip)",
-                           self.step_scheduler.step, loss_value, grad_norm, self.skipped_steps)
-        else:
-            self.optimizer.step()
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step(1)
+        self._apply_update(loss_value, grad_norm)
         elapsed = time.perf_counter() - start
         return {
             "loss": loss_value,

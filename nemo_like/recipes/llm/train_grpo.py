@@ -30,7 +30,6 @@ from nemo_like.components.loss.sequence_logps import completion_positions
 from nemo_like.components.rollout import HFGenerator, Rollout, SamplingParams
 from nemo_like.components.rollout.group_rows import group_rows
 from nemo_like.components.training.cpu_heap import trim_cpu_heap
-from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.config.loader import ConfigError, ConfigNode
 from nemo_like.recipes.builders.rewards import build_rewards
 from nemo_like.recipes.base import BaseRecipe
@@ -141,10 +140,7 @@ class TrainGRPORecipe(BaseRecipe):
     def _update(self, micro: list[dict[str, torch.Tensor]], num_sequences: torch.Tensor,
                 num_tokens: torch.Tensor) -> dict[str, float]:
         """One optimizer update over the step's micro-batches; the loss, KL and clip fractions of the step."""
-        if self.grad_buffer is not None:
-            self.grad_buffer.zero_()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grads()
         sums: dict[str, torch.Tensor] = {}
         for index, m in enumerate(micro):
             self._set_gradient_sync(last_micro_batch=index == len(micro) - 1)
@@ -159,14 +155,7 @@ class TrainGRPORecipe(BaseRecipe):
         grad_norm = float(clip_grad_norm(self.model.parameters(), self.max_grad_norm or float("inf")))
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this update uses
         reduced = {k: float(all_reduce_sum(v.reshape(1).to(self.device))) for k, v in sorted(sums.items())}
-        if should_skip_update(self.step_scheduler.step, reduced["loss"], grad_norm, self.sections.nan_policy):
-            self.skipped_steps += 1
-            logger.warning("step %d: non-finite loss / grad norm %s; update skipped (%d so far, nan_policy: skip)",
-                           self.step_scheduler.step, grad_norm, self.skipped_steps)
-        else:
-            self.optimizer.step()
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step(1)
+        self._apply_update(reduced["loss"], grad_norm)
         return {**self.loss_fn.finish(reduced), "grad_norm": grad_norm, "lr": lr}
 
     def _score(self, prompts: dict[str, Any], rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
