@@ -54,3 +54,43 @@ def test_a_tokenizer_whose_added_tokens_contain_one_another_counts_them_as_it_sp
     assert encoder._nested
     rows = [["a<|x|>yb", "<|x|>c", "<|x|>y<|x|>", "<|x|>yd"], ["<|x|>", "<|x|>y"]]
     assert encoder.encode_rows(rows) == _plain(tokenizer, rows)
+
+
+def test_rows_tokenized_whole_are_cut_back_only_where_each_piece_keeps_its_own_tokens(smollm2_tokenizer):
+    """Each row goes to the tokenizer as one text; a cut the checks cannot show exact sends that row piece by piece."""
+    encoder = BatchEncoder(smollm2_tokenizer)
+    assert encoder._whole
+    rows = _rows(3, 400) + [["<|im_start|>assistant\n", "\nHello"], ["<|im_start|>user\nhi \n", "there"],
+                            ["<|im_start|>assistant\n", " 42", "  x", "\n\n"]]
+    whole = encoder._whole_rows(rows)
+    assert 0 < sum(pieces is None for pieces in whole) < len(rows)  # both ways are exercised
+    assert encoder.encode_rows(rows) == _plain(smollm2_tokenizer, rows)
+
+
+def _with_pre_tokenizer(pre_tokenizer, normalizer=None):
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    return tok
+
+
+def test_only_pre_tokenizers_that_read_forward_let_a_row_be_tokenized_whole():
+    from tokenizers import Regex, normalizers, pre_tokenizers as pt
+
+    from nemo_like.components.datasets.llm.batch_encoder import reads_no_text_before_a_word
+
+    llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+")
+    forward = [pt.ByteLevel(add_prefix_space=False),
+               pt.Sequence([pt.Split(Regex(llama3), "isolated"), pt.ByteLevel(add_prefix_space=False, use_regex=False)]),
+               pt.Sequence([pt.Digits(individual_digits=True), pt.ByteLevel(add_prefix_space=False)]),
+               pt.Whitespace()]
+    not_forward = [pt.ByteLevel(add_prefix_space=True), pt.Metaspace(), pt.Split(Regex(r"(?<=a)b"), "isolated"),
+                   pt.Split(Regex(r"^\s+"), "isolated"), pt.Split(Regex(r"\bx"), "isolated")]
+    assert all(reads_no_text_before_a_word(_with_pre_tokenizer(p)) for p in forward)
+    assert not any(reads_no_text_before_a_word(_with_pre_tokenizer(p)) for p in not_forward)
+    assert not reads_no_text_before_a_word(_with_pre_tokenizer(pt.ByteLevel(add_prefix_space=False), normalizers.NFC()))
+    assert not reads_no_text_before_a_word(_with_pre_tokenizer(None))

@@ -109,8 +109,7 @@ class _TokenizeRows:
         collecting = gc.isenabled()
         gc.disable()  # a batch makes ~10^5 small lists and no cycles: collector passes over them are a tenth of its time
         try:
-            located = [self.source.decode(batch, i, index) for i, index in enumerate(indices)]
-            samples = self.encode([(self.source.where(file, row), data) for file, row, data in located])
+            return self._table(batch, indices)
         except DatasetError as err:
             with open(self.stop_file, "a", encoding="utf-8") as f:
                 f.write(str(err) + "\n")
@@ -118,6 +117,10 @@ class _TokenizeRows:
         finally:
             if collecting:
                 gc.enable()
+
+    def _table(self, batch: dict[str, list], indices: list[int]) -> pa.Table:
+        located = [self.source.decode(batch, i, index) for i, index in enumerate(indices)]
+        samples = self.encode([(self.source.where(file, row), data) for file, row, data in located])
         out: dict[str, Any] = {"input_ids": [], "labels": [], "parts": [], "supervised": [], "file": [], "row": [],
                                "index": [], "cut": []}
         for index, (file, row, _), sample in zip(indices, located, samples):
@@ -297,6 +300,7 @@ def _build(source: RowSource, encode: Encoder, out: Path, num_proc: int | None, 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers: no tokenizer threads
         probe = rows.select(range(min(PROBE_ROWS, len(rows))))
         tokenize(probe[:], list(range(len(probe))))  # the first rows' errors, before any worker starts
+    gc.freeze()  # what exists now is kept for the whole build: the collector (here and in the workers) skips it
     try:
         tokens = rows.map(tokenize, batched=True, batch_size=BATCH_ROWS, with_indices=True,
                           num_proc=workers if workers > 1 else None, remove_columns=rows.column_names,
@@ -308,6 +312,8 @@ def _build(source: RowSource, encode: Encoder, out: Path, num_proc: int | None, 
             with open(stop_file, encoding="utf-8") as f:
                 raise DatasetError(f.readline().rstrip("\n")) from None
         raise
+    finally:
+        gc.unfreeze()
     first_problem = None
     if explain is not None and len(tokens) < len(rows):  # the first dropped row, and why
         kept = tokens.data.column("index").to_numpy()

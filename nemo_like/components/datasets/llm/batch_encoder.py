@@ -18,11 +18,62 @@ neighbours, a slow tokenizer.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
 MISMATCH = -1  # the full text's tokens do not begin with the prefix's tokens
+_SIMPLE_SPLITTERS = {"Digits", "Whitespace", "WhitespaceSplit", "Punctuation"}  # split by character classes only
+
+
+def reads_no_text_before_a_word(backend: Any) -> bool:
+    """Whether a text cut between two of the pre-tokenizer's words gives, after the cut, the words the rest of the
+    text gives alone: no normalizer (one may join characters across the cut) and pre-tokenizers that only match
+    forward (no look-behind, start or word-boundary anchors; no space put before the text)."""
+    try:
+        spec = json.loads(backend.to_str())
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return spec.get("normalizer") is None and _forward_only(spec.get("pre_tokenizer"))
+
+
+def _forward_only(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False  # no pre-tokenizer: the whole text is one word
+    kind = node.get("type")
+    if kind == "Sequence":
+        return all(_forward_only(n) for n in node.get("pretokenizers") or [None])
+    if kind == "ByteLevel":
+        return not node.get("add_prefix_space", True)
+    if kind == "Split":
+        pattern = node.get("pattern") or {}
+        return "String" in pattern or _regex_forward_only(pattern.get("Regex"))
+    return kind in _SIMPLE_SPLITTERS
+
+
+def _regex_forward_only(regex: Any) -> bool:
+    """No ``^``, ``(?<`` (look-behind, named group: refused alike), ``\\b``, ``\\B``, ``\\A``, ``\\G`` outside a class."""
+    if not isinstance(regex, str):
+        return False
+    in_class, i = False, 0
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            if regex[i + 1 : i + 2] in ("b", "B", "A", "G"):
+                return False
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 2 if regex[i + 1 : i + 2] in ("^", "]") else 1  # a leading ^ negates, a leading ] is literal
+            continue
+        elif c == "^" or regex.startswith("(?<", i):
+            return False
+        i += 1
+    return True
 
 
 class BatchEncoder:
@@ -43,6 +94,7 @@ class BatchEncoder:
         self._encodings: list[Any] = []
         self._checked = False
         self._grouped: bool | None = None  # encode_rows may hand a row's texts to the backend as one sequence
+        self._whole = self._split is not None and reads_no_text_before_a_word(backend)
 
     def __getstate__(self) -> dict[str, Any]:
         """Sent to worker processes without the last batch's encodings (not picklable, not needed)."""
@@ -94,11 +146,91 @@ class BatchEncoder:
         texts go to the backend as one pre-split sequence per row, so the other pieces (an answer
         after its ``assistant\\n`` header) are still tokenized each on its own, exactly as alone
         (normalised, split, pre-tokenized per piece); ``word_to_tokens`` says which tokens each gave.
+        Where the pre-tokenizer reads no text before a word (``reads_no_text_before_a_word``), a
+        row goes to the backend as one plain text instead, as a row tokenized whole would (the
+        pre-split sequence costs about a tenth more), and is cut back where that is shown to give
+        each piece its own tokens (``_cut_whole``); a row where it is not goes the joined way.
         The first rows are compared with ``encode`` once; on a difference (or a slow tokenizer)
         ``encode`` does it all.
         """
         if self.backend is None or self._grouped is False:
             return self._split_flat(rows)
+        if self._whole:
+            out = self._whole_rows(rows)
+            redo = [i for i, pieces in enumerate(out) if pieces is None]
+            for i, pieces in zip(redo, self._joined_rows([rows[i] for i in redo]) if redo else []):
+                out[i] = pieces
+        else:
+            out = self._joined_rows(rows)
+        if out is None:
+            return self._split_flat(rows)
+        if self._grouped is None:
+            probe = rows[:4]
+            self._grouped = out[: len(probe)] == self._split_flat(probe)
+            if not self._grouped:
+                return self._split_flat(rows)
+        return out
+
+    def _whole_rows(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]] | None]:
+        """Each row tokenized as one text and cut back into its pieces where that is shown to give each piece's
+        own tokens (see ``_cut_whole``); None for a row where it is not (it is tokenized piece by piece)."""
+        texts = ["".join(texts) for texts in rows]
+        encodings = iter(self.backend.encode_batch([t for t in texts if t], add_special_tokens=False))
+        return [self._cut_whole(pieces, text, next(encodings)) if text else [[] for _ in pieces]
+                for pieces, text in zip(rows, texts)]
+
+    def _cut_whole(self, pieces: Sequence[str], text: str, encoding: Any) -> list[list[int]] | None:
+        """The tokens of ``text`` (= the pieces joined) cut at the pieces' bounds, or None when a cut is not shown exact.
+
+        A cut at an added token is exact (the tokenizer splits there first). Elsewhere the cut must
+        fall between two of the pre-tokenizer's words, and the tokens from the last exact point
+        before it (an added token, or the cut before) must be the tokens of that stretch alone
+        (tokenized once per distinct stretch: a template's ``assistant\n`` header repeats). With a
+        pre-tokenizer that reads no text before a word (``_whole`` checks that), the tokens after
+        such a cut are then those of the rest of the text alone, and so on to the end.
+        """
+        ids = encoding.ids
+        cuts = [0]
+        at = 0  # the characters joined so far
+        anchor_char, anchor_token = 0, 0  # the last point from where the tokens are the text's alone
+        for piece in pieces[:-1]:
+            start = at
+            at += len(piece)
+            if at == start or at == len(text):  # an empty piece, or only empty pieces left
+                cuts.append(cuts[-1] if at == start else len(ids))
+                continue
+            token = encoding.char_to_token(at)
+            if token is None or encoding.token_to_chars(token)[0] != at:
+                return None
+            if self._split.match(text, at) is None:  # not at an added token: check the stretch before the cut
+                if token == 0 or encoding.token_to_word(token) == encoding.token_to_word(token - 1):
+                    return None
+                last = None
+                for last in self._split.finditer(text, anchor_char, at):
+                    pass
+                if last is not None:
+                    special = encoding.char_to_token(last.start())
+                    if special is None or ids[special] != self._special_ids.get(last.group()):
+                        return None
+                    anchor_char, anchor_token = last.end(), special + 1
+                if ids[anchor_token:token] != self._tail(text[anchor_char:at]):
+                    return None
+            anchor_char, anchor_token = at, token
+            cuts.append(token)
+        cuts.append(len(ids))
+        return [ids[a:b] for a, b in zip(cuts, cuts[1:])]
+
+    def _tail(self, text: str) -> list[int]:
+        """``text``'s ids alone, kept for the stretches that repeat (a template's headers)."""
+        tail_ids = self._tails.get(text)
+        if tail_ids is None:
+            tail_ids = self._tails[text] = self.backend.encode(text, add_special_tokens=False).ids if text else []
+            if len(self._tails) > 4096:  # a cap keeps odd data bounded
+                self._tails.clear()
+        return tail_ids
+
+    def _joined_rows(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]] | None:
+        """Each row's texts joined at added tokens, pre-split at the other cuts (None when the ids do not split back)."""
         plans = [self._join(texts) for texts in rows]
         full = [words for words, _ in plans if words]
         encodings = iter(self.backend.encode_batch(full, is_pretokenized=True, add_special_tokens=False) if full else [])
@@ -124,13 +256,8 @@ class BatchEncoder:
                 at = -1
             if at != len(ids) or len(pieces) != len(texts):  # not one stretch of tokens per piece, in order
                 self._grouped = False
-                return self._split_flat(rows)
+                return None
             out.append(pieces)
-        if self._grouped is None:
-            probe = rows[:4]
-            self._grouped = out[: len(probe)] == self._split_flat(probe)
-            if not self._grouped:
-                return self._split_flat(rows)
         return out
 
     def _join(self, texts: Sequence[str]) -> tuple[list[str], list[list[tuple[int, int]]]]:
@@ -170,11 +297,6 @@ class BatchEncoder:
         ids = encoding.ids
         if at is None or ids[at] != self._special_ids.get(last.group()):
             return None
-        tail = prefix[last.end():]
-        tail_ids = self._tails.get(tail)
-        if tail_ids is None:
-            tail_ids = self._tails[tail] = self.backend.encode(tail, add_special_tokens=False).ids if tail else []
-            if len(self._tails) > 4096:  # tails repeat (a template's answer header); a cap keeps odd data bounded
-                self._tails.clear()
+        tail_ids = self._tail(prefix[last.end():])
         end = at + 1 + len(tail_ids)
         return end if ids[at + 1 : end] == tail_ids else MISMATCH
