@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "NeMoAutoModelForCausalLM": "nemo_like._transformers.auto_model",
+    "NeMoAutoModelForImageTextToText": "nemo_like._transformers.auto_vlm",
     "NeMoAutoTokenizer": "nemo_like._transformers.tokenizer",
 }
 

@@ -12,6 +12,7 @@ USAGE = """usage: nemo-like <command> [args]
 commands:
   finetune -c X.yaml [--a.b value ...] [--nproc-per-node N]
                                          supervised fine-tuning (LoRA/DoRA with a peft section);
+                                         an image-text model's config runs vision-language SFT;
                                          --nproc-per-node N > 1 hands the run to torchrun
   dpo -c X.yaml [--a.b value ...] [--nproc-per-node N]
                                          preference tuning (DPO, IPO, SimPO, ...) on prompt/chosen/
@@ -114,14 +115,12 @@ def finetune_main(argv: list[str], method: str = "sft") -> int:
 
         import importlib
 
-        from nemo_like.config.arg_parser import parse_args_and_load_config
-        from nemo_like.recipes.llm.run import METHODS
+        from nemo_like.recipes.llm.run import METHODS, load_method_config
 
-        config_module, schema_name, check_name = METHODS[method][:3]
-        config = importlib.import_module(config_module)
         try:  # a mistake is reported once, here, not by each of the N processes
-            known = getattr(config, schema_name).override_names
-            getattr(config, check_name)(parse_args_and_load_config(rest, known_sections=known), nproc)
+            checked, cfg = load_method_config(rest, None, method)
+            config_module, _, check_name = METHODS[checked][:3]
+            getattr(importlib.import_module(config_module), check_name)(cfg, nproc)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

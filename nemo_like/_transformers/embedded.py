@@ -148,7 +148,8 @@ def resolve_pretrained_path(name_or_path: str) -> str:
     Returns an existing local path as is; for a hub id, the id when the hub is
     reachable, its cached snapshot when it is not, the embedded SmolLM2 directory
     for the embedded id, and otherwise a one-line error instead of transformers'
-    half-minute of retries.
+    half-minute of retries. The ``nemo-like/tiny-*`` vision-language ids exist on no
+    hub, so they always resolve to their locally built directories.
     """
     name = os.fspath(name_or_path)
     expanded = os.path.expanduser(name)
@@ -158,6 +159,9 @@ def resolve_pretrained_path(name_or_path: str) -> str:
         raise FileNotFoundError(
             f"Model path '{name}' does not exist; pass an existing local model directory or .gguf file."
         )
+    tiny = _tiny_vlm_path(name)
+    if tiny is not None:
+        return tiny
     if not hub_offline() and hub_reachable():
         return name
     snapshot = cached_snapshot(name)
@@ -170,6 +174,46 @@ def resolve_pretrained_path(name_or_path: str) -> str:
         f"Cannot load '{name}': it is not a local path, {reason} (this machine is offline) and the hub cache "
         f"does not hold it; pass a local model directory or a .gguf file instead."
     )
+
+
+def _tiny_vlm_path(name: str) -> str | None:
+    """The built directory of a ``nemo-like/tiny-*`` id, else None."""
+    from nemo_like._transformers.tiny_vlm_recipe import tiny_vlm_arch
+
+    arch = tiny_vlm_arch(name)
+    return None if arch is None else str(tiny_vlm_model_dir(arch))
+
+
+def tiny_vlm_model_dir(arch: str, root: Path | None = None) -> Path:
+    """Build a tiny offline VLM (``tiny_vlm_recipe``) once, like the SmolLM2 conversion: lock, temp dir, rename.
+
+    It lives here because its tokenizer is the embedded SmolLM2 one; public entry:
+    ``nemo_like._transformers.tiny_vlm.tiny_vlm_dir``.
+    """
+    from nemo_like._transformers.tiny_vlm_recipe import TINY_VLM_ARCHS, is_built, write_tiny_vlm
+
+    if arch not in TINY_VLM_ARCHS:
+        raise ValueError(f"Unknown tiny VLM architecture {arch!r}; choose one of {', '.join(TINY_VLM_ARCHS)}.")
+    target = Path(root if root is not None else nemo_like_home() / "tiny_vlm") / arch
+    if is_built(target):
+        return target
+    tokenizer_dir = embedded_model_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _conversion_lock(target):
+        if is_built(target):
+            return target
+        _remove_stale_temp_dirs(target)
+        shutil.rmtree(target, ignore_errors=True)  # an older recipe or a damaged directory
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            write_tiny_vlm(arch, tmp, tokenizer_dir)
+            _drop_load_time_keys(tmp / "tokenizer_config.json")
+            for path in [tmp, *tmp.iterdir()]:
+                _chmod_like_mkdir(path, 0o777 if path.is_dir() else 0o666)
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _is_complete(directory: Path) -> bool:

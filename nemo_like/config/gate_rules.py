@@ -40,10 +40,13 @@ ALLOW_PICKLE_ENV = "NEMO_LIKE_ALLOW_PICKLE"
 NEMO_LIKE_TARGETS: tuple[str, ...] = (
     "nemo_like._transformers.auto_model.NeMoAutoModelForCausalLM.from_pretrained",
     "nemo_like._transformers.auto_model.NeMoAutoModelForCausalLM.from_config",
+    "nemo_like._transformers.auto_vlm.NeMoAutoModelForImageTextToText.from_pretrained",
+    "nemo_like._transformers.auto_vlm.NeMoAutoModelForImageTextToText.from_config",
     "nemo_like._transformers.tokenizer.NeMoAutoTokenizer.from_pretrained",
     "nemo_like._transformers.tokenizer.build_tokenizer",
     "nemo_like.components.datasets.llm.*.*",
     "nemo_like.components.datasets.utils.*",
+    "nemo_like.components.datasets.vlm.*.*",
     "nemo_like.components.datasets.mixture.make_dataset_mixture",
     "nemo_like.components.datasets.mixture.MapDatasetMixture",
     "nemo_like.components.datasets.mixture.IterableDatasetMixture",

@@ -76,10 +76,13 @@ def build_dataset(section: ConfigNode, tokenizer: Any, max_length: int | None = 
 
 
 def build_dataloader(section: ConfigNode | None, dataset: Any, batch_size: int, train: bool, *, tokenizer: Any,
-                     dist: Any, seed: int, ranked: bool, name: str | None = None) -> Any:
+                     dist: Any, seed: int, ranked: bool, name: str | None = None, processor: Any = None,
+                     default_collate: Any = None) -> Any:
     """A ``dataloader`` / ``validation_dataloader`` section (None: a plain StatefulDataLoader) over
     ``dataset``: the collater that fits the data, a distributed sampler over data-parallel ranks,
-    ``group_by_length``. ``name`` is the section's key for messages (default: where ``section`` sits)."""
+    ``group_by_length``. ``name`` is the section's key for messages (default: where ``section`` sits).
+    ``processor``: given to a collater that takes one (image-text data); ``default_collate``: the collater
+    when the section names none (else ``default_collater``)."""
     name = name or (section.node_path if section is not None else "") or ("dataloader" if train
                                                                            else "validation_dataloader")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -87,7 +90,7 @@ def build_dataloader(section: ConfigNode | None, dataset: Any, batch_size: int, 
     node = section if section is not None else ConfigNode(
         {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader"}
     )
-    collate = resolve_collate_fn(node.get("collate_fn", None), f"{name}.collate_fn") or default_collater
+    collate = resolve_collate_fn(node.get("collate_fn", None), f"{name}.collate_fn") or default_collate or default_collater
     if isinstance(dataset, PackedSequence) and _function_of(collate) is default_collater:
         # packs need the block-diagonal mask, not a padding mask; the node's own arguments stay
         collate = partial(packed_sequence_collater, **collate.keywords) if isinstance(collate, partial) \
@@ -98,8 +101,11 @@ def build_dataloader(section: ConfigNode | None, dataset: Any, batch_size: int, 
     pad_id = getattr(dataset, "pad_token_id", None)
     if pad_id is None:
         pad_id = tokenizer.pad_token_id
-    if "pad_token_id" in inspect.signature(collate).parameters and pad_id is not None:
+    takes = inspect.signature(collate).parameters
+    if "pad_token_id" in takes and pad_id is not None:
         collate = partial(collate, pad_token_id=pad_id)
+    if "processor" in takes and processor is not None and "processor" not in getattr(collate, "keywords", {}):
+        collate = partial(collate, processor=processor)
     kwargs: dict[str, Any] = {"dataset": dataset, "batch_size": batch_size, "collate_fn": collate}
     if isinstance(dataset, torch.utils.data.IterableDataset):
         # A stream orders (and shards over ranks) itself; a sampler or shuffle does not apply.

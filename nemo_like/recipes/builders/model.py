@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +62,14 @@ def model_context_length(model_id: Any) -> int | None:
     return context_length_of(config)
 
 
-def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any, frozen: bool = False) -> BuiltModel:
+def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any, frozen: bool = False,
+                prepare: Callable[[torch.nn.Module, Any], Any] | None = None) -> BuiltModel:
     """Every model-side section applied once, in order; ``layout`` is the typed ``distributed`` section.
 
     ``frozen``: a model that is only read (a preference method's reference): no adapters, no gradients,
     eval mode, sharded like the trained one (replicated under DDP, which has nothing to reduce).
+    ``prepare(model, peft_config)``: a method's own step between loading and adapters (a VLM freezes its
+    vision tower there and keeps LoRA off it); returns the adapter settings to apply.
     """
     quantized = cfg.get("quantization", None) is not None
     if frozen and quantized:
@@ -74,10 +78,13 @@ def build_model(cfg: ConfigNode, dist: Any, device: torch.device, layout: Any, f
     built = BuiltModel(model)
     if frozen:
         model.requires_grad_(False)
-    elif "peft" in cfg:
-        built.peft_config = cfg.peft.instantiate()
-        count = apply_lora_to_linear_modules(model, built.peft_config)
-        logger.info("LoRA applied to %d linear modules", count)
+    else:
+        built.peft_config = cfg.peft.instantiate() if "peft" in cfg else None
+        if prepare is not None:
+            built.peft_config = prepare(model, built.peft_config)
+        if built.peft_config is not None:
+            count = apply_lora_to_linear_modules(model, built.peft_config)
+            logger.info("LoRA applied to %d linear modules", count)
     if not quantized:  # bitsandbytes places its packed weights while loading
         model.to(device)
     # transformers' count unpacks 4-bit storage (two weights per byte); a plain sum would not.

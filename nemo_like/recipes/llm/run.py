@@ -27,22 +27,41 @@ METHODS = {
             "nemo_like.recipes.llm.train_dpo", "TrainDPORecipe"),
     "grpo": ("nemo_like.recipes.llm.grpo_config", "GRPO_SCHEMA", "check_grpo_config",
              "nemo_like.recipes.llm.train_grpo", "TrainGRPORecipe"),
+    "vlm": ("nemo_like.recipes.vlm.vlm_config", "VLM_SCHEMA", "check_vlm_config",
+            "nemo_like.recipes.vlm.finetune", "FinetuneRecipeForVLM"),
 }
+
+
+def load_method_config(argv: list[str], default_config: str | None, method: str) -> tuple[str, Any]:
+    """The config from ``--config`` and overrides, and the method that runs it: an SFT entry given an
+    image-text config (``recipe: FinetuneRecipeForVLM``, or an image-text-to-text model) runs the VLM recipe."""
+    import importlib
+
+    from nemo_like.config.arg_parser import parse_args_and_load_config
+
+    def schema_of(name: str) -> Any:
+        return getattr(importlib.import_module(METHODS[name][0]), METHODS[name][1])
+
+    known = schema_of(method).override_names
+    if method == "sft":
+        known = known | schema_of("vlm").override_names
+    cfg = parse_args_and_load_config(argv, default_config=default_config, known_sections=known)
+    if method == "sft":
+        from nemo_like.recipes.vlm.vlm_config import is_vlm_config
+
+        method = "vlm" if is_vlm_config(cfg) else method
+    return method, cfg
 
 
 def main(argv: list[str] | None = None, default_config: str | None = None, method: str = "sft") -> int:
     import importlib
 
-    from nemo_like.config.arg_parser import parse_args_and_load_config
-
-    config_module, schema_name, check_name, recipe_module, recipe_name = METHODS[method]
-    config = importlib.import_module(config_module)
     argv = sys.argv[1:] if argv is None else argv
     cfg = None
     try:
-        schema = getattr(config, schema_name)
-        cfg = parse_args_and_load_config(argv, default_config=default_config, known_sections=schema.override_names)
-        getattr(config, check_name)(cfg)
+        method, cfg = load_method_config(argv, default_config, method)
+        config_module, _, check_name, recipe_module, recipe_name = METHODS[method]
+        getattr(importlib.import_module(config_module), check_name)(cfg)
     except ConfigError as e:
         return _user_error(e, cfg)
     try:

@@ -37,8 +37,9 @@ _METHOD_KEYS = ("labels", "loss_mask")  # the batch fields this method reads its
 class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
     """Builds every part named in the config, then trains with ``run_train_validation_loop``."""
 
-    def __init__(self, cfg: ConfigNode) -> None:
-        super().__init__(cfg, check_sft_config(cfg))  # every section typed and checked before anything loads
+    def __init__(self, cfg: ConfigNode, sections: Any = None) -> None:
+        # Every section typed and checked before anything loads (a recipe built on this one passes its own).
+        super().__init__(cfg, sections if sections is not None else check_sft_config(cfg))
         self._sequence_parallel = False
         self.skipped_steps = 0  # optimizer steps dropped by nan_policy: skip
 
