@@ -229,3 +229,7 @@ def default_collate_fn(examples: Sequence[dict[str, Any]], processor: Any, max_l
                        drop_overlong: bool = False) -> dict[str, Any]:
     """NeMo AutoModel's name for the VLM collater: ``VLMCollater(processor, ...)(examples)``."""
     return VLMCollater(processor, max_length=max_length, drop_overlong=drop_overlong)(examples)
+
+
+# NeMo AutoModel's collater for Qwen2.5-VL: the same work here (the processor does the model-specific part).
+qwen2_5_collate_fn = default_collate_fn
