@@ -138,3 +138,19 @@ def test_the_finetune_command_runs_the_vlm_recipe_for_an_image_text_config_and_r
     assert "vision-language" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = _cli("finetune", "-c", str(RECIPE), "--freeze_config.freez_vision_tower", "true")
     assert out.returncode == 2 and "freez_vision_tower" in out.stderr, out.stderr
+
+
+def _losses(ckpt: str, world: int) -> list[float]:
+    recipe = _recipe(Path(ckpt), **{"step_scheduler.max_steps": 3, "checkpoint.enabled": False,
+                                    "step_scheduler.local_batch_size": 4 // world, "distributed.dp_size": world, "dataloader.shuffle": False,
+                                    "validation_dataset.limit_dataset_samples": 4})
+    return [round(float(h["loss"]), 5) for h in recipe.run_train_validation_loop()["history"]]
+
+
+def test_two_fsdp2_ranks_give_the_single_process_losses(tmp_path):
+    from nemo_like.components.distributed.fork_launcher import run_on_ranks
+
+    one = run_on_ranks(_losses, 1, str(tmp_path / "one"), 1)[0]
+    two = run_on_ranks(_losses, 2, str(tmp_path / "two"), 2)
+    assert two[0] == two[1]
+    assert two[0] == pytest.approx(one, abs=1e-4), (one, two[0])
