@@ -71,6 +71,7 @@ NEMO_LIKE_TARGETS: tuple[str, ...] = (
     "nemo_like.components.optim.scheduler.*",
     "nemo_like.components.checkpoint.config.CheckpointingConfig",
     "nemo_like.components.callbacks.early_stopping.EarlyStopping",
+    "nemo_like.components.tuning.pruning.OptunaPruning",
     "nemo_like.components.callbacks.json_metrics.JSONMetricsLogger",
     "nemo_like.components.callbacks.progress_bar.ProgressBar",
     "nemo_like.components.loggers.jsonl.JSONLLogger",
@@ -218,6 +219,13 @@ def _peft_config(obj: Any) -> bool:
     return _subclass(obj, PeftConfigMixin)
 
 
+def _optuna_sampler_or_pruner(obj: Any) -> bool:
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
+
+    return _subclass(obj, BaseSampler) or _subclass(obj, BasePruner)
+
+
 def _load_dataset(obj: Any) -> bool:
     import datasets
 
@@ -234,6 +242,7 @@ REVIEWED_RULES: tuple[Rule, ...] = (
          "model, config, tokenizer, processor and quantization-config classes and their from_pretrained/from_config"),
     Rule("peft.**", _peft_config, "PEFT config classes (LoraConfig, ...)"),
     Rule("datasets.**", _load_dataset, "datasets.load_dataset"),
+    Rule("optuna.**", _optuna_sampler_or_pruner, "Optuna sampler and pruner classes (hyperparameter search)"),
 )
 
 
