@@ -20,6 +20,12 @@ commands:
   grpo -c X.yaml [--a.b value ...] [--nproc-per-node N]
                                          reinforcement learning from verifiable rewards (GRPO,
                                          Dr. GRPO, DAPO, GSPO) on prompts and reward functions
+  tune -c tune.yaml [--tuning.n_trials N ...]
+                                         hyperparameter search (Optuna) over any recipe: trials as
+                                         processes, pruning, trials_results.csv, the best YAML
+  advise --dataset FILE --method M | --run CHECKPOINT_DIR [--tune OUT.yaml]
+                                         starting values for a data set's size, or a diagnosis of a
+                                         run's loss curves, with the overrides to try next
   eval --checkpoint DIR --tasks T[,T2] [--limit N] [--use-adapter | --peft ADAPTER]
                                          score a checkpoint with lm-eval; results JSON beside it
   plot RUN_DIR [RUN_DIR ...] [--out DIR] train/validation loss and learning rate against step;
@@ -28,14 +34,18 @@ commands:
                                          greedy answers with the chat template, for a quick look
   merge-lora --adapter DIR --output DIR [--base ID] [--dtype D]
                                          fold a saved adapter into its base: one plain HF model dir
+  recipes                                the shipped recipes: path, method, what each does
+  config-fields SECTION [--method M]     a section's fields with their types and defaults
   dry-run -c X.yaml [--world-size N] [--a.b value ...]
                                          a multi-GPU recipe's mesh and rank 0's shards on the meta
                                          device: no GPUs, no weights
 
-Run `nemo-like <command> --help` for a command's options.
+Run `nemo-like <command> --help` for a command's options; `finetune|dpo|grpo -c X.yaml --print-config`
+prints the resolved config (overrides applied, secrets redacted) and exits.
 """
 
-COMMANDS = ("finetune", "dpo", "grpo", "eval", "plot", "generate", "merge-lora", "dry-run")
+COMMANDS = ("finetune", "dpo", "grpo", "tune", "advise", "eval", "plot", "generate", "merge-lora", "dry-run",
+            "recipes", "config-fields")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         return finetune_main(rest)
     if command in ("dpo", "grpo"):
         return finetune_main(rest, method=command)
+    if command == "tune":
+        from nemo_like.cli_tune import tune_main
+
+        return tune_main(rest)
+    if command == "advise":
+        from nemo_like.cli_advise import advise_main
+
+        return advise_main(rest)
+    if command in ("recipes", "config-fields"):
+        from nemo_like.cli_info import config_fields_main, recipes_main
+
+        return recipes_main(rest) if command == "recipes" else config_fields_main(rest)
     if command == "eval":
         return eval_main(rest)
     if command == "plot":
@@ -101,9 +123,16 @@ def finetune_main(argv: list[str], method: str = "sft") -> int:
     if argv and argv[0] in ("-h", "--help"):
         from nemo_like.config.arg_parser import USAGE as OVERRIDES
 
-        print(f"usage: nemo-like {command} -c RECIPE.yaml [--section.key VALUE ...] [--nproc-per-node N]\n"
-              + OVERRIDES.split("\n", 1)[1])
+        example = {"finetune": "recipes/smollm2_135m/sft_lora.yaml --optimizer.lr 1e-4",
+                   "dpo": "recipes/smollm2_135m/dpo_lora.yaml --dpo.beta 0.2",
+                   "grpo": "recipes/smollm2_135m/grpo_arithmetic.yaml --grpo.num_generations 4"}[command]
+        print(f"usage: nemo-like {command} -c RECIPE.yaml [--section.key VALUE ...] [--nproc-per-node N] "
+              f"[--print-config]\n" + OVERRIDES.split("\n", 1)[1]
+              + f"\n  --print-config  print the resolved config (overrides applied, secrets redacted) and exit\n"
+              f"\nexample:\n  nemo-like {command} -c {example}")
         return 0
+    if "--print-config" in argv:
+        return _print_config([a for a in argv if a != "--print-config"], method)
     try:
         nproc, rest = _pop_count(argv, ("--nproc-per-node", "--nproc_per_node"), "processes")
         nproc = nproc or 1
@@ -133,11 +162,35 @@ def finetune_main(argv: list[str], method: str = "sft") -> int:
     return run_method(rest, method=method)
 
 
+def _print_config(argv: list[str], method: str) -> int:
+    """The config as the run would see it (checked first), credentials and environment values as ``***``."""
+    import importlib
+
+    import yaml
+
+    from nemo_like.config.secrets import redact_config
+    from nemo_like.recipes.llm.run import METHODS, load_method_config
+
+    try:
+        _, rest = _pop_count(argv, ("--nproc-per-node", "--nproc_per_node"), "processes")
+        checked, cfg = load_method_config(rest, None, method)
+        config_module, _, check_name = METHODS[checked][:3]
+        getattr(importlib.import_module(config_module), check_name)(cfg, 1)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"# {checked} recipe; resolved config", flush=True)
+    print(yaml.safe_dump(redact_config(cfg), sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
 def eval_main(argv: list[str] | None = None, prog: str = "nemo-like eval") -> int:
     """Score a checkpoint with lm-eval, print the table, write the results JSON beside the checkpoint."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog, description="Evaluate a checkpoint with the LM Evaluation Harness.")
+    parser = argparse.ArgumentParser(prog=prog, description="Evaluate a checkpoint with the LM Evaluation Harness.",
+                                     epilog="example:\n  nemo-like eval --checkpoint checkpoints/quickstart --tasks nemo_like_quickstart",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="run dir, step dir, model dir, consolidated dir, adapter dir or model id")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks (project tasks: nemo_like_*)")
     parser.add_argument("--limit", type=float, default=None, help="first N documents per task (or a fraction < 1)")
@@ -177,7 +230,9 @@ def plot_main(argv: list[str] | None = None, prog: str = "nemo-like plot") -> in
     """One run: loss_curves.png/.json in the run dir. Several: sweep.png/.json/.md and the table printed."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog, description="Plot loss curves of a run, or compare runs.")
+    parser = argparse.ArgumentParser(prog=prog, description="Plot loss curves of a run, or compare runs.",
+                                     epilog="example:\n  nemo-like plot checkpoints/lr_1e-4 checkpoints/lr_3e-4 --out plots/",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories (checkpoint.checkpoint_dir of each run)")
     parser.add_argument("--out", default=None, help="output folder (default: the run dir; for a sweep: ./sweep)")
     parser.add_argument("--labels", default=None, help="comma-separated run labels (default: what differs, e.g. LR=1e-5)")
@@ -207,7 +262,9 @@ def generate_main(argv: list[str] | None = None, prog: str = "nemo-like generate
     """Greedy answers to a few prompts from any checkpoint, with the chat template applied."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog, description="Answer prompts greedily with a checkpoint.")
+    parser = argparse.ArgumentParser(prog=prog, description="Answer prompts greedily with a checkpoint.",
+                                     epilog="example:\n  nemo-like generate --checkpoint checkpoints/quickstart --prompt \"Largest of 3, 9, 4?\"",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="run dir, step dir, model dir, consolidated dir, adapter dir or model id")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", default=None, help="JSONL rows with a question column, or one prompt a line")
@@ -266,7 +323,9 @@ def merge_lora_main(argv: list[str] | None = None, prog: str = "nemo-like merge-
     """Parse the merge options and run the merge; user mistakes end as one ``error:`` line."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog, description="Merge a LoRA/DoRA adapter into its base model.")
+    parser = argparse.ArgumentParser(prog=prog, description="Merge a LoRA/DoRA adapter into its base model.",
+                                     epilog="example:\n  nemo-like merge-lora --adapter checkpoints/lora/LATEST/model --output merged/",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", required=True, help="adapter dir (or a step checkpoint holding model/)")
     parser.add_argument("--output", required=True, help="where to write the merged transformers model")
     parser.add_argument("--base", default=None, help="base model id or path (default: from adapter_config.json)")
@@ -293,7 +352,8 @@ def dry_run_main(argv: list[str] | None = None, prog: str = "nemo-like dry-run")
 
         print(f"usage: {prog} -c RECIPE.yaml [--world-size N] [--section.key VALUE ...]\n"
               "  --world-size N: ranks to simulate (default: dp_size x tp_size x cp_size of the recipe)\n"
-              + OVERRIDES.split("\n", 1)[1])
+              + OVERRIDES.split("\n", 1)[1]
+              + "\nexample:\n  nemo-like dry-run -c recipes/llama3_8b/sft_tp2_fsdp4.yaml")
         return 0
     from nemo_like.config.arg_parser import parse_args_and_load_config
     from nemo_like.recipes.llm.sft_config import SFT_SCHEMA
