@@ -34,7 +34,7 @@ def one_run(recipe: str, after_step: int) -> dict[str, float | int]:
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.append(line)
-            if not sent.is_set() and line.startswith(f"step {after_step} |"):
+            if not sent.is_set() and line.startswith(f"step {after_step}/"):
                 signalled_at = time.perf_counter()
                 proc.send_signal(signal.SIGTERM)
                 sent.set()
@@ -43,7 +43,7 @@ def one_run(recipe: str, after_step: int) -> dict[str, float | int]:
         if not sent.is_set():
             raise RuntimeError("".join(lines[-20:]))
         saved = [line for line in lines if line.startswith("checkpoint saved")]
-        step = [line for line in lines if line.startswith(f"step {after_step + 1} |")]
+        step = [line for line in lines if line.startswith(f"step {after_step + 1}/")]
         return {"seconds": exited_at - signalled_at, "exit_code": code, "saved": len(saved),
                 "save_line": saved[-1].strip() if saved else "", "step_line": step[-1].strip() if step else ""}
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from nemo_like._foreign_logs import drop_foreign_deprecations
+
 __version__ = "0.1.0"
+
+drop_foreign_deprecations()
 
 _EXPORTS = {
     "NeMoAutoModelForCausalLM": "nemo_like._transformers.auto_model",

@@ -6,7 +6,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -198,12 +197,11 @@ def test_missing_local_path_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_unreachable_hub_id_is_a_one_line_error() -> None:
-    start = time.perf_counter()
+    # Its seconds (no client retries) are measured by benchmarks/loader_speed.py.
     for load in (NeMoAutoModelForCausalLM.from_pretrained, NeMoAutoTokenizer.from_pretrained):
         with pytest.raises(OSError) as info:
             load("some-org/not-cached-model")
         _assert_one_line(info.value, "some-org/not-cached-model", "offline", "local")
-    assert time.perf_counter() - start < 5  # no client retries
 
 
 def test_missing_gguf_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,16 +239,13 @@ def smol(tmp_path_factory: pytest.TempPathFactory):
         mp.setattr(embedded, "_announced", set())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        weights = home / "embedded" / "SmolLM2-135M-Instruct" / "model.safetensors"
         try:
-            start = time.perf_counter()
             model = NeMoAutoModelForCausalLM.from_pretrained(SMOLLM2)
-            first_s = time.perf_counter() - start
-            start = time.perf_counter()
+            converted_ns = weights.stat().st_mtime_ns
             tokenizer = NeMoAutoTokenizer.from_pretrained(SMOLLM2)
-            tokenizer_s = time.perf_counter() - start
-            start = time.perf_counter()
             reloaded = NeMoAutoModelForCausalLM.from_pretrained(SMOLLM2)
-            reload_s = time.perf_counter() - start
+            reloaded_ns = weights.stat().st_mtime_ns
         finally:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
@@ -261,14 +256,12 @@ def smol(tmp_path_factory: pytest.TempPathFactory):
             reloaded=reloaded,
             tokenizer=tokenizer,
             records=handler.records,
-            first_s=first_s,
-            tokenizer_s=tokenizer_s,
-            reload_s=reload_s,
+            converted_ns=converted_ns,
+            reloaded_ns=reloaded_ns,
         )
 
 
 def test_embedded_smollm2_loads_offline(smol) -> None:
-    print(f"conversion + load {smol.first_s:.1f}s, tokenizer {smol.tokenizer_s:.1f}s, reload {smol.reload_s:.1f}s")
     assert isinstance(smol.model, LlamaForCausalLM)
     assert smol.model.dtype == torch.float32
     assert getattr(smol.model, "hf_quantizer", None) is None
@@ -286,7 +279,7 @@ def test_embedded_smollm2_loads_offline(smol) -> None:
 
 def test_embedded_reload_reads_the_cache(smol, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEMO_LIKE_HOME", str(smol.home))
-    assert smol.reload_s < smol.first_s
+    assert smol.reloaded_ns == smol.converted_ns  # the second load read the conversion, it did not redo it
     stamp = (smol.directory / "model.safetensors").stat().st_mtime_ns
     assert embedded.embedded_model_dir() == str(smol.directory)
     assert (smol.directory / "model.safetensors").stat().st_mtime_ns == stamp

@@ -249,19 +249,25 @@ def test_packing_and_length_grouping_read_the_table_arrays_and_match_the_rows(ti
     assert sampler.order(0) == LengthGroupedSampler([sum(r["attention_mask"]) for r in rows], 4, 1, 5).order(0)
 
 
-def test_tokenizing_and_packing_show_progress_with_counts(tiny_tokenizer, tmp_path, capfd):
+def test_tokenizing_and_packing_show_progress_with_counts(tiny_tokenizer, tmp_path, capfd, caplog, monkeypatch):
+    import logging
+
     import numpy as np
 
     from nemo_like.components.datasets.llm.pack_planner import PROGRESS_FROM, plan_packs
+    from nemo_like.components.loggers.phase_progress import EVERY_ENV
 
+    monkeypatch.setenv(EVERY_ENV, "0")  # a line for every piece of work (a log file: stderr is not a terminal here)
+    caplog.set_level(logging.INFO, logger="nemo_like")
     data = tmp_path / "rows.jsonl"
     _instruction_rows(data, 300)
     ColumnMappedTextInstructionDataset(str(data), QM, tiny_tokenizer, max_length=0, cache_dir=str(tmp_path / "c"))
     lengths = np.random.default_rng(0).integers(8, 300, PROGRESS_FROM)
     plan_packs(lengths, 1024, "best_fit")
-    err = capfd.readouterr().err
-    assert "tokenizing rows.jsonl: 100%" in err and "300/300" in err
-    assert "packing (best_fit): 100%" in err and f"{PROGRESS_FROM}/{PROGRESS_FROM}" in err
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(ln.startswith("tokenizing rows.jsonl: 300/300 rows (100%), ") for ln in lines), lines
+    assert any(ln.startswith(f"packing (best_fit): {PROGRESS_FROM}/{PROGRESS_FROM} documents (100%)") for ln in lines)
+    assert "\r" not in capfd.readouterr().err  # no bar with carriage returns in a file
 
 
 def test_a_packing_plan_is_kept_with_the_token_table_and_read_back(tiny_tokenizer, tmp_path, monkeypatch):

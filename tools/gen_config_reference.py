@@ -59,7 +59,8 @@ MEANINGS = {
     "lr_scheduler.end_wd": "weight decay at the last step (needs `wd_incr_style` linear or cosine)",
     "lr_scheduler.wd_incr_steps": "steps over which weight decay moves from start to end",
     "lr_scheduler.wd_incr_style": "constant, linear or cosine",
-    "dist_env.backend": "unset: nccl with CUDA, gloo without (nccl without CUDA falls back to gloo)",
+    "dist_env.backend": "`auto` (the default, or unset): nccl with CUDA, gloo without; `nccl` without CUDA "
+                        "falls back to gloo with a warning",
     "dist_env.timeout_minutes": "collective timeout; raise it for long consolidated saves",
     "autocast.dtype": "the autocast dtype of forward passes (none: off)",
     "autocast.enabled": "false turns autocast off while keeping the section",

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 from nemo_like._transformers.embedded import hub_load_error, resolve_pretrained_path, split_gguf_path
 from nemo_like._transformers.fused_swiglu import apply_fused_swiglu
-from nemo_like._transformers.gguf_dense import drop_gguf_quantizer, is_gguf_config, load_dense_gguf
+from nemo_like._transformers.gguf_dense import drop_gguf_quantizer, is_gguf_config, load_dense_gguf, quiet_gguf_loading
 from nemo_like.components.dtypes import parse_dtype
 from nemo_like.config.errors import ConfigError
 
@@ -199,12 +199,14 @@ class NeMoAutoModelForCausalLM:
             )
         if gguf_file is not None:
             gguf_dtype = torch.float32 if dtype == "auto" else dtype
-            return _with_sdpa_fallback(
-                lambda attn: load_dense_gguf(
-                    path, gguf_file, gguf_dtype, attn, trust_remote_code=trust_remote_code, **kwargs
-                ),
-                attn_implementation,
-            )
+            logger.info("unpacking %s to dense %s weights", gguf_file, gguf_dtype)
+            with quiet_gguf_loading():
+                return _with_sdpa_fallback(
+                    lambda attn: load_dense_gguf(
+                        path, gguf_file, gguf_dtype, attn, trust_remote_code=trust_remote_code, **kwargs
+                    ),
+                    attn_implementation,
+                )
 
         def load(attn: str | None) -> PreTrainedModel:
             return AutoModelForCausalLM.from_pretrained(

@@ -220,16 +220,15 @@ def _is_complete(directory: Path) -> bool:
     return all((directory / f).is_file() for f in _REQUIRED_FILES)
 
 
-def _announce(directory: Path) -> None:
+def _announce(directory: Path, converting: bool = False) -> None:
+    """One line per process: where the embedded model comes from, and (the first time) that it is being converted."""
     key = str(directory)
     if key not in _announced:
         _announced.add(key)
-        logger.info(
-            "Hub unavailable: using the embedded GGUF of %s (package %s), cached as a transformers directory at %s",
-            EMBEDDED_MODEL_ID,
-            EMBEDDED_DISTRIBUTION,
-            directory,
-        )
+        how = ("converting it once (about half a minute) into a transformers directory at" if converting else
+               "cached as a transformers directory at")
+        logger.info("Hub unavailable: using the embedded GGUF of %s (package %s), %s %s",
+                    EMBEDDED_MODEL_ID, EMBEDDED_DISTRIBUTION, how, directory)
 
 
 def embedded_model_dir() -> str:
@@ -247,6 +246,7 @@ def embedded_model_dir() -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _conversion_lock(target):
             if not _is_complete(target):
+                _announce(target, converting=True)
                 _convert_into(gguf, target)
     _announce(target)
     return str(target)
@@ -307,13 +307,14 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from nemo_like._transformers.gguf_dense import load_dense_gguf
+    from nemo_like._transformers.gguf_dense import load_dense_gguf, quiet_gguf_loading
 
-    model = load_dense_gguf(str(gguf.parent), gguf.name, dtype=torch.float32, attn_implementation="sdpa")
-    if hasattr(model.config, "_model_name_or_path"):  # the GGUF's free-text title, not an id
-        del model.config._model_name_or_path
-    model.config.rms_norm_eps = _EMBEDDED_RMS_NORM_EPS
-    model.save_pretrained(out_dir)
+    with quiet_gguf_loading():
+        model = load_dense_gguf(str(gguf.parent), gguf.name, dtype=torch.float32, attn_implementation="sdpa")
+        if hasattr(model.config, "_model_name_or_path"):  # the GGUF's free-text title, not an id
+            del model.config._model_name_or_path
+        model.config.rms_norm_eps = _EMBEDDED_RMS_NORM_EPS
+        model.save_pretrained(out_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if tokenizer.pad_token is None:

@@ -7,12 +7,38 @@ the one-time conversion of the embedded SmolLM2 go through here.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-__all__ = ["drop_gguf_quantizer", "is_gguf_config", "load_dense_gguf"]
+__all__ = ["drop_gguf_quantizer", "is_gguf_config", "load_dense_gguf", "quiet_gguf_loading"]
+
+
+@contextlib.contextmanager
+def quiet_gguf_loading() -> Iterator[None]:
+    """transformers' per-tensor bars off while a GGUF is read ("Converting and de-quantizing GGUF tensors",
+    "Loading weights", "Writing model shards"): their carriage returns garble a log file, and the caller
+    says what happens in one ``nemo_like`` line instead."""
+    import transformers
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    hf_logging = transformers.utils.logging
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    original_tqdm = getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    if original_tqdm is not None:  # the GGUF reader uses tqdm directly, not transformers' switchable one
+        gguf_utils.tqdm = functools.partial(original_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if original_tqdm is not None:
+            gguf_utils.tqdm = original_tqdm
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
 
 
 def _is_gguf_quantized(model: PreTrainedModel) -> bool:

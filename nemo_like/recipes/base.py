@@ -17,6 +17,7 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from nemo_like.components.checkpoint.model_state import ModelState
 from nemo_like.components.distributed.init import initialize_distributed
 from nemo_like.components.dtypes import parse_dtype
 from nemo_like.components.loggers.jsonl import JSONLLogger
+from nemo_like.components.loggers.phase_progress import with_progress
 from nemo_like.components.training.grad_buffer import ContiguousGrads
 from nemo_like.components.training.nan_policy import should_skip_update
 from nemo_like.components.training.rng import StatefulRNG
@@ -238,6 +240,10 @@ class BaseRecipe:
             after = self.val_scores if self.val_scores_step == done else self._report_held_out("after training")
             result.update({f"{name}_before": before and before[score], f"{name}_after": after[score]})
         return result
+
+    def _validation_batches(self) -> Iterator[Any]:
+        """``val_dataloader``'s batches, with count and time-left lines when a validation runs long."""
+        return with_progress(self.val_dataloader, "validation", "batches")
 
     def _report_held_out(self, when: str) -> dict[str, float]:
         scores = self._run_validation_epoch()

@@ -114,9 +114,9 @@ class ClipGradNormSection:
 
 @dataclass
 class DistEnvSection:
-    """``dist_env``: the process-group backend (nccl on CUDA, gloo otherwise) and its timeout."""
+    """``dist_env``: the process-group backend (``auto``: nccl on CUDA, gloo otherwise) and its timeout."""
 
-    backend: Literal["nccl", "gloo"] | None = None
+    backend: Literal["auto", "nccl", "gloo"] | None = "auto"
     timeout_minutes: float = 1
 
     def __post_init__(self) -> None:

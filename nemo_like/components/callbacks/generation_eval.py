@@ -20,6 +20,7 @@ from nemo_like.components.callbacks.callback import Callback, TrainState
 from nemo_like.components.distributed.parallelizer import prepare_for_inference_mode
 from nemo_like.components.eval.exact_match import generation_exact_match, load_jsonl_rows
 from nemo_like.components.loggers.metric_loggers import MetricLoggers
+from nemo_like.components.loggers.phase_progress import PhaseProgress
 
 logger = logging.getLogger("nemo_like")
 
@@ -70,14 +71,19 @@ class GenerationEval(Callback):
         if self.world_size > 1:
             prepare_for_inference_mode(self.model)
         rows = load_jsonl_rows(self.path_or_dataset_id, limit=self.limit)
+        what = "exact match" if self.judge is None else f"{getattr(self.judge, '__name__', 'judge')} rate"
+        # Minutes of greedy decoding on a CPU: say what starts, then how far it is (see phase_progress.py).
+        batches = -(-len(rows) // self.batch_size)
+        logger.info("generation eval %s: %d rows in %d batches of up to %d, at most %d new tokens each",
+                    when, len(rows), batches, self.batch_size, self.max_new_tokens)
+        progress = PhaseProgress(f"generation eval {when}", len(rows), "rows")
         start = time.perf_counter()
         with self.autocast():
             result = generation_exact_match(
                 self.model, self.tokenizer, rows, column_mapping=self.column_mapping,
                 use_chat_template=self.use_hf_chat_template, max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size, judge=self.judge,
+                batch_size=self.batch_size, judge=self.judge, on_batch=progress.update,
             )
-        what = "exact match" if self.judge is None else f"{getattr(self.judge, '__name__', 'judge')} rate"
         logger.info("held-out %s %s: %.3f (%d rows, %.1f s)", what, when, result["accuracy"], result["n"],
                     time.perf_counter() - start)
         return result["accuracy"]

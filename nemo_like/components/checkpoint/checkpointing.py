@@ -47,6 +47,7 @@ from nemo_like.components.checkpoint.config import CheckpointingConfig
 from nemo_like.components.checkpoint.disk_space import (
     DiskFullError, checkpoint_bytes, disk_full_error, is_disk_full, refuse_if_no_room,
 )
+from nemo_like.components.checkpoint.earlier_run import set_aside_earlier_run
 from nemo_like.components.checkpoint.errors import FRESH_HINT, CheckpointError
 from nemo_like.components.checkpoint.finite_weights import refuse_non_finite
 from nemo_like.components.checkpoint.manifest import (
@@ -57,12 +58,18 @@ from nemo_like.components.checkpoint.pointers import (
     LATEST, LOWEST_VAL, STEP_DIR, TMP_PREFIX, atomic_write_text, fsync_dir, pointer_or_none, read_pointer,
 )
 from nemo_like.components.checkpoint.torch_file import save_torch
+from nemo_like.components.loggers.phase_progress import PhaseProgress, format_bytes
 
 __all__ = ["CheckpointError", "Checkpointer", "CheckpointingConfig", "LATEST", "LOWEST_VAL", "drop_records_after"]
 
 logger = logging.getLogger("nemo_like")
 
 _REPLACED = TMP_PREFIX + "replaced_"
+
+
+def _tree_bytes(path: str) -> int:
+    """Bytes of the files under ``path`` so far (a save's progress)."""
+    return sum(os.path.getsize(os.path.join(here, name)) for here, _, names in os.walk(path) for name in names)
 
 
 def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -101,6 +108,7 @@ class Checkpointer:
         self.root = os.path.abspath(os.path.expanduser(config.checkpoint_dir))
         self._verified: set[str] = set()  # step directories whose manifest this process has checked
         self._writing: str | None = None  # the file a save is writing, for a disk-full message
+        self._progress: PhaseProgress | None = None  # the save under way
 
     # ------------------------------------------------------------------ naming and pointers
     @staticmethod
@@ -171,7 +179,9 @@ class Checkpointer:
         """The step directory this run continues from (``restore_from``), checked against its manifest; or None."""
         self.discard_partial()
         choice = self.config.restore_from
-        if choice is None:
+        if choice is None:  # fresh: an earlier run here is moved aside, never appended to (see earlier_run.py)
+            if self.is_main:
+                set_aside_earlier_run(self.root)
             return None
         choice = str(choice)
         if choice == LATEST:
@@ -230,6 +240,9 @@ class Checkpointer:
         needed = checkpoint_bytes(model, parts.get("optim"), adapter_only, self.config.save_consolidated)
         free = refuse_if_no_room(self.root, step, needed, latest)
         self._writing = None
+        # A consolidated copy of a large model takes minutes: bytes written against the estimate, with time left.
+        self._progress = PhaseProgress(f"checkpoint of step {step}", needed, enabled=self.is_main,
+                                       count_format=format_bytes)
         try:
             done = self._write(tmp, step, parts, config, losses, val_loss, sharded)
         except BaseException as err:
@@ -257,7 +270,9 @@ class Checkpointer:
             observer(stage, step, directory)
 
     def _file(self, tmp: str, *parts: str) -> str:
-        """The path of the next file written (remembered for a disk-full message)."""
+        """The path of the next file written (remembered for a disk-full message); the files before it are done."""
+        if self._progress is not None and self._progress.enabled and os.path.isdir(tmp):
+            self._progress.update_to(_tree_bytes(tmp))
         self._writing = os.path.join(tmp, *parts)
         return self._writing
 
@@ -296,6 +311,8 @@ class Checkpointer:
         self._notify("files_written", step, tmp)
         self._file(tmp, "MANIFEST.json")
         write_manifest(tmp)  # last: its presence says every other file is complete
+        if self._progress is not None and self._progress.enabled:
+            self._progress.update_to(self._progress.total)
         self._notify("sealed", step, tmp)
         return True
 

@@ -14,8 +14,9 @@ class CheckpointingConfig:
     """The ``checkpoint`` section.
 
     ``restore_from``: ``LATEST`` (the default) continues from the ``LATEST`` pointer
-    when there is one and starts fresh otherwise; ``none`` always starts fresh; a step
-    directory name (``epoch_0_step_5``) or a path picks that checkpoint.
+    when there is one and starts fresh otherwise; ``none`` always starts fresh, first moving an
+    earlier run's records and checkpoints in the directory to ``earlier_runs/<time>/`` (never
+    appending to them); a step directory name (``epoch_0_step_5``) or a path picks that checkpoint.
     ``max_recent_checkpoints`` keeps the newest N step directories (plus ``LOWEST_VAL``'s).
     ``save_consolidated``: ``true``/``every`` writes the Hugging Face copy (``model/consolidated/``)
     in every checkpoint, ``final`` only in the last step's, ``false`` never.

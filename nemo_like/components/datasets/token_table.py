@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from filelock import FileLock
 from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.arrow_rows import RowSource
 from nemo_like.components.datasets.json_rows import DatasetError
+from nemo_like.components.loggers.phase_progress import PhaseProgress
 
 logger = logging.getLogger("nemo_like")
 
@@ -102,6 +104,7 @@ class _TokenizeRows:
 
     def __init__(self, source: RowSource, encode: Encoder, stop_file: str) -> None:
         self.source, self.encode, self.stop_file = source, encode, stop_file
+        self.progress: PhaseProgress | None = None  # count lines for a log file (one process; see _build)
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> pa.Table:
         if os.path.exists(self.stop_file):
@@ -109,7 +112,10 @@ class _TokenizeRows:
         collecting = gc.isenabled()
         gc.disable()  # a batch makes ~10^5 small lists and no cycles: collector passes over them are a tenth of its time
         try:
-            return self._table(batch, indices)
+            table = self._table(batch, indices)
+            if self.progress is not None:
+                self.progress.update(len(indices))
+            return table
         except DatasetError as err:
             with open(self.stop_file, "a", encoding="utf-8") as f:
                 f.write(str(err) + "\n")
@@ -300,6 +306,12 @@ def _build(source: RowSource, encode: Encoder, out: Path, num_proc: int | None, 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers: no tokenizer threads
         probe = rows.select(range(min(PROBE_ROWS, len(rows))))
         tokenize(probe[:], list(range(len(probe))))  # the first rows' errors, before any worker starts
+    # A terminal gets datasets' bar; a log file gets plain count lines instead of its carriage returns.
+    bar = sys.stderr.isatty()
+    tokenize.progress = None if bar or workers > 1 else PhaseProgress(f"tokenizing {describe}", len(rows), "rows")
+    bars_were_on = datasets.utils.logging.is_progress_bar_enabled()
+    if not bar:
+        datasets.utils.logging.disable_progress_bar()
     gc.freeze()  # what exists now is kept for the whole build: the collector (here and in the workers) skips it
     try:
         tokens = rows.map(tokenize, batched=True, batch_size=BATCH_ROWS, with_indices=True,
@@ -314,6 +326,8 @@ def _build(source: RowSource, encode: Encoder, out: Path, num_proc: int | None, 
         raise
     finally:
         gc.unfreeze()
+        if bars_were_on:
+            datasets.utils.logging.enable_progress_bar()
     first_problem = None
     if explain is not None and len(tokens) < len(rows):  # the first dropped row, and why
         kept = tokens.data.column("index").to_numpy()

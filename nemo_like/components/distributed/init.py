@@ -68,6 +68,18 @@ class DistInfo:
         return self.plan.coordinates(self.rank)["cp"]
 
 
+def pick_backend(backend: str | None, cuda: bool) -> str:
+    """``dist_env.backend`` for this machine: ``auto`` (or None) is nccl with CUDA and gloo without; NeMo AutoModel's
+    explicit ``nccl`` on a machine without CUDA falls back to gloo with a warning."""
+    if backend is None or backend == "auto":
+        return "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        logger.warning("dist_env.backend: nccl needs CUDA, which this machine lacks; using gloo "
+                       "(dist_env.backend: auto picks the one that fits)")
+        return "gloo"
+    return backend
+
+
 def initialize_distributed(
     backend: str | None = None,
     timeout_minutes: float = 1,
@@ -75,16 +87,13 @@ def initialize_distributed(
 ) -> DistInfo:
     """Join the torchrun process group when launched by torchrun; plain ``python`` runs as one rank.
 
-    ``nccl`` needs CUDA: on a machine without it the run falls back to ``gloo`` with a warning,
-    so a GPU recipe still runs on a laptop. With more than one rank the ``distributed``
+    ``auto`` (or None) picks ``nccl`` with CUDA and ``gloo`` without. An explicit ``nccl`` needs CUDA:
+    on a machine without it the run falls back to ``gloo`` with a warning, so a NeMo AutoModel
+    recipe still runs on a laptop. With more than one rank the ``distributed``
     section's sizes are checked against the world and the device mesh is built.
     """
     cuda = torch.cuda.is_available()
-    if backend is None:
-        backend = "nccl" if cuda else "gloo"
-    if backend == "nccl" and not cuda:
-        logger.warning("dist_env.backend: nccl needs CUDA, which this machine lacks; using gloo")
-        backend = "gloo"
+    backend = pick_backend(backend, cuda)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -119,6 +119,13 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
+def _cache_name(model: Any) -> str:
+    """transformers 5 names the key/value cache ``cache`` (``past_key_values`` is deprecated there); older
+    releases and custom models keep ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def _generate_batch(
     model: Any,
@@ -155,10 +162,11 @@ def _generate_batch(
     extra: dict[str, Any] = {}
     if shared > 0:
         out = model(input_ids=input_ids[:1, :shared], use_cache=True)
-        cache = getattr(out, "past_key_values", None)
+        name = _cache_name(model)
+        cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
         if cache is not None and hasattr(cache, "batch_repeat_interleave"):
             cache.batch_repeat_interleave(batch)
-            extra["past_key_values"] = cache
+            extra[name] = cache
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -194,6 +202,7 @@ def generation_exact_match(
     num_examples: int = 5,
     share_prefix: bool = True,
     judge: Callable[..., bool] | None = None,
+    on_batch: Callable[[int], Any] | None = None,
 ) -> dict:
     """Greedy-generate an answer for every row and score ``generated.strip() == answer.strip()``, or
     ``judge(generated)`` / ``judge(generated, row)`` when given (a behaviour a script can check: a format, a style).
@@ -201,7 +210,8 @@ def generation_exact_match(
     Rows are batched in order of prompt length (less padding, faster on CPU) and scored in their
     original order. The model is switched to eval mode and back, and the tokenizer is never
     modified, so this can run in the middle of training. ``share_prefix=False`` turns off the
-    shared-prefix cache (see ``_generate_batch``), e.g. to compare timings.
+    shared-prefix cache (see ``_generate_batch``), e.g. to compare timings. ``on_batch(rows)`` is called
+    after each batch with its number of rows (progress lines).
 
     Returns ``{"accuracy", "n", "correct", "examples"}`` where ``examples`` holds the first
     ``num_examples`` rows as ``{"prompt", "expected", "got"}`` for a quick visual check.
@@ -228,6 +238,8 @@ def generation_exact_match(
             )
             for i, ids in zip(idx, new_ids):
                 generated[i] = tokenizer.decode(ids, skip_special_tokens=True)
+            if on_batch is not None:
+                on_batch(len(idx))
     finally:
         if was_training:
             model.train()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import resource
 import sys
+import time
 from typing import Any
+
+from nemo_like.components.loggers.phase_progress import format_duration, time_left
 
 logger = logging.getLogger("nemo_like")
 
@@ -28,15 +31,22 @@ _STEP_FIELDS = (("step", "step {}"), ("epoch", "epoch {}"), ("loss", "loss {:.4f
                 ("pairs_per_s", "pairs/s {:.1f}"), ("num_label_tokens", "num_label_tokens {}"))
 
 
-def format_step_line(m: dict[str, Any]) -> str:
-    return " | ".join(fmt.format(m[key]) for key, fmt in _STEP_FIELDS if key in m)
+def format_step_line(m: dict[str, Any], last_step: int | None = None, left_s: float | None = None) -> str:
+    """``step N/M | epoch ... | ~T left``: M is the number of the last step (steps count from 0, as in
+    checkpoint names), T the time the remaining steps take at this run's pace so far."""
+    fields = [fmt.format(m[key]) for key, fmt in _STEP_FIELDS if key in m]
+    if last_step is not None and "step" in m:
+        fields[0] = f"step {m['step']}/{last_step}"
+    if left_s is not None:
+        fields.append(f"~{format_duration(left_s)} left")
+    return " | ".join(fields)
 
 
 class ProgressReporter:
     """Logs each step; draws a live bar (tqdm or rich) only when stdout and stderr are terminals.
 
-    A log file or a pipe gets the step lines alone. The bar shows loss, learning rate and
-    tokens per second.
+    A log file or a pipe gets the step lines alone, each with ``step N/M`` and the time left. The bar
+    shows loss, learning rate and tokens per second.
     """
 
     def __init__(
@@ -48,6 +58,9 @@ class ProgressReporter:
         backend: str = "tqdm",
     ) -> None:
         self.enabled = enabled
+        self.total_steps = total_steps
+        self.initial = initial
+        self.start = time.monotonic()  # the pace is measured over the steps this process runs
         self.bar = None
         self.rich = None
         if not (enabled and not disable_progress_bar and sys.stdout.isatty() and sys.stderr.isatty()):
@@ -76,16 +89,25 @@ class ProgressReporter:
             stats["lr"] = f"{metrics['lr']:.1e}"
         if "tps" in metrics:
             stats["tok_s"] = f"{metrics['tps']:.0f}"
+        line = self.step_line(metrics)
         if self.bar is not None:
             self.bar.set_postfix(stats)
             self.bar.update(1)
-            self.bar.write(format_step_line(metrics))
+            self.bar.write(line)
         elif self.rich is not None:
             text = " | ".join(f"{k} {v}" for k, v in stats.items())
             self.rich.update(self.rich_task, advance=1, stats=text)
-            self.rich.console.print(format_step_line(metrics), highlight=False)
+            self.rich.console.print(line, highlight=False)
         else:
-            logger.info(format_step_line(metrics))
+            logger.info(line)
+
+    def step_line(self, metrics: dict[str, Any]) -> str:
+        """The step line with ``step N/M`` and the time the remaining steps take at the pace of this process."""
+        if "step" not in metrics:
+            return format_step_line(metrics)
+        done_here = metrics["step"] + 1 - self.initial
+        left = time_left(time.monotonic() - self.start, done_here, self.total_steps - self.initial)
+        return format_step_line(metrics, last_step=self.total_steps - 1, left_s=left)
 
     def write(self, line: str) -> None:
         if not self.enabled:

@@ -200,7 +200,7 @@ class TrainDPORecipe(BaseRecipe):
         self.model.eval()
         totals = torch.zeros(len(_REWARDS) + 1, device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
-        for batch in self.val_dataloader:
+        for batch in self._validation_batches():
             pairs = torch.tensor(float(pairs_in_batch(batch)), device=self.device)
             chosen_tokens = chosen_token_count(batch).float().to(self.device)
             loss, sums = self._pair_loss(batch, pairs, chosen_tokens, split="validation")

@@ -193,7 +193,7 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         self.model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
-        for batch in self.val_dataloader:
+        for batch in self._validation_batches():
             inputs, labels = self._inputs_and_labels(batch)
             total += self._forward_loss(self._model_inputs(inputs), labels).double()
             count += (labels != self.ignore_index).sum().to(self.device)

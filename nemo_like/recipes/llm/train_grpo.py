@@ -288,7 +288,7 @@ class TrainGRPORecipe(BaseRecipe):
         get the first reward's full score (1.0 or more); ``val_reward``: the mean of the weighted sum."""
         weights = torch.tensor([w for _, w, _ in self.rewards], dtype=torch.float64)
         totals = torch.zeros(3 + len(self.rewards), dtype=torch.float64)  # count, correct, weighted, per reward
-        for batch in self.val_dataloader:
+        for batch in self._validation_batches():
             rollout = self.generator.generate(batch["prompt_ids"], 1, self.greedy)
             completions = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
             table = torch.stack([torch.tensor([0.0 if v is None else float(v) for v in reward(

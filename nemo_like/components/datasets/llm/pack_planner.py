@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from nemo_like.components.loggers.phase_progress import PhaseProgress
 
 logger = logging.getLogger("nemo_like")
 
@@ -25,7 +26,7 @@ STRATEGIES = ("max_fill", "best_fit", "sequential")
 # tens of seconds at set-up, so the fuller of best fit and best-fit-decreasing (one step per
 # document) is used instead.
 MAX_FILL_STEP_BUDGET = 20_000_000
-PROGRESS_FROM = 100_000  # documents: below this a plan takes well under a second, no progress bar
+PROGRESS_FROM = 100_000  # documents: a plan of this many takes about a second (a test's size for progress lines)
 
 
 @dataclass
@@ -256,25 +257,25 @@ def plan_packs(lengths: Sequence[int] | np.ndarray, size: int, strategy: str = "
     if strategy not in STRATEGIES:
         raise ValueError(f"packed_sequence.packing_strategy: {strategy!r} is not one of {list(STRATEGIES)}")
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-    with tqdm(total=len(lengths), desc=f"packing ({strategy})", unit="doc", disable=len(lengths) < PROGRESS_FROM,
-              dynamic_ncols=True) as bar:
-        if strategy == "sequential":
-            return _sequential(lengths, size, split_across_pack, bar.update)
-        if strategy == "best_fit":
-            return _best_fit(lengths, size, decreasing=False, tick=bar.update)
-        if max_fill_steps(lengths, size) <= MAX_FILL_STEP_BUDGET:  # cheap however it goes
-            return _max_fill(lengths, size, tick=bar.update)  # type: ignore[return-value]
-        # Cheap when few lengths repeat a lot; a step costs about size / 64 words, so the budget of
-        # the attempt is in words (the step budget at 2048 tokens), lest a large size run for half a minute.
-        words = MAX_FILL_STEP_BUDGET * (2048 // 64 + 1) / (size // 64 + 1)
-        plan = _max_fill(lengths, size, step_budget=words, tick=bar.update)
-        if plan is None:
-            bar.reset()
-            plan = min(_best_fit(lengths, size, decreasing=True, tick=bar.update),
-                       _best_fit(lengths, size, decreasing=False), key=len)
-            logger.warning("packed sequences: %d documents are too many for max_fill at set-up; using %s",
-                           len(lengths), plan.strategy)
-        return plan
+    # Count and time-left lines (plain log lines, so a log file reads like the terminal) when planning runs long.
+    progress = PhaseProgress(f"packing ({strategy})", len(lengths), "documents")
+    if strategy == "sequential":
+        return _sequential(lengths, size, split_across_pack, progress.update)
+    if strategy == "best_fit":
+        return _best_fit(lengths, size, decreasing=False, tick=progress.update)
+    if max_fill_steps(lengths, size) <= MAX_FILL_STEP_BUDGET:  # cheap however it goes
+        return _max_fill(lengths, size, tick=progress.update)  # type: ignore[return-value]
+    # Cheap when few lengths repeat a lot; a step costs about size / 64 words, so the budget of
+    # the attempt is in words (the step budget at 2048 tokens), lest a large size run for half a minute.
+    words = MAX_FILL_STEP_BUDGET * (2048 // 64 + 1) / (size // 64 + 1)
+    plan = _max_fill(lengths, size, step_budget=words, tick=progress.update)
+    if plan is None:
+        progress = PhaseProgress("packing (best_fit_decreasing)", len(lengths), "documents")
+        plan = min(_best_fit(lengths, size, decreasing=True, tick=progress.update),
+                   _best_fit(lengths, size, decreasing=False), key=len)
+        logger.warning("packed sequences: %d documents are too many for max_fill at set-up; using %s",
+                       len(lengths), plan.strategy)
+    return plan
 
 
 __all__: Sequence[str] = ("MAX_FILL_STEP_BUDGET", "PackPlan", "STRATEGIES", "best_fit_bins", "fullest_subset",
