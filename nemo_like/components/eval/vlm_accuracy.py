@@ -111,8 +111,5 @@ def answer_prior_accuracy(train_dataset: Any, eval_dataset: Any) -> float:
     turns = [last_turn(eval_dataset[i]["conversation"]) for i in range(len(eval_dataset))]
     if not turns:
         return 0.0
-    hits = 0
-    for prompt, reference in turns:
-        seen = counts.get(question_of(prompt))
-        hits += bool(seen) and seen.most_common(1)[0][0] == normalize_answer(reference)
-    return hits / len(turns)
+    guess = {question: seen.most_common(1)[0][0] for question, seen in counts.items()}
+    return sum(guess.get(question_of(p)) == normalize_answer(ref) for p, ref in turns) / len(turns)
