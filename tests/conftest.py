@@ -21,6 +21,24 @@ os.environ["NEMO_LIKE_DATASETS_CACHE"] = _DATASETS_CACHE
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+# Modules that are slow as a whole and carry no marker of their own.
+SLOW_MODULES = {"test_vlm_learns_from_pixels.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: trains a real model, launches ranks or runs many processes; `make test-fast` leaves these out",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -12,7 +12,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 RUNNERS = {"nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned"}
 LINE = re.compile(r"^ratio (nemo_like_padded\.)?[a-z_]+_vs_(hf_trainer|trl_defaults|trl_tuned) \d+\.\d\d$")

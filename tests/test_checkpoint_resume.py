@@ -91,6 +91,7 @@ def _assert_same_steps(got: list[dict], want: list[dict], steps: range) -> None:
             assert by_step[step][field] == want[step][field], (step, field, by_step[step][field], want[step][field])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_sigkill_after_a_checkpoint_then_resume_continues_the_exact_loss_curve(paths, tmp_path, capsys, method, workers):
@@ -113,6 +114,7 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_the_exact_loss_curve(p
         assert (ckpt / "epoch_2_step_11" / "model" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_process_killed_while_saving_leaves_latest_on_the_previous_checkpoint(paths, tmp_path, capsys):
     ckpt = tmp_path / "stalled"
     args = RUN

@@ -264,6 +264,7 @@ def _two_rank_run(env: dict[str, str], ckpt: str) -> dict:
     return {"refused": None, "poisoned": poisoned}
 
 
+@pytest.mark.slow
 def test_sharded_checkpoints_are_sealed_and_every_rank_refuses_nan_together(env, tmp_path):
     from nemo_like.components.distributed.fork_launcher import run_on_ranks
 

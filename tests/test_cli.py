@@ -41,6 +41,7 @@ def test_help_lists_every_command_and_each_command_has_its_own_help(capsys):
     assert "unknown command 'train'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_finetune_nproc_per_node_hands_off_to_torchrun_with_the_same_losses(tmp_path, tiny_model_dir, addition_data):
     env = dict(os.environ, TEST_MODEL_DIR=tiny_model_dir, TEST_TRAIN_JSONL=addition_data["train"],
                TEST_VAL_JSONL=addition_data["validation"])

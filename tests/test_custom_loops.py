@@ -33,6 +33,7 @@ def _checkpoint(stdout: str) -> Path:
     return Path(next(line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("checkpoint: ")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,extra", [("sft_loop.py", []), ("sft_loop.py", ["--packed", "256"]),
                                           ("own_loss.py", [])])
 def test_a_custom_loop_trains_and_leaves_a_checkpoint_the_tools_accept(script, extra, tiny_model_dir, tmp_path):
@@ -51,6 +52,7 @@ def test_a_custom_loop_trains_and_leaves_a_checkpoint_the_tools_accept(script, e
         assert losses[0] > 0
 
 
+@pytest.mark.slow
 def test_the_checkpoint_of_a_custom_loop_scores_with_nemo_like_eval(tiny_model_dir, tmp_path):
     out = _run([str(EXAMPLES / "sft_loop.py"), "--model", tiny_model_dir, "--data", DATA, "--out",
                 str(tmp_path / "run"), "--steps", "2"], tmp_path)
@@ -62,6 +64,7 @@ def test_the_checkpoint_of_a_custom_loop_scores_with_nemo_like_eval(tiny_model_d
     assert results and "nemo_like_quickstart" in json.loads(results[0].read_text())["results"]
 
 
+@pytest.mark.slow
 def test_the_fsdp2_loop_on_two_ranks_gives_the_single_process_losses(tiny_model_dir, tmp_path):
     args = [str(EXAMPLES / "fsdp2_loop.py"), "--model", tiny_model_dir, "--data", DATA, "--steps", "4",
             "--batch-size", "4"]

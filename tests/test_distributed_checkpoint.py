@@ -52,6 +52,7 @@ def _close(a: list[dict], b: list[dict], tol: float) -> None:
         assert abs(x["loss"] - y["loss"]) <= tol and abs(x["grad_norm"] - y["grad_norm"]) <= 1e-5, (a, b)
 
 
+@pytest.mark.slow
 def test_fsdp2_checkpoint_resumes_on_one_and_two_ranks(data_env):
     root = Path(data_env["root"])
     whole = run_on_ranks(train, 2, data_env, str(root / "whole"), 4)[0]
@@ -71,6 +72,7 @@ def test_fsdp2_checkpoint_resumes_on_one_and_two_ranks(data_env):
     _close(on_one, whole[2:], 1e-6)
 
 
+@pytest.mark.slow
 def test_single_process_checkpoint_resumes_on_two_ranks(data_env):
     root = Path(data_env["root"])
     whole = run_on_ranks(train, 1, data_env, str(root / "single_whole"), 4)[0]

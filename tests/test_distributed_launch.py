@@ -17,6 +17,7 @@ LAUNCH = REPO / "examples" / "llm_finetune" / "launch"
 RECIPE_8B = str(REPO / "recipes" / "llama3_8b" / "sft_tp2_fsdp4.yaml")
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_runs_the_recipe_end_to_end(tmp_path, tiny_model_dir):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                TEST_MODEL_DIR=tiny_model_dir, TEST_CKPT_DIR=str(tmp_path / "ckpt"),

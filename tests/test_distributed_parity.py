@@ -85,6 +85,7 @@ def single(dist_env) -> dict:
 DDP = "nemo_like.components.distributed.config.DDPConfig"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "world, overrides, tol",
     [
@@ -123,6 +124,7 @@ def test_ranks_match_one_process(dist_env, single, world, overrides, tol):
         assert got["block_calls_per_microbatch"] == 1.0
 
 
+@pytest.mark.slow
 def test_packed_context_parallel_matches_one_process(dist_env):
     """Packed rows split over 2 context-parallel ranks: each document still sees only its own earlier tokens."""
     packed = {"packed_sequence.packed_sequence_size": 96}

@@ -201,6 +201,7 @@ def _generation_eval(env: dict[str, str]) -> dict:
     return {"before": out["accuracy_before"], "after": out["accuracy_after"]}
 
 
+@pytest.mark.slow
 def test_generation_eval_runs_on_every_rank_under_fsdp2(tmp_path, tiny_model_dir):
     rows = addition_rows(6, offset=5)
     rows[0]["response"] = "?"  # keep at least one answer a random model cannot produce

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).parent.parent
+pytestmark = pytest.mark.slow
 
 
 def test_shipped_dpo_recipe_teaches_the_preferred_format(tmp_path):

@@ -65,6 +65,7 @@ def _records(ckpt: Path) -> dict[int, dict]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{"peft": LORA}, {"reference.mode": "precomputed"}],
                          ids=["lora-adapter-off", "full-precomputed"])
 def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_model_dir, overrides):

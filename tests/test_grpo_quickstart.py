@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).parent.parent
+pytestmark = pytest.mark.slow
 
 
 def test_shipped_grpo_recipe_lifts_held_out_accuracy(tmp_path):

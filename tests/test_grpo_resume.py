@@ -53,6 +53,7 @@ def _records(ckpt: Path) -> dict[int, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_model_dir):
     env = {"TEST_MODEL_DIR": tiny_model_dir,
            "TEST_TRAIN_PROMPTS": write_jsonl(tmp_path / "train.jsonl", prompt_rows(16)),

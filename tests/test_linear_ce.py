@@ -222,6 +222,7 @@ def test_activation_checkpointing_keeps_the_losses(recipe_env):
     assert max(abs(a - b) for a, b in zip(plain["losses"], checkpointed["losses"])) < 1e-6, (plain, checkpointed)
 
 
+@pytest.mark.slow
 def test_linear_ce_under_fsdp2_on_two_ranks_gives_the_single_process_losses(recipe_env, tmp_path):
     """FSDP2 shards the output layer; the loss gathers it whole and the numbers stay those of one process."""
     single = _run_recipe(_MASKED, local=4, global_=4, steps=3)

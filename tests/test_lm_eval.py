@@ -42,6 +42,7 @@ def _eval(*args: str) -> dict:
             "samples": _samples(path.with_name(path.name.removesuffix(".json") + ".samples.jsonl"))}
 
 
+@pytest.mark.slow
 def test_nemo_like_eval_reproduces_the_quickstart_accuracy_change(quickstart_lora_run, tmp_path):
     from nemo_like._transformers.embedded import embedded_model_dir
 
@@ -65,6 +66,7 @@ def test_nemo_like_eval_reproduces_the_quickstart_accuracy_change(quickstart_lor
     assert len(after["samples"]) == QUICKSTART_EVAL_ROWS
 
 
+@pytest.mark.slow
 def test_shipped_task_sends_the_training_prompt_and_runs_from_the_lm_eval_command(tiny_model_dir, tmp_path):
     """The task YAMLs work with lm-eval's own CLI from any directory, and the prompt is the quickstart's."""
     out = tmp_path / "out"
@@ -97,6 +99,7 @@ def test_checkpoint_resolution_errors_name_the_path(tmp_path):
         resolve_checkpoint(str(tmp_path), use_adapter=True)
 
 
+@pytest.mark.slow
 def test_evaluation_section_scores_the_trained_model_like_its_saved_checkpoint(tmp_path, monkeypatch, tiny_model_dir,
                                                                               addition_data):
     """`evaluation:` scores the model in memory at the end of training; the saved checkpoint answers the same."""

@@ -44,6 +44,7 @@ def five_step_run(tmp_path, tiny_model_dir, addition_data) -> dict:
             "train": _jsonl(ckpt / "training.jsonl"), "val": _jsonl(ckpt / "validation.jsonl")}
 
 
+@pytest.mark.slow
 def test_all_trackers_record_the_same_step_losses_as_training_jsonl(five_step_run):
     run = five_step_run
     losses = {r["step"]: r["loss"] for r in run["train"]}

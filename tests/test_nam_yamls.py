@@ -71,6 +71,7 @@ def test_nam_shaped_yaml_trains_two_steps(name, nam_env, tmp_path, monkeypatch, 
     assert all(math.isfinite(h["loss"]) and h["loss"] > 0 for h in result["history"])
 
 
+@pytest.mark.slow
 def test_nam_packed_context_parallel_yaml_on_two_ranks(nam_env, tmp_path):
     path = str(NAM_DIR / "llama3_2_1b_packed_cp2.yaml")
     ranks = run_on_ranks(run_yaml, 2, nam_env, path, str(tmp_path))

@@ -1,21 +1,20 @@
-"""Packing throughput on the quickstart task: real (non-pad) tokens per second, packed vs padded, in one process.
+"""Packing on the quickstart task: per-document attention equals the block mask, and packs carry real tokens.
 
 The runs are the quickstart recipe (LoRA r8 on all linear layers of the embedded
 SmolLM2-135M-Instruct, data/quickstart, rows of 50-59 tokens with a 13% tail of 120-340):
 ``padded`` = the recipe with packing off, micro-batches of 8 rows in random order padded to
 the longest row by ``default_collater`` (plain SDPA); ``packed`` = the recipe as shipped,
-one 512-token pack a step under ``packed_sdpa``. Steps alternate between the runs so that a
-change in machine load hits both alike; only tokens of real documents count.
+one 512-token pack a step under ``packed_sdpa``. Only tokens of real documents count.
 
-Why packing wins here: most padded batches hold a long row, so about 60% of a padded step's
+Why packing wins there: most padded batches hold a long row, so about 60% of a padded step's
 tokens are padding; the pack is ~99% real tokens and computes each document's attention alone.
+The speed itself (real tokens per second, packed against padded; one attention layer, per
+document against the block mask) is measured by ``benchmarks/packing_speed.py``, not here.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import time
 
 import pytest
 import torch
@@ -30,14 +29,6 @@ from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPredic
 WARMUP, ROUNDS = 1, 3
 PACK = 512
 RUNS = ("padded", "packed")
-
-
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------- correctness first
@@ -80,7 +71,7 @@ def test_packed_sdpa_leaves_padded_batches_and_generation_to_sdpa(one_thread):
     assert torch.equal(packed.generate(ids[:1], max_new_tokens=4, do_sample=False), want)
 
 
-def test_per_document_attention_of_a_pack_is_much_cheaper_than_the_block_mask(one_thread):
+def test_per_document_attention_of_a_pack_equals_the_block_mask(one_thread):
     """One attention layer of SmolLM2's shape (9 heads of 64, 3 key/value heads) over a 512-token pack."""
     lengths = [57] * 8 + [PACK - 57 * 8]
     positions = torch.cat([torch.arange(n) for n in lengths])[None]
@@ -89,27 +80,12 @@ def test_per_document_attention_of_a_pack_is_much_cheaper_than_the_block_mask(on
     kv = [torch.randn(1, 3, PACK, 64, requires_grad=True) for _ in range(2)]
     module = torch.nn.Module()
     module.num_key_value_groups = 3
-
-    def masked():
-        return F.scaled_dot_product_attention(q, *kv, attn_mask=mask, enable_gqa=True).transpose(1, 2)
-
-    def per_document():
-        return packed_sdpa_attention_forward(module, q, *kv, mask, position_ids=positions)[0]
-
-    assert (masked() - per_document()).abs().max() < 1e-5
-    times: dict[str, list[float]] = {"masked": [], "per_document": []}
-    for _ in range(8):
-        for name, fn in (("masked", masked), ("per_document", per_document)):
-            start = time.perf_counter()
-            fn().sum().backward()
-            times[name].append(time.perf_counter() - start)
-    best = {name: min(t[1:]) for name, t in times.items()}
-    print(f"\none attention layer, forward + backward, 512-token pack: block mask {1e3 * best['masked']:.1f} ms, "
-          f"per document {1e3 * best['per_document']:.1f} ms")
-    assert best["per_document"] * 2 < best["masked"]
+    masked = F.scaled_dot_product_attention(q, *kv, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    per_document = packed_sdpa_attention_forward(module, q, *kv, mask, position_ids=positions)[0]
+    assert (masked - per_document).abs().max() < 1e-5
 
 
-# ---------------------------------------------------------------------------------------------- the figures
+# ---------------------------------------------------------------------------------------------- the tokens
 def _recipe(run: str) -> TrainFinetuneRecipeForNextTokenPrediction:
     cfg = load_yaml_config(REPO / "recipes" / "smollm2_135m" / "sft_quickstart.yaml")
     for section in ("generation_eval", "validation_dataset", "validation_dataloader"):
@@ -147,40 +123,27 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 @pytest.fixture(scope="module")
 def figures() -> dict[str, dict[str, float]]:
+    """Real and padding tokens of the batches the speed benchmark times (the first after one warm-up batch)."""
     runs = {run: _recipe(run) for run in RUNS}
     assert runs["packed"].model.config._attn_implementation == "packed_sdpa"
     iterators = {run: iter(recipe.dataloader) for run, recipe in runs.items()}
-    totals = {run: {"real": 0, "all": 0, "seconds": 0.0} for run in runs}
+    totals = {run: {"real": 0, "all": 0} for run in runs}
     for round_ in range(WARMUP + ROUNDS):
-        for run, recipe in runs.items():
+        for run in runs:
             batch = next(iterators[run])
-            start = time.perf_counter()
-            recipe._run_train_optim_step([batch])
-            seconds = time.perf_counter() - start
             if round_ >= WARMUP:
                 totals[run]["real"] += real_tokens(batch)
                 totals[run]["all"] += batch["input_ids"].numel()
-                totals[run]["seconds"] += seconds
     packs = runs["packed"].dataset
     assert isinstance(packs, PackedSequence)
     out: dict[str, dict[str, float]] = {}
-    print()
     for run, t in totals.items():
-        f = out[run] = {"real_tps": t["real"] / t["seconds"], "pad_fraction": 1 - t["real"] / t["all"],
-                        "real_per_step": t["real"] / ROUNDS, "seconds_per_step": t["seconds"] / ROUNDS}
-        print(f"{run:7s}: {f['real_tps']:6.1f} real tokens/s | {f['real_per_step']:4.0f} real tokens a step in "
-              f"{f['seconds_per_step']:.2f} s | padding {100 * f['pad_fraction']:.1f}% of tokens")
-    ceiling = 1 / (1 - out["padded"]["pad_fraction"])
-    ratios = {"packed": out["packed"]["real_tps"] / out["padded"]["real_tps"]}
-    print(f"packed / padded: {ratios['packed']:.2f}x (the padding removed alone is worth {ceiling:.2f}x); "
-          f"pack fill {100 * packs.stats['fill_ratio']:.1f}%, "
-          f"{torch.get_num_threads()} threads, 1-min load average {os.getloadavg()[0]:.1f}")
-    out["summary"] = {"ceiling": ceiling, "fill_ratio": packs.stats["fill_ratio"], **ratios}
+        out[run] = {"pad_fraction": 1 - t["real"] / t["all"], "real_per_step": t["real"] / ROUNDS}
+    out["summary"] = {"ceiling": 1 / (1 - out["padded"]["pad_fraction"]), "fill_ratio": packs.stats["fill_ratio"]}
     return out
 
 
-def test_packing_on_the_quickstart_task_trains_twice_the_real_tokens_per_second(figures):
+def test_packing_on_the_quickstart_task_fills_its_packs_where_padding_wastes_most_tokens(figures):
     summary = figures["summary"]
     assert summary["fill_ratio"] >= 0.95 and figures["packed"]["pad_fraction"] < 0.02
     assert figures["padded"]["pad_fraction"] > 0.5, figures  # the long tail: most padded batches hold a long row
-    assert summary["packed"] >= 2.0, figures

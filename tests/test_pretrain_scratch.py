@@ -33,6 +33,7 @@ def losses(ckpt: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (ckpt / "training.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_pretraining_from_scratch_learns_and_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     reference = tmp_path / "reference"

@@ -373,6 +373,7 @@ def test_qlora_tiny_llama_trains_through_validation(tiny_model_dir, tmp_path, av
     assert_trains_through_validation(recipe, drop=0.99)  # a random tiny model learns slowly; the mechanics matter
 
 
+@pytest.mark.slow
 def test_qlora_smollm2_learns_the_quickstart_task(tmp_path, avx512bf16_cpu) -> None:
     from nemo_like._transformers.embedded import EMBEDDED_MODEL_ID
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import QUICKSTART_EVAL_ROWS, REPO, run_quickstart
@@ -22,6 +23,7 @@ def test_shipped_data_is_what_the_generator_makes(tmp_path):
     assert not questions["train"] & questions["test"]  # held-out means held out
 
 
+@pytest.mark.slow
 def test_short_quickstart_trains_and_its_consolidated_model_loads_with_plain_transformers(tmp_path):
     ckpt = tmp_path / "ckpt"
     cmd = [sys.executable, "examples/llm_finetune/finetune.py", "--config", str(QUICKSTART),
@@ -49,6 +51,7 @@ def test_short_quickstart_trains_and_its_consolidated_model_loads_with_plain_tra
     assert tok.decode(out[0, prompt["input_ids"].shape[1]:]).strip()
 
 
+@pytest.mark.slow
 def test_full_quickstart_lora_lifts_held_out_accuracy_with_a_small_adapter(quickstart_lora_run):
     """The whole 40-step LoRA quickstart, judged on the first held-out rows before and after."""
     from nemo_like._transformers.embedded import embedded_model_dir
@@ -62,6 +65,7 @@ def test_full_quickstart_lora_lifts_held_out_accuracy_with_a_small_adapter(quick
     assert adapter.stat().st_size < 0.05 * os.path.getsize(base)
 
 
+@pytest.mark.slow
 def test_lora_quickstart_improves_like_the_full_fine_tune(quickstart_lora_run, tmp_path):
     """Same task, steps, batches and held-out rows: the full fine-tune is the yardstick for the LoRA lift."""
     full = run_quickstart(tmp_path / "full", "--generation_eval.limit", str(QUICKSTART_EVAL_ROWS),

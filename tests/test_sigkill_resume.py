@@ -163,6 +163,7 @@ def _final_state(ckpt: Path) -> tuple[str, dict[str, torch.Tensor], dict]:
     return name, weights, optim
 
 
+@pytest.mark.slow
 def test_twenty_sigkills_with_resumes_give_the_uninterrupted_run_bit_for_bit(env, tmp_path):
     start = time.perf_counter()
     reference = tmp_path / "reference"

@@ -92,6 +92,7 @@ def test_one_pass_is_one_epoch_and_the_curve_equals_the_map_style_run(reference)
                      "epoch_2_step_9"]  # every 3 steps, every epoch end, and the last step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_mid_epoch_then_resume_gives_the_same_next_batches(paths, reference, tmp_path, capsys, workers):
     args = RUN + ["--dataloader.num_workers", str(workers)]

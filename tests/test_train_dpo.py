@@ -174,6 +174,7 @@ def _train_on_rank(env: dict, overrides: dict) -> dict:
             "accuracies": [h["rewards/accuracies"] for h in out["history"]]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"peft": LORA}, {"reference.mode": "precomputed"}],
                          ids=["frozen-copy", "lora-adapter-off", "precomputed"])
 def test_two_ranks_train_like_one(dpo_env, overrides):

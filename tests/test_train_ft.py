@@ -153,6 +153,7 @@ def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(env, capsys
     assert not env["ckpt"].exists()
 
 
+@pytest.mark.slow
 def test_torchrun_single_process_end_to_end(env):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "examples/llm_finetune/finetune.py",
            "--config", TINY, "--step_scheduler.max_steps", "2"]

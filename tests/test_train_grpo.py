@@ -212,6 +212,7 @@ def _train_on_rank(env: dict, overrides: dict, fixed: bool) -> dict:
                                                            "completions/mean_length", "num_sequences")}
 
 
+@pytest.mark.slow
 def test_two_ranks_train_like_one(grpo_env):
     """FSDP2 over 2 ranks, each generating for its own prompts: the global loss, KL and grad norm of one rank with
     the same micro-batches (fixed completions); and real sampling in lockstep (every forward is a collective)."""

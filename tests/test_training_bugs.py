@@ -70,6 +70,7 @@ def _orders_on_two_ranks(recipes: list[str], tokenizer) -> dict[str, list[list[i
     return orders
 
 
+@pytest.mark.slow
 def test_shuffle_true_on_two_ranks_gives_disjoint_shuffled_halves_of_each_epoch(tiny_tokenizer):
     recipes = _shuffled_recipes()
     assert len(recipes) >= 5

@@ -60,6 +60,7 @@ def study_a(tune_env):
     return {"out": out, "config": config, "printed": printed.getvalue()}
 
 
+@pytest.mark.slow
 def test_study_writes_its_table_best_recipe_plot_and_keeps_one_checkpoint(study_a):
     out = study_a["out"]
     rows = results(out)
@@ -76,6 +77,7 @@ def test_study_writes_its_table_best_recipe_plot_and_keeps_one_checkpoint(study_
         assert f"checkpoint_dir: {r['run_dir']}" in text and f"dim: {r['peft.dim']}" in text
 
 
+@pytest.mark.slow
 def test_best_trial_yaml_reruns_to_the_same_validation_loss(study_a, tune_env):
     out = study_a["out"]
     best = min(results(out), key=lambda r: float(r["val_loss"]))
@@ -88,6 +90,7 @@ def test_best_trial_yaml_reruns_to_the_same_validation_loss(study_a, tune_env):
     assert val_losses(rerun) == pytest.approx(val_losses(Path(best["run_dir"])), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_to_the_same_trials_as_an_uninterrupted_one(study_a, tune_env, capsys):
     """Same seed, another folder: the parameters are study A's; a SIGKILL of the tuner's process group during
     trial 1 leaves it RUNNING, and the rerun records it FAIL (interrupted), keeps trial 0 and runs slot 2 again."""
@@ -121,6 +124,7 @@ def test_killed_study_resumes_to_the_same_trials_as_an_uninterrupted_one(study_a
     assert len(results(out)) == 5
 
 
+@pytest.mark.slow
 def test_one_progress_line_per_trial(study_a):
     lines = [line for line in study_a["printed"].splitlines() if line.startswith("trial ")]
     assert [line.split(":")[0] for line in lines] == ["trial 1/4", "trial 2/4", "trial 3/4", "trial 4/4"]

@@ -14,6 +14,8 @@ pytest.importorskip("optuna")
 
 from nemo_like.cli_tune import tune_main  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test reads a study of several training processes
+
 
 @pytest.fixture(scope="module")
 def oumi_study(tmp_path_factory, tiny_model_dir):

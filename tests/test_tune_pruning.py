@@ -15,6 +15,8 @@ pytest.importorskip("optuna")
 
 from nemo_like.cli_tune import tune_main  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test reads a study of several training processes
+
 LOW, HIGH = 1.0e-3, 10.0  # lr above ~0.1 blows the tiny model's loss up to tens or hundreds
 
 

@@ -101,6 +101,7 @@ def _train_forked(ckpt: Path) -> None:
     recipe.run_train_validation_loop()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run(trained, tmp_path):
     _, _, whole = trained
     killed, log = tmp_path / "killed", tmp_path / "killed.log"
@@ -147,6 +148,7 @@ def _losses(ckpt: str, world: int) -> list[float]:
     return [round(float(h["loss"]), 5) for h in recipe.run_train_validation_loop()["history"]]
 
 
+@pytest.mark.slow
 def test_two_fsdp2_ranks_give_the_single_process_losses(tmp_path):
     from nemo_like.components.distributed.fork_launcher import run_on_ranks
 
