@@ -70,7 +70,14 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         )
         self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
 
-        built = build_model(cfg, self.dist, self.device, sections.distributed)
+        self._setup_model_and_step()
+        self.setup_observers()
+
+    def _setup_model_and_step(self, prepare: Any = None) -> None:
+        """The model (``prepare``: a method's own step before adapters, see ``build_model``) and what the step
+        uses: training features, optimizer, LR schedule, loss, the batch keys the model takes."""
+        cfg, sections = self.cfg, self.sections
+        built = build_model(cfg, self.dist, self.device, sections.distributed, prepare=prepare)
         self.model, self.peft_config = built.model, built.peft_config
         self.defer_grad_sync, self._sequence_parallel = built.defer_grad_sync, built.sequence_parallel
         # NEFTune (noisy input embeddings while training) and QAT (fake-quantized linears), before the optimizer.
@@ -87,7 +94,6 @@ class TrainFinetuneRecipeForNextTokenPrediction(BaseRecipe):
         takes_cache = "use_cache" in inspect.signature(self.model.forward).parameters
         self.forward_options = {"use_cache": False} if takes_cache else {}
         self.max_grad_norm = sections.clip_grad_norm.max_norm
-        self.setup_observers()
 
     def _run_train_optim_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """One optimizer step: loss = sum of token losses over all micro-batches / global label tokens."""

@@ -8,28 +8,21 @@ kept on the language model unless the ``peft`` section says where.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
 import torch
 
-from nemo_like.components.batch import ignore_index_of, model_batch_keys
-from nemo_like.components.loss.masked_ce import MaskedCrossEntropy
 from nemo_like.components.training.step_scheduler import StepScheduler
 from nemo_like.config.errors import ConfigError
 from nemo_like.config.loader import ConfigNode
 from nemo_like.recipes.builders.data import build_dataloader, instantiate_dataset
-from nemo_like.recipes.builders.model import build_model
-from nemo_like.recipes.builders.optimizer import build_lr_schedule, build_optimizer
 from nemo_like.recipes.builders.processor import build_processor
-from nemo_like.recipes.builders.training_features import build_training_features
 from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
 from nemo_like.recipes.vlm.vlm_config import check_vlm_config
 
 logger = logging.getLogger("nemo_like")
 
-DEFAULT_COLLATE = "nemo_like.components.datasets.vlm.collate_fns.default_collate_fn"
 
 
 class FinetuneRecipeForVLM(TrainFinetuneRecipeForNextTokenPrediction):
@@ -56,20 +49,7 @@ class FinetuneRecipeForVLM(TrainFinetuneRecipeForNextTokenPrediction):
                                             train=False) if self.val_dataset is not None else None)
         self.step_scheduler = StepScheduler(**sched, dp_size=self.dist.dp_size, dataloader=self.dataloader)
 
-        built = build_model(cfg, self.dist, self.device, sections.distributed, prepare=self._freeze_and_target)
-        self.model, self.peft_config = built.model, built.peft_config
-        self.defer_grad_sync, self._sequence_parallel = built.defer_grad_sync, built.sequence_parallel
-        self.features = build_training_features(cfg, sections, self.model, self.dist.world_size)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
-        self.grad_buffer = self._contiguous_grads([p for g in self.optimizer.param_groups for p in g["params"]])
-        self.trim_cpu_heap = sections.trim_cpu_heap and self.device.type == "cpu"
-        self.lr_scheduler = build_lr_schedule(sections.lr_scheduler, self.optimizer, self.step_scheduler.max_steps)
-        self.loss_fn = cfg.loss_fn.instantiate() if "loss_fn" in cfg else MaskedCrossEntropy()
-        self.ignore_index = ignore_index_of(self.loss_fn)
-        self.model_keys = model_batch_keys(self.model)
-        takes_cache = "use_cache" in inspect.signature(self.model.forward).parameters
-        self.forward_options = {"use_cache": False} if takes_cache else {}
-        self.max_grad_norm = sections.clip_grad_norm.max_norm
+        self._setup_model_and_step(prepare=self._freeze_and_target)
         self.setup_observers()
 
     def _loader(self, name: str, dataset: Any, batch_size: int, train: bool) -> Any:
