@@ -57,7 +57,11 @@ def _orders_on_two_ranks(recipes: list[str], tokenizer) -> dict[str, list[list[i
         pairs = "preference_collater" in collate  # a preference recipe: sample i is a pair whose prompt starts with i
         # A pack of 4 tokens holds exactly one 4-token sample: pack i is sample i.
         dataset = PackedSequence(_rows(), packed_sequence_size=4) if packed else _pairs() if pairs else _rows()
-        loader = build_dataloader(cfg.get("dataloader"), dataset, local, train=True, tokenizer=tokenizer, dist=dist,
+        section = cfg.get("dataloader")
+        if "datasets.vlm" in collate:  # image-text rows need a processor; the sampler is what is checked here
+            section = ConfigNode({**section.to_dict(), "collate_fn": "nemo_like.components.datasets.utils.default_collater"},
+                                 path="dataloader")
+        loader = build_dataloader(section, dataset, local, train=True, tokenizer=tokenizer, dist=dist,
                                   seed=42, ranked=False)
         sched = StepScheduler(global_batch_size=2 * local, local_batch_size=local, dp_size=2, num_epochs=2,
                               dataloader=loader)
