@@ -88,25 +88,11 @@ def quickstart_recipe(run: str):
     return recipe
 
 
-def real_tokens(batch) -> int:
-    """Tokens of real documents: the attention mask of a padded batch; a pack minus its trailing padding block."""
-    from nemo_like.components.datasets.llm.packed_sequence import document_ids
-
-    mask = batch["attention_mask"]
-    if mask.dim() == 2:
-        return int(mask.sum())
-    count = 0
-    for positions, labels in zip(batch["position_ids"], batch["labels"]):
-        docs = document_ids(positions)
-        last = docs == docs.max()
-        padding = int(last.sum()) if bool((labels[last] == -100).all()) else 0  # real rows always carry labels
-        count += positions.numel() - padding
-    return count
-
-
 def quickstart(warmup: int, rounds: int) -> dict[str, dict[str, float]]:
     """Real tokens per second of optimizer steps, the two runs alternating step by step."""
     import torch
+
+    from nemo_like.components.datasets.llm.packed_sequence import real_tokens
 
     runs = {run: quickstart_recipe(run) for run in RUNS}
     iterators = {run: iter(recipe.dataloader) for run, recipe in runs.items()}

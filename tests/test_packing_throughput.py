@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from conftest import REPO, tiny_llama_config
 from nemo_like.components.datasets.llm.packed_attention import packed_sdpa_attention_forward
-from nemo_like.components.datasets.llm.packed_sequence import PackedSequence, block_causal_mask, document_ids
+from nemo_like.components.datasets.llm.packed_sequence import PackedSequence, block_causal_mask, real_tokens
 from nemo_like.config.loader import load_yaml_config
 from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
 
@@ -105,20 +105,6 @@ def _recipe(run: str) -> TrainFinetuneRecipeForNextTokenPrediction:
     recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
     recipe.setup()
     return recipe
-
-
-def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens of real documents: the attention mask of a padded batch; a pack minus its trailing padding block."""
-    mask = batch["attention_mask"]
-    if mask.dim() == 2:
-        return int(mask.sum())
-    count = 0
-    for positions, labels in zip(batch["position_ids"], batch["labels"]):
-        docs = document_ids(positions)
-        last = docs == docs.max()
-        padding = int(last.sum()) if bool((labels[last] == -100).all()) else 0  # real rows always carry labels
-        count += positions.numel() - padding
-    return count
 
 
 @pytest.fixture(scope="module")

@@ -244,6 +244,21 @@ def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cumsum((position_ids == 0).to(torch.long), dim=-1)
 
 
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens of real documents in a batch: its attention mask when padded; each pack minus a trailing padding
+    block (the last document when none of its positions carries a label: real rows always do)."""
+    mask = batch["attention_mask"]
+    if mask.dim() == 2:
+        return int(mask.sum())
+    count = 0
+    for positions, labels in zip(batch["position_ids"], batch["labels"]):
+        docs = document_ids(positions)
+        last = docs == docs.max()
+        padding = int(last.sum()) if bool((labels[last] == IGNORE_INDEX).all()) else 0
+        count += positions.numel() - padding
+    return count
+
+
 def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """Boolean ``[B, 1, S, S]`` mask: query i sees key j iff j <= i and both are in the same document."""
     docs = document_ids(position_ids)
