@@ -211,3 +211,15 @@ def quickstart_lora_run(tmp_path_factory) -> dict:
     ckpt = tmp_path_factory.mktemp("quickstart_lora") / "ckpt"
     return run_quickstart(ckpt, "--generation_eval.limit", str(QUICKSTART_EVAL_ROWS),
                           "--validation_dataset.limit_dataset_samples", "16")
+
+
+def step_records(ckpt: Path, timings: tuple[str, ...]) -> dict[int, dict]:
+    """A run's ``training.jsonl`` by step, without the fields that measure time or memory (they differ between
+    an interrupted run and an uninterrupted one; everything else must not)."""
+    out: dict[int, dict] = {}
+    for line in (Path(ckpt) / "training.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for key in timings:
+            record.pop(key, None)
+        out[record["step"]] = record
+    return out

@@ -3,7 +3,6 @@ completions too, since the generator draws from the RNG state the checkpoint hol
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import fork_logged, write_jsonl
+from conftest import fork_logged, step_records, write_jsonl
 from test_dpo_resume import _kill_after_checkpoint
 from test_train_grpo import TINY, prompt_rows
 
@@ -44,13 +43,7 @@ def _fork(env: dict[str, str], ckpt: Path, log: Path) -> int:
 
 
 def _records(ckpt: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for line in (ckpt / "training.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for key in TIMINGS:
-            record.pop(key, None)
-        out[record["step"]] = record
-    return out
+    return step_records(ckpt, TIMINGS)
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ transformers to the in-memory logits."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fork_logged
+from conftest import fork_logged, step_records
 from test_dpo_resume import _kill_after_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,13 +46,7 @@ def _vision(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _records(ckpt: Path) -> dict[int, dict]:
-    out = {}
-    for line in (ckpt / "training.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for key in TIMINGS:
-            record.pop(key, None)
-        out[record["step"]] = record
-    return out
+    return step_records(ckpt, TIMINGS)
 
 
 @pytest.fixture(scope="module")
