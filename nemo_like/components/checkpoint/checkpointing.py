@@ -50,6 +50,7 @@ from nemo_like.components.checkpoint.disk_space import (
 from nemo_like.components.checkpoint.earlier_run import set_aside_earlier_run
 from nemo_like.components.checkpoint.errors import FRESH_HINT, CheckpointError
 from nemo_like.components.checkpoint.finite_weights import refuse_non_finite
+from nemo_like.components.checkpoint.merged_export import WEIGHTS_NAME, save_merged_pretrained
 from nemo_like.components.checkpoint.manifest import (
     has_manifest, missing_manifest_error, verify_manifest, write_manifest,
 )
@@ -58,6 +59,7 @@ from nemo_like.components.checkpoint.pointers import (
     LATEST, LOWEST_VAL, STEP_DIR, TMP_PREFIX, atomic_write_text, fsync_dir, pointer_or_none, read_pointer,
 )
 from nemo_like.components.checkpoint.torch_file import save_torch
+from nemo_like.components.checkpoint.weight_link import link_or_copy, same_tensors
 from nemo_like.components.loggers.phase_progress import PhaseProgress, format_bytes
 
 __all__ = ["CheckpointError", "Checkpointer", "CheckpointingConfig", "LATEST", "LOWEST_VAL", "drop_records_after"]
@@ -68,8 +70,13 @@ _REPLACED = TMP_PREFIX + "replaced_"
 
 
 def _tree_bytes(path: str) -> int:
-    """Bytes of the files under ``path`` so far (a save's progress)."""
-    return sum(os.path.getsize(os.path.join(here, name)) for here, _, names in os.walk(path) for name in names)
+    """Bytes of the files under ``path`` so far (a save's progress); a file under two names counts once."""
+    sizes = {}
+    for here, _, names in os.walk(path):
+        for name in names:
+            stat = os.stat(os.path.join(here, name))
+            sizes[(stat.st_dev, stat.st_ino)] = stat.st_size
+    return sum(sizes.values())
 
 
 def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -237,7 +244,8 @@ class Checkpointer:
         tmp = os.path.join(self.root, TMP_PREFIX + name)
         latest = self._pointer(LATEST)
         refuse_non_finite(model, step, adapter_only, latest)
-        needed = checkpoint_bytes(model, parts.get("optim"), adapter_only, self.config.save_consolidated)
+        needed = checkpoint_bytes(model, parts.get("optim"), adapter_only, self.config.save_consolidated,
+                                  shares_weights=not sharded and self.config.model_save_format == "safetensors")
         free = refuse_if_no_room(self.root, step, needed, latest)
         self._writing = None
         # A consolidated copy of a large model takes minutes: bytes written against the estimate, with time left.
@@ -362,17 +370,23 @@ class Checkpointer:
             part.save_adapter(model, self._file(tmp, "model"))
             if consolidated and (getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None)):
                 logger.info("quantized base: no merged consolidated model; use `nemo-like merge-lora` on the adapter")
-            elif consolidated:  # the adapters folded into a copy of the base: plain transformers loads it as is
-                self._save_pretrained(part.merged(model), part.tokenizer, self._file(tmp, "model", "consolidated"))
+            elif consolidated:  # the adapters folded in, tensor by tensor: plain transformers loads it as is
+                save_merged_pretrained(model, part.tokenizer, self._file(tmp, "model", "consolidated"))
             return
-        if full_weights:
-            state = _unique_state_dict(model)
-            if self.config.model_save_format == "safetensors":
-                save_file(state, self._file(tmp, "model", "model.safetensors"), metadata={"format": "pt"})
-            else:
-                save_torch(state, self._file(tmp, "model", "model.pt"))
         if consolidated:
             self._save_pretrained(model, part.tokenizer, self._file(tmp, "model", "consolidated"))
+        if not full_weights:
+            return
+        state = _unique_state_dict(model)
+        if self.config.model_save_format != "safetensors":
+            save_torch(state, self._file(tmp, "model", "model.pt"))
+            return
+        written = os.path.join(tmp, "model", "consolidated", WEIGHTS_NAME)
+        target = self._file(tmp, "model", "model.safetensors")
+        if consolidated and same_tensors(written, state):  # the same tensors: one file, two names
+            link_or_copy(written, target)
+        else:
+            save_file(state, target, metadata={"format": "pt"})
 
     @staticmethod
     def _save_pretrained(model: torch.nn.Module, tokenizer: Any, out_dir: str) -> None:

@@ -47,10 +47,12 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer | None) -> int:
 
 
 def checkpoint_bytes(model: nn.Module, optimizer: Any = None, trainable_only: bool = False,
-                     consolidated: bool = True) -> int:
-    """What one step directory will take, from tensor sizes: weights (or adapter), consolidated copy, optimizer."""
+                     consolidated: bool = True, shares_weights: bool = False) -> int:
+    """What one step directory will take, from tensor sizes: weights (or adapter), consolidated copy, optimizer.
+    ``shares_weights``: full weights in safetensors are one file under two names (see ``weight_link``)."""
     total = model_bytes(model, trainable_only) + optimizer_bytes(optimizer)
-    if consolidated and not getattr(model, "is_quantized", False):
+    shared = shares_weights and not trainable_only
+    if consolidated and not shared and not getattr(model, "is_quantized", False):
         total += model_bytes(model)  # the consolidated directory holds the whole (merged) model
     return total
 

@@ -57,12 +57,18 @@ def _files(step_dir: str) -> list[str]:
 
 
 def _digest_all(step_dir: str, rel_paths: list[str], sync: bool) -> list[tuple[int, str]]:
+    """Each file's size and digest; a file under two names (a hard link) is read once."""
     paths = [os.path.join(step_dir, p) for p in rel_paths]
-    total = sum(os.path.getsize(p) for p in paths)
-    if total < _PARALLEL_BYTES or len(paths) < 2:
-        return [_digest(p, sync) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda p: _digest(p, sync), paths))
+    inodes = [(s.st_dev, s.st_ino) for s in map(os.stat, paths)]
+    first = {inode: path for inode, path in zip(reversed(inodes), reversed(paths))}
+    unique = list(first.values())
+    total = sum(os.path.getsize(p) for p in unique)
+    if total < _PARALLEL_BYTES or len(unique) < 2:
+        digests = dict(zip(unique, (_digest(p, sync) for p in unique)))
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            digests = dict(zip(unique, pool.map(lambda p: _digest(p, sync), unique)))
+    return [digests[first[inode]] for inode in inodes]
 
 
 def write_manifest(step_dir: str) -> dict:

@@ -3,12 +3,11 @@
 The checkpointer asks this part how the weights are written rather than knowing about
 adapters itself: with ``adapter`` set (the LoRA/DoRA settings of a run that trains only
 adapters), ``model/`` is an HF-PEFT adapter and the consolidated copy is the base with the
-adapters folded in.
+adapters folded in (``merged_export``).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from nemo_like.components._peft.adapter_io import load_peft_adapter, save_peft_adapter
-from nemo_like.components._peft.lora import apply_lora_to_linear_modules, merge_lora_weights
+from nemo_like.components._peft.lora import apply_lora_to_linear_modules
 
 
 @dataclass
@@ -40,11 +39,6 @@ class ModelState:
     def adapter_loader(self, directory: str) -> Callable[[], None]:
         """Loads the adapter in ``directory`` into the live model when called (it checks every tensor first)."""
         return lambda: load_peft_adapter(self.model, directory)
-
-    @staticmethod
-    def merged(model: nn.Module) -> nn.Module:
-        """A copy of ``model`` with its adapters folded into the base weights."""
-        return merge_lora_weights(copy.deepcopy(model))
 
     def add_adapters(self, clone: nn.Module) -> None:
         """Give a freshly built copy of the base the same adapter layout (for an unsharded copy)."""
