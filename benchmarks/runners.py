@@ -15,15 +15,16 @@ from typing import Any
 
 import torch
 
-from workload import TRAIN_DOCS, Workload, heldout_loss, read_tokens
+from workload import Workload, heldout_loss, read_tokens
 
-RUNNERS = ("nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned")
+RUNNERS = ("nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned", "trl_padding_free")
 LABELS = {
     "nemo_like_padded": "(a) nemo_like, padded",
     "nemo_like_packed": "(b) nemo_like, packed",
     "hf_trainer": "(c) transformers.Trainer + PEFT",
     "trl_defaults": "(d) TRL SFTTrainer, defaults",
     "trl_tuned": "(e) TRL SFTTrainer, tuned",
+    "trl_padding_free": "(f) TRL SFTTrainer, tuned, padding-free without packing",
 }
 
 
@@ -111,7 +112,7 @@ def run_nemo_like(w: Workload, packed: bool) -> dict[str, Any]:
         "dataset": {"_target_": "nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset."
                                 "ColumnMappedTextInstructionDataset",
                     "path_or_dataset_id": w.train_jsonl, "use_hf_chat_template": True, "column_mapping": COLUMNS,
-                    "limit_dataset_samples": TRAIN_DOCS},
+                    "limit_dataset_samples": w.train_docs},
         "dataloader": {"_target_": "torchdata.stateful_dataloader.StatefulDataLoader", "shuffle": False},
         "loss_fn": {"_target_": w.extra.get("nemo_like_loss", "nemo_like.components.loss.linear_ce.FusedLinearCrossEntropy")},
         "checkpoint": {"enabled": False},
@@ -201,13 +202,15 @@ def run_hf_trainer(w: Workload) -> dict[str, Any]:
     return dict(log.record(), heldout_loss=heldout_loss(trainer.model, w.heldout_path))
 
 
-def run_trl(w: Workload, tuned: bool) -> dict[str, Any]:
+def run_trl(w: Workload, tuned: bool, padding_free: bool = False) -> dict[str, Any]:
     """TRL SFTTrainer on the same token ids and labels.
 
     Defaults: what ``SFTConfig`` gives (gradient checkpointing, bf16 autocast, padded
     batches). Tuned: what an expert would change on this machine: no gradient
     checkpointing, fp32 (bf16 is slower on a CPU without bf16 units), TRL's own packing
     (best-fit-decreasing packs, padding-free rows) with the same tokens per step.
+    Padding-free: tuned, but the padded contenders' documents a step laid end to end in one
+    row without packing (``padding_free=True``, positions restarting per document).
     """
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -217,7 +220,10 @@ def run_trl(w: Workload, tuned: bool) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(w.model_dir)
     dataset = Dataset.from_list(read_tokens(w.tokens_path))
     with tempfile.TemporaryDirectory() as out:
-        if tuned:
+        if padding_free:
+            args = SFTConfig(**_hf_common(w, out), per_device_train_batch_size=w.docs_per_step, padding_free=True,
+                             gradient_checkpointing=False, bf16=False)
+        elif tuned:
             args = SFTConfig(**_hf_common(w, out), per_device_train_batch_size=w.packs_per_micro_batch,
                              gradient_accumulation_steps=w.packs_per_step // w.packs_per_micro_batch, packing=True,
                              max_length=w.pack_size, gradient_checkpointing=False, bf16=False)
@@ -242,7 +248,7 @@ def _require(*modules: str) -> None:
 def run(name: str, w: Workload) -> dict[str, Any]:
     if name == "hf_trainer":
         _require("peft", "accelerate")
-    elif name in ("trl_defaults", "trl_tuned"):
+    elif name in ("trl_defaults", "trl_tuned", "trl_padding_free"):
         _require("trl", "peft", "accelerate")
     torch.set_num_threads(w.threads)
     torch.manual_seed(w.seed)
@@ -252,6 +258,6 @@ def run(name: str, w: Workload) -> dict[str, Any]:
         return run_nemo_like(w, packed=True)
     if name == "hf_trainer":
         return run_hf_trainer(w)
-    if name in ("trl_defaults", "trl_tuned"):
-        return run_trl(w, tuned=name == "trl_tuned")
+    if name in ("trl_defaults", "trl_tuned", "trl_padding_free"):
+        return run_trl(w, tuned=name != "trl_defaults", padding_free=name == "trl_padding_free")
     raise ValueError(f"runner: {name!r} is not one of {list(RUNNERS)}")

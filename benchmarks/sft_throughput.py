@@ -19,6 +19,11 @@ and (e) as median and min-max over the repeats, ending with one ``ratio`` line e
 
     python benchmarks/sft_throughput.py --quick          # tiny Llama, a few steps: checks the harness (~2 min)
     python benchmarks/sft_throughput.py                  # SmolLM2-135M-Instruct: the real measurement
+    python benchmarks/sft_throughput.py --data quickstart --runners nemo_like_padded,nemo_like_packed,hf_trainer,trl_tuned,trl_padding_free
+                                                         # the quickstart's long-tail rows, 512-token packs
+
+(f) ``trl_padding_free`` is TRL tuned without packing but ``padding_free=True``: the padded contenders'
+documents of a step laid end to end in one row.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ sys.path.insert(0, str(HERE))
 from runners import LABELS, RUNNERS  # noqa: E402
 from workload import REPO, Workload, model_flops  # noqa: E402 - a script beside its helpers
 
-BASELINES = ("hf_trainer", "trl_defaults", "trl_tuned")
+BASELINES = ("hf_trainer", "trl_defaults", "trl_tuned", "trl_padding_free")
 HEADLINE = "nemo_like_packed"
 # Metrics compared as ratios: contender / baseline (for peak RSS lower is better). Seconds per step are
 # reported per run only: the contenders' steps hold the same documents but not the same token counts.
@@ -55,6 +60,10 @@ PRESETS = {
     # (d) takes ~80 s a step on a 2-core CPU (emulated bf16), hence few steps: ~40 minutes in all.
     "full": {"model": "smollm2", "steps": 6, "warmup_steps": 1, "repeats": 3, "docs_per_step": 8,
              "pack_size": 256, "packs_per_step": 2, "packs_per_micro_batch": 1},
+    # The quickstart's own workload: every training row (50-59 tokens, 13% of 120-340) in a seeded random order,
+    # one 512-token pack a step (as recipes/smollm2_135m/sft_quickstart.yaml) or 7 documents padded.
+    "quickstart": {"model": "smollm2", "steps": 6, "warmup_steps": 1, "repeats": 2, "docs_per_step": 7,
+                   "pack_size": 512, "packs_per_step": 1, "packs_per_micro_batch": 1},
     # The harness check: a 2-layer Llama with SmolLM2's vocabulary, one round.
     "quick": {"model": "tiny", "steps": 4, "warmup_steps": 1, "repeats": 1, "docs_per_step": 4,
               "pack_size": 256, "packs_per_step": 1, "packs_per_micro_batch": 1},
@@ -226,6 +235,8 @@ def write_markdown(path: Path, block: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="LoRA SFT throughput: nemo_like vs transformers.Trainer vs TRL")
     p.add_argument("--quick", action="store_true", help="tiny Llama, few steps, one round: checks the harness")
+    p.add_argument("--data", choices=("short", "quickstart"), default="short",
+                   help="short: the 2000 short rows in file order; quickstart: every row, shuffled (long tail)")
     p.add_argument("--model", choices=("smollm2", "tiny"))
     p.add_argument("--steps", type=int)
     p.add_argument("--warmup-steps", type=int)
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return run_worker(args.worker, args.workload, args.result)
-    settings = dict(PRESETS["quick" if args.quick else "full"])
+    settings = dict(PRESETS["quick" if args.quick else "quickstart" if args.data == "quickstart" else "full"])
     for key in settings:
         value = getattr(args, key, None)
         if value is not None:
@@ -271,14 +282,18 @@ def main(argv: list[str] | None = None) -> int:
               "the figures will be low and noisy", file=sys.stderr)
 
     from nemo_like._transformers.embedded import embedded_model_dir
-    from workload import HELDOUT_DOCS, HELDOUT_JSONL, model_config, tiny_model_dir, write_tokens
+    from workload import (HELDOUT_DOCS, HELDOUT_JSONL, TRAIN_DOCS, TRAIN_JSONL, model_config, tiny_model_dir,
+                          write_shuffled, write_tokens)
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="sft_throughput_"))
     work.mkdir(parents=True, exist_ok=True)
     smollm2 = embedded_model_dir()
     model_dir = smollm2 if settings["model"] == "smollm2" else tiny_model_dir(work, smollm2)
     tokens_path = work / "tokens.jsonl"
-    data_stats = write_tokens(model_dir, tokens_path)
+    train_jsonl, train_docs = TRAIN_JSONL, TRAIN_DOCS
+    if args.data == "quickstart":
+        train_jsonl, train_docs = write_shuffled(TRAIN_JSONL, work / "train_shuffled.jsonl"), None
+    data_stats = write_tokens(model_dir, tokens_path, limit=train_docs, source=train_jsonl)
     heldout_path = work / "heldout.jsonl"
     write_tokens(model_dir, heldout_path, limit=HELDOUT_DOCS, source=HELDOUT_JSONL)
     w = Workload(model=settings["model"], model_dir=model_dir, tokens_path=str(tokens_path),
@@ -286,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                  steps=settings["steps"], warmup_steps=settings["warmup_steps"],
                  docs_per_step=settings["docs_per_step"], pack_size=settings["pack_size"],
                  packs_per_step=settings["packs_per_step"], packs_per_micro_batch=settings["packs_per_micro_batch"],
-                 threads=args.threads)
+                 threads=args.threads, train_jsonl=str(train_jsonl), train_docs=train_docs, extra={"data": args.data})
     if not 0 <= w.warmup_steps < w.steps:
         print(f"error: --warmup-steps {w.warmup_steps} must be below --steps {w.steps}", file=sys.stderr)
         return 2
@@ -340,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    out_json = results_dir / f"{date}-{machine_name()}{'-quick' if args.quick else ''}.json"
+    tag = "-quick" if args.quick else "-quickstart-data" if args.data == "quickstart" else ""
+    out_json = results_dir / f"{date}-{machine_name()}{tag}.json"
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     if args.markdown.lower() != "none":
         write_markdown(Path(args.markdown), markdown(result))

@@ -57,6 +57,7 @@ class Workload(JSONRecord):
     seed: int = 0
     threads: int = 2
     train_jsonl: str = str(TRAIN_JSONL)
+    train_docs: int | None = TRAIN_DOCS  # rows of train_jsonl trained on (None: all)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +78,17 @@ def tiny_model_dir(work_dir: Path, tokenizer_dir: str) -> str:
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+def write_shuffled(source: Path, out: Path, seed: int = 0) -> Path:
+    """Every row of ``source`` in a seeded random order (the quickstart workload: short rows and the long tail
+    mixed, as the recipe's shuffled loader sees them)."""
+    import random
+
+    rows = [line for line in source.read_text().splitlines() if line.strip()]
+    random.Random(seed).shuffle(rows)
+    out.write_text("\n".join(rows) + "\n")
+    return out
 
 
 def write_tokens(model_dir: str, out: Path, limit: int | None = TRAIN_DOCS,

@@ -18,8 +18,8 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-RUNNERS = {"nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned"}
-LINE = re.compile(r"^ratio (nemo_like_padded\.)?[a-z_]+_vs_(hf_trainer|trl_defaults|trl_tuned) \d+\.\d\d$")
+RUNNERS = {"nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned", "trl_padding_free"}
+LINE = re.compile(r"^ratio (nemo_like_padded\.)?[a-z_]+_vs_(hf_trainer|trl_defaults|trl_tuned|trl_padding_free) \d+\.\d\d$")
 
 
 def test_quick_benchmark_runs_every_contender_and_reports_ratios(tmp_path):
@@ -53,7 +53,9 @@ def test_quick_benchmark_runs_every_contender_and_reports_ratios(tmp_path):
     assert hf["tokens"] - ours["tokens"] == ours["documents"] and padded["trl_defaults"]["tokens"] == hf["tokens"]
     losses = [r["final_loss"] for r in result["runs"]]
     assert max(losses) / min(losses) < 1.05, losses
-    assert set(result["ratios"]["nemo_like_packed"]) == {"hf_trainer", "trl_defaults", "trl_tuned"}
+    free = next(r for r in result["runs"] if r["runner"] == "trl_padding_free")  # the padded rows, laid end to end
+    assert free["documents"] == ours["documents"] and free["tokens"] == hf["tokens"], free
+    assert set(result["ratios"]["nemo_like_packed"]) == {"hf_trainer", "trl_defaults", "trl_tuned", "trl_padding_free"}
     assert result["ceiling"]["ceiling_gflops"] > 0 and result["workload"]["model"] == "tiny"
 
     text = doc.read_text()

@@ -76,6 +76,41 @@ def test_packed_batch_equals_documents_one_by_one(docs, tiny_tokenizer, attn):
     assert grad_diff < 1e-5
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "packed_sdpa"])
+def test_the_padding_block_of_a_pack_is_left_out_and_changes_no_loss_or_gradient(docs, tiny_tokenizer, attn):
+    """The collater drops a pack's trailing padding block (computing it made packs of short rows slower than
+    padding): the batch is as wide as its longest real row, with the loss and gradients of the full-width packs."""
+    from nemo_like.components.datasets.utils import default_collater
+
+    torch.set_num_threads(1)
+    packed = PackedSequence(docs, packed_sequence_size=96, pad_token_id=tiny_tokenizer.pad_token_id)
+
+
+    def real(row: dict) -> int:  # the tokens before the padding block (the last 0 position of an unlabelled tail)
+        last = max(i for i, p in enumerate(row["position_ids"]) if p == 0)
+        return last if all(x == -100 for x in row["labels"][last:]) else len(row["input_ids"])
+
+    rows = [r for r in (packed[i] for i in range(len(packed))) if real(r) < 96]  # the packs with a padding block
+    assert len(rows) >= 2
+    model, loss_fn = _model(tiny_tokenizer, attn), MaskedCrossEntropy()
+    results = []
+    for trimmed in (True, False):
+        if trimmed:
+            batch = packed_sequence_collater(rows, pad_token_id=tiny_tokenizer.pad_token_id)
+        else:  # the full-width packs, as they were collated before
+            batch = default_collater(rows, pad_token_id=tiny_tokenizer.pad_token_id)
+            batch["attention_mask"] = block_causal_mask(batch["position_ids"])
+        inputs = prepare_packed_attention({k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}, attn)
+        loss = loss_fn(model(**inputs).logits, batch["labels"])
+        (loss / (batch["labels"] != -100).sum()).backward()
+        results.append((batch["input_ids"].shape[1], loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad()
+    (width, loss, grads), (full_width, full_loss, full_grads) = results
+    assert full_width == 96 and width == max(map(real, rows)) < 96
+    assert abs(loss - full_loss) <= 1e-6 * abs(full_loss)
+    assert max((grads[n] - full_grads[n]).abs().max().item() for n in grads) < 1e-6
+
+
 def test_a_token_of_document_two_gets_no_gradient_from_document_one(docs, tiny_tokenizer):
     torch.set_num_threads(1)
     packed = PackedSequence(docs, packed_sequence_size=96)
@@ -171,7 +206,7 @@ def test_too_long_document_names_the_row_or_is_skipped_and_counted(docs, caplog)
 
 
 def test_flash_attention_gets_position_ids_and_no_dense_mask():
-    batch = packed_sequence_collater([{"input_ids": [5, 6, 7], "labels": [6, 7, -100], "position_ids": [0, 1, 0]}])
+    batch = packed_sequence_collater([{"input_ids": [5, 6, 7], "labels": [6, -100, 8], "position_ids": [0, 1, 0]}])
     inputs = prepare_packed_attention(dict(batch), "flash_attention_2")
     assert "attention_mask" not in inputs and inputs["position_ids"].tolist() == [[0, 1, 0]]
     eager = prepare_packed_attention(dict(batch), "eager", torch.bfloat16)["attention_mask"]

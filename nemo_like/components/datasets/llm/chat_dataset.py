@@ -357,11 +357,12 @@ class ChatDataset(TokenizedDataset):
         thinking = [i for i in answers if self.mask_reasoning_content and messages[i].get("reasoning_content")]
         cleaned: dict[int, Any] = {}
         shape = None if thinking else row_shape(messages, tools)
-        found = self._split_turns(where, messages, tools, answers, cleaned) if self._turns.trusts(shape) else None
+        found = (self._split_turns(where, messages, tools, answers, cleaned, shape) if self._turns.trusts(shape)
+                 else None)
         if found is None:
             found = self._prefix_turns(where, messages, tools, answers, cleaned)
-            if shape is not None and self._turns.learn(*found) and self._turns.probing(shape):
-                self._turns.check(shape, found, self._split_turns(where, messages, tools, answers, cleaned))
+            if shape is not None and self._turns.learn(*found, shape) and self._turns.probing(shape):
+                self._turns.check(shape, found, self._split_turns(where, messages, tools, answers, cleaned, shape))
         before_answer, through = found
         emptied = dict(zip(thinking, self._render(
             where, [messages[:i] + [{**messages[i], "reasoning_content": ""}] for i in thinking], tools)))
@@ -376,14 +377,14 @@ class ChatDataset(TokenizedDataset):
         return before_answer, through
 
     def _split_turns(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None, answers: list[int],
-                     cleaned: dict[int, Any]) -> tuple[dict[int, str], list[str]] | None:
-        """What ``_prefix_turns`` gives, from two renders (the first message, the whole conversation), or None
-        when this row does not show the template's learnt turn structure (see ``TurnSplit``)."""
+                     cleaned: dict[int, Any], shape: tuple[Any, ...] | None) -> tuple[dict[int, str], list[str]] | None:
+        """What ``_prefix_turns`` gives, from one render of the whole conversation, or None when this row does not
+        show the template's learnt turn structure (see ``TurnSplit``)."""
         try:
-            first, full = self._render(where, [messages[:1], messages], tools, cleaned=cleaned)
+            (full,) = self._render(where, [messages], tools, cleaned=cleaned)
         except DatasetError:
             return None  # the exact way says what is wrong
-        return self._turns.split(first, full, len(messages), answers)
+        return self._turns.split(full, len(messages), answers, shape)
 
     def _cut(self, where: str, messages: list[dict[str, Any]], before_answer: dict[int, str], through: list[str],
              emptied: dict[int, str]) -> list[tuple[str, bool]]:

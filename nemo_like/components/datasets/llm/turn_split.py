@@ -2,7 +2,7 @@
 
 Why its own part: ``ChatDataset`` locates assistant tokens by rendering each prefix of a conversation;
 ``TurnSplit`` learns, from the rows rendered that way, whether the template adds one message at a
-time, and then stands in for those renders with two (see the class docstring).
+time, and then stands in for those renders with one (see the class docstring).
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ class TurnSplit:
     tokenizing. Most templates add one message at a time: each prefix's text extends the one
     before, every message after the first starts with the same ``marker`` (``<|im_start|>`` in
     ChatML), and the generation prompt is always the same text (``<|im_start|>assistant\\n``).
-    Then the renders of the first message and of the whole conversation give every prefix: the
-    whole text cut before each of the ``n - 1`` places the marker occurs after the first message
-    (a row whose later messages hold the marker in their text cannot be cut so and is rendered exactly).
-    Rows whose reasoning trace is masked are always rendered exactly.
+    Then one render of the whole conversation gives every prefix: the text cut before each of the
+    ``n - 1`` places the marker occurs after the first message. How many times the marker occurs
+    in the first message's own render (a default system prompt before it adds one) is learnt per
+    shape from the exact renders; a row where the marker does not occur exactly that many times
+    plus ``n - 1`` (a message holding the marker in its text) is rendered exactly. Rows whose
+    reasoning trace is masked are always rendered exactly.
 
     The rows rendered exactly teach the marker and the prompt; a template that changes earlier
     text in any of them (some reasoning templates do) or shows two prompts is never split. The
@@ -47,15 +49,24 @@ class TurnSplit:
     prompt: str | None = None
     agreed: dict[tuple[Any, ...], int] = field(default_factory=dict)
     off: bool = False
+    leads: dict[tuple[Any, ...], tuple[str, int]] = field(default_factory=dict)  # shape -> (marker, its count
+    # in the first message's render)
 
     def trusts(self, shape: tuple[Any, ...] | None) -> bool:
-        return shape is not None and not self.off and self.agreed.get(shape, 0) >= self.PROBES
+        return (shape is not None and not self.off and self.agreed.get(shape, 0) >= self.PROBES
+                and self._lead(shape) is not None)
+
+    def _lead(self, shape: tuple[Any, ...] | None) -> int | None:
+        """The marker's count in the first message's render for this shape, if learnt with the current marker."""
+        lead = self.leads.get(shape) if shape is not None else None
+        return lead[1] if lead is not None and lead[0] == self.marker else None
 
     def probing(self, shape: tuple[Any, ...]) -> bool:
         return not self.off and self.agreed.get(shape, 0) < self.PROBES
 
-    def learn(self, before_answer: dict[int, str], through: list[str]) -> bool:
-        """Take the marker and prompt from an exact render; False (and never split again) when it is not turn by turn."""
+    def learn(self, before_answer: dict[int, str], through: list[str], shape: tuple[Any, ...] | None = None) -> bool:
+        """Take the marker and prompt (and the shape's lead) from an exact render; False (and never split again) when
+        it is not turn by turn."""
         for i in range(1, len(through)):
             done = through[i - 1]
             if not through[i].startswith(done) or (i in before_answer and not before_answer[i].startswith(done)):
@@ -68,6 +79,8 @@ class TurnSplit:
                 self.off = self.off or (self.prompt is not None and prompt != self.prompt)
                 self.prompt = prompt
         self.off = self.off or self.marker == ""
+        if not self.off and self.marker and shape is not None and self._lead(shape) is None:
+            self.leads[shape] = (self.marker, len(_positions(through[0], self.marker, len(through[0]))))
         return not self.off
 
     def check(self, shape: tuple[Any, ...], exact: tuple[dict[int, str], list[str]],
@@ -77,21 +90,29 @@ class TurnSplit:
             self.off = self.off or split != exact
             self.agreed[shape] = self.agreed.get(shape, 0) + 1
 
-    def split(self, first: str, full: str, n: int, answers: list[int]) -> tuple[dict[int, str], list[str]] | None:
-        """(each answer's prompt, each prefix) from the first message's and the whole conversation's text, or None."""
-        if not full.startswith(first) or (n > 1 and not self.marker):
+    def split(self, full: str, n: int, answers: list[int], shape: tuple[Any, ...] | None
+              ) -> tuple[dict[int, str], list[str]] | None:
+        """(each answer's prompt, each prefix) from the whole conversation's text, or None."""
+        lead = self._lead(shape)
+        if lead is None or not self.marker:
             return None
-        ends = []  # where message i + 1 starts: every occurrence of the marker after the first message
-        at = full.find(self.marker, len(first)) if n > 1 else -1
-        while at >= 0 and len(ends) < n:
-            ends.append(at)
-            at = full.find(self.marker, at + 1)
-        if len(ends) != n - 1 or (ends and ends[0] != len(first)):
+        found = _positions(full, self.marker, lead + n)  # one more than expected is enough to refuse
+        if len(found) != lead + n - 1:
             return None
-        ends.append(len(full))
+        ends = found[lead:] + [len(full)]  # where message i + 1 starts; the last: the end
         before_answer = {}
         for i in answers:
             if i and (self.prompt is None or not full.startswith(self.prompt, ends[i - 1])):
                 return None
             before_answer[i] = full[: ends[i - 1]] + self.prompt if i else ""
         return before_answer, [full[:end] for end in ends]
+
+
+def _positions(text: str, marker: str, most: int) -> list[int]:
+    """Where ``marker`` starts in ``text`` (overlaps included), at most ``most`` places."""
+    found: list[int] = []
+    at = text.find(marker)
+    while at >= 0 and len(found) < most:
+        found.append(at)
+        at = text.find(marker, at + 1)
+    return found

@@ -1,0 +1,95 @@
+"""Generation eval on a quiet and on a shared machine: the shared-prefix cache against plain batched ``generate``.
+
+    python benchmarks/eval_contention.py [--rounds 3] [--load 0 4] [--rows 50] [--threads 2]
+
+Why: the exact-match evaluator encodes the prompt run its rows share once and copies its cache to
+every row (``share_prefix``); on a quiet machine that saves time, and the question is what it
+does when other processes share the cores (CI machines and laptops usually are). Per level of
+``--load`` (that many background processes, each multiplying 256x256 matrices in a loop on one
+thread), ``shared`` (``share_prefix=True``) and ``plain`` (``share_prefix=False``) alternate,
+``--rounds`` times each, on the first ``--rows`` rows of ``data/quickstart/test.jsonl`` with the
+quickstart's settings (SmolLM2-135M-Instruct, chat template, 8 new tokens, batches of 50) and
+``torch`` on ``--threads`` threads. Answers must be identical. Prints the medians and
+``ratio eval_seconds_load<k> shared/plain`` per level (below 1: the shared prefix pays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _burn(stop: mp.Event) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    while not stop.is_set():
+        for _ in range(50):
+            a = torch.tanh(a @ b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--load", type=int, nargs="+", default=[0, 4])
+    parser.add_argument("--rows", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from nemo_like import NeMoAutoModelForCausalLM
+    from nemo_like._transformers.tokenizer import build_tokenizer
+    from nemo_like.components.eval.exact_match import generation_exact_match, load_jsonl_rows
+
+    torch.set_num_threads(args.threads)
+    model_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model = NeMoAutoModelForCausalLM.from_pretrained(model_id, torch_dtype=torch.float32)
+    tokenizer = build_tokenizer(model_id)
+    rows = load_jsonl_rows(str(REPO / "data/quickstart/test.jsonl"))[: args.rows]
+    mapping = {"question": "question", "answer": "answer"}
+
+    def run(share: bool) -> tuple[float, list[str]]:
+        start = time.perf_counter()
+        result = generation_exact_match(model, tokenizer, rows, mapping, max_new_tokens=8, batch_size=50,
+                                        num_examples=len(rows), share_prefix=share)
+        return time.perf_counter() - start, [e["got"] for e in result["examples"]]
+
+    run(True)  # warm-up: first calls allocate
+    ctx = mp.get_context("spawn")
+    for load in args.load:
+        stop = ctx.Event()
+        burners = [ctx.Process(target=_burn, args=(stop,), daemon=True) for _ in range(load)]
+        for p in burners:
+            p.start()
+        time.sleep(2 if load else 0)
+        times: dict[str, list[float]] = {"shared": [], "plain": []}
+        answers: dict[str, list[str]] = {}
+        try:
+            for r in range(args.rounds):
+                for name in (("shared", "plain") if r % 2 == 0 else ("plain", "shared")):
+                    seconds, got = run(name == "shared")
+                    times[name].append(seconds)
+                    answers.setdefault(name, got)
+                    print(f"load {load} round {r} {name:6s} {seconds:6.2f} s", flush=True)
+        finally:
+            stop.set()
+            for p in burners:
+                p.join(timeout=10)
+        if answers["shared"] != answers["plain"]:
+            raise SystemExit("the two paths gave different answers")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"load {load}: shared {med['shared']:.2f} s, plain {med['plain']:.2f} s (medians of {args.rounds})")
+        print(f"ratio eval_seconds_load{load} shared/plain {med['shared'] / med['plain']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
