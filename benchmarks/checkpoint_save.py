@@ -9,14 +9,19 @@ directories under a temp dir on the same disk:
 
 * ``nemo_like``: ``Checkpointer.save`` of model, optimizer, LR scheduler and RNG (the step
   directory: model weights, consolidated HF directory, optimizer, manifest with SHA-256 and fsync);
+* ``nemo_like_no_fsync``: the same with ``checkpoint.fsync: false`` (files left to the OS to write back);
 * ``peer``: ``model.save_pretrained(dir)`` + ``torch.save(optimizer.state_dict(), dir/optimizer.pt)``
   (no checksums, no fsync);
+* ``peer_fsync``: the peer, then ``os.fsync`` of each file it wrote (what a save that survives a power loss
+  costs the plain way);
 * ``lora_nemo_like``: a LoRA (r 8, all linear layers) run's save: the adapter and the merged consolidated
   export; ``lora_peer``: PEFT's way to the same files, ``merge_and_unload`` of a deep copy then
   ``save_pretrained`` (skipped without ``peft``).
 
-Bytes are counted on disk (a file under two names once). Prints medians and ``ratio checkpoint_seconds
-nemo_like/peer`` and ``ratio checkpoint_bytes nemo_like/peer`` (goal: at most 1.05).
+Bytes are counted on disk (a file under two names once). Prints medians, ``ratio checkpoint_bytes
+nemo_like/peer``, and the seconds like for like (goal: at most 1.05): ``nemo_like/peer_fsync`` (both on disk)
+and ``nemo_like_no_fsync/peer`` (both in the page cache). With fsync the figures follow the disk, so
+each side starts after ``os.sync()`` and the sides alternate.
 """
 
 from __future__ import annotations
@@ -72,15 +77,28 @@ def main() -> None:
     def ours(out: str) -> None:
         Checkpointer(CheckpointingConfig(checkpoint_dir=out)).save(0, 0, {"model": model, "optim": optimizer})
 
+    def no_fsync(out: str) -> None:
+        Checkpointer(CheckpointingConfig(checkpoint_dir=out, fsync=False)).save(0, 0, {"model": model,
+                                                                                     "optim": optimizer})
+
     def peer(out: str) -> None:
         model.save_pretrained(out)
         torch.save(optimizer.state_dict(), os.path.join(out, "optimizer.pt"))
+
+    def peer_fsync(out: str) -> None:
+        peer(out)
+        for here, _, names in os.walk(out):
+            for name in names:
+                fd = os.open(os.path.join(here, name), os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
 
     def lora_ours(out: str) -> None:
         Checkpointer(CheckpointingConfig(checkpoint_dir=out)).save(0, 0, {"model": ModelState(lora_model, None,
                                                                                                adapter=peft)})
 
-    sides = {"nemo_like": ours, "peer": peer, "lora_nemo_like": lora_ours}
+    sides = {"nemo_like": ours, "peer_fsync": peer_fsync, "nemo_like_no_fsync": no_fsync, "peer": peer,
+             "lora_nemo_like": lora_ours}
     try:
         from peft import LoraConfig, get_peft_model
 
@@ -107,14 +125,15 @@ def main() -> None:
                 seconds[name].append(time.perf_counter() - start)
                 sizes[name] = disk_bytes(out)
                 shutil.rmtree(out)
-                print(f"round {r} {name:15s} {seconds[name][-1]:6.2f} s  {sizes[name] / 2**20:8.1f} MiB", flush=True)
+                print(f"round {r} {name:18s} {seconds[name][-1]:6.2f} s  {sizes[name] / 2**20:8.1f} MiB", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     med = {name: statistics.median(v) for name, v in seconds.items()}
     for name in sides:
-        print(f"{name:15s} median {med[name]:6.2f} s  {sizes[name] / 2**20:8.1f} MiB")
-    print(f"ratio checkpoint_seconds nemo_like/peer {med['nemo_like'] / med['peer']:.2f}")
+        print(f"{name:18s} median {med[name]:6.2f} s  {sizes[name] / 2**20:8.1f} MiB")
     print(f"ratio checkpoint_bytes nemo_like/peer {sizes['nemo_like'] / sizes['peer']:.2f}")
+    print(f"ratio checkpoint_seconds nemo_like/peer_fsync {med['nemo_like'] / med['peer_fsync']:.2f}")
+    print(f"ratio checkpoint_seconds nemo_like_no_fsync/peer {med['nemo_like_no_fsync'] / med['peer']:.2f}")
     if "lora_peer" in sides:
         print(f"ratio lora_checkpoint_seconds nemo_like/peer {med['lora_nemo_like'] / med['lora_peer']:.2f}")
 

@@ -115,3 +115,39 @@ def test_a_filesystem_without_links_gets_a_copy(tmp_path):
         target = os.path.join(other, "copied.bin")
         assert link_or_copy(str(source), target) == "copy"
         assert Path(target).read_bytes() == source.read_bytes() and not os.path.samefile(source, target)
+
+
+def test_a_manifest_of_sha256_checksums_still_verifies_and_names_a_changed_file(tmp_path):
+    import hashlib
+    import json
+
+    from nemo_like.components.checkpoint.checkpointing import CheckpointError
+    from nemo_like.components.checkpoint.manifest import verify_manifest
+
+    model = _tiny()
+    step = Checkpointer(CheckpointingConfig(checkpoint_dir=str(tmp_path))).save(0, 0, {"model": model})
+    assert read_manifest(step)["algorithm"] == "xxh3_128"
+    files = {}
+    for rel in read_manifest(step)["files"]:  # the manifest an earlier version wrote
+        data = Path(step, rel).read_bytes()
+        files[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    Path(step, "MANIFEST.json").write_text(json.dumps({"version": 1, "algorithm": "sha256", "files": files}))
+    verify_manifest(step)
+    weights = Path(step, "model", "consolidated", "model.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit, same size
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="consolidated/model.safetensors does not match its sha256 checksum"):
+        verify_manifest(step)
+
+
+def test_without_fsync_a_step_is_still_sealed_and_resumes(tmp_path):
+    model = _tiny()
+    step = Checkpointer(CheckpointingConfig(checkpoint_dir=str(tmp_path), fsync=False)).save(0, 0, {"model": model})
+    Checkpointer(CheckpointingConfig(checkpoint_dir=str(tmp_path))).verify(step)
+    fresh = _tiny()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    Checkpointer(CheckpointingConfig(checkpoint_dir=str(tmp_path))).load(step, {"model": fresh})
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

@@ -76,7 +76,7 @@ DAMAGE = {
     "truncated-optimizer": (lambda c: _truncate(c / STEP / "optim" / "optimizer.pt"),
                             f"{STEP}/optim/optimizer.pt has", "(truncated)"),
     "flipped-byte": (lambda c: _flip_byte(c / STEP / "model" / "consolidated" / "model.safetensors"),
-                     f"{STEP}/model/consolidated/model.safetensors does not match its sha256", "changed after"),
+                     f"{STEP}/model/consolidated/model.safetensors does not match its xxh3_128 checksum", "changed after"),
     "missing-file": (lambda c: (c / STEP / "rng" / "rng.pt").unlink(), f"{STEP}/rng/rng.pt is missing", "listed in"),
     "extra-file": (lambda c: (c / STEP / "model" / "model.pt").write_bytes(b"x"),
                    f"{STEP}/model/model.pt is not listed in MANIFEST.json", "added after"),

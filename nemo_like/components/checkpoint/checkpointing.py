@@ -4,7 +4,7 @@
 adapter for PEFT runs), ``model/consolidated/`` (a directory that
 ``transformers.AutoModelForCausalLM.from_pretrained`` loads as is), ``optim/``,
 ``step_scheduler.pt``, ``rng/``, ``dataloader/``, ``config.yaml``, ``losses.json`` and,
-last, ``MANIFEST.json`` (every file's size and SHA-256, see ``manifest.py``). ``LATEST``
+last, ``MANIFEST.json`` (every file's size and checksum, see ``manifest.py``). ``LATEST``
 and ``LOWEST_VAL`` at the root name the newest and the best step directory.
 
 With several ranks (FSDP2, tensor parallel, DDP) ``model/`` and ``optim/`` hold sharded
@@ -37,11 +37,11 @@ from typing import Any, ClassVar
 
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from nemo_like.components.checkpoint import dcp
+from nemo_like.components.checkpoint.background_sync import BackgroundSync
 from nemo_like.components.checkpoint.compatibility import (
-    check_model, check_optimizer, read_states, state_file, unique_entries,
+    check_model, check_optimizer, read_states, state_file,
 )
 from nemo_like.components.checkpoint.config import CheckpointingConfig
 from nemo_like.components.checkpoint.disk_space import (
@@ -50,16 +50,15 @@ from nemo_like.components.checkpoint.disk_space import (
 from nemo_like.components.checkpoint.earlier_run import set_aside_earlier_run
 from nemo_like.components.checkpoint.errors import FRESH_HINT, CheckpointError
 from nemo_like.components.checkpoint.finite_weights import refuse_non_finite
-from nemo_like.components.checkpoint.merged_export import WEIGHTS_NAME, save_merged_pretrained
 from nemo_like.components.checkpoint.manifest import (
     has_manifest, missing_manifest_error, verify_manifest, write_manifest,
 )
+from nemo_like.components.checkpoint.model_files import save_model_files
 from nemo_like.components.checkpoint.model_state import ModelState, as_model_state
 from nemo_like.components.checkpoint.pointers import (
     LATEST, LOWEST_VAL, STEP_DIR, TMP_PREFIX, atomic_write_text, fsync_dir, pointer_or_none, read_pointer,
 )
 from nemo_like.components.checkpoint.torch_file import save_torch
-from nemo_like.components.checkpoint.weight_link import link_or_copy, same_tensors
 from nemo_like.components.loggers.phase_progress import PhaseProgress, format_bytes
 
 __all__ = ["CheckpointError", "Checkpointer", "CheckpointingConfig", "LATEST", "LOWEST_VAL", "drop_records_after"]
@@ -77,10 +76,6 @@ def _tree_bytes(path: str) -> int:
             stat = os.stat(os.path.join(here, name))
             sizes[(stat.st_dev, stat.st_ino)] = stat.st_size
     return sum(sizes.values())
-
-
-def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: t.detach().contiguous().cpu() for name, t in unique_entries(model).items()}
 
 
 def drop_records_after(path: str, step: int) -> int:
@@ -116,6 +111,7 @@ class Checkpointer:
         self._verified: set[str] = set()  # step directories whose manifest this process has checked
         self._writing: str | None = None  # the file a save is writing, for a disk-full message
         self._progress: PhaseProgress | None = None  # the save under way
+        self._syncing: BackgroundSync | None = None  # flushes of a save's finished files
 
     # ------------------------------------------------------------------ naming and pointers
     @staticmethod
@@ -176,7 +172,7 @@ class Checkpointer:
         return removed
 
     def verify(self, path: str) -> None:
-        """Check ``path`` against its ``MANIFEST.json`` (sizes, then every file's SHA-256); one-line errors."""
+        """Check ``path`` against its ``MANIFEST.json`` (sizes, then every file's checksum); one-line errors."""
         path = os.path.abspath(path)
         if path not in self._verified:
             verify_manifest(path)
@@ -251,14 +247,17 @@ class Checkpointer:
         # A consolidated copy of a large model takes minutes: bytes written against the estimate, with time left.
         self._progress = PhaseProgress(f"checkpoint of step {step}", needed, enabled=self.is_main,
                                        count_format=format_bytes)
+        self._syncing = BackgroundSync() if self.config.fsync else None
         try:
             done = self._write(tmp, step, parts, config, losses, val_loss, sharded)
         except BaseException as err:
+            self._stop_syncing()
             if self.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(err, Exception) and is_disk_full(err):
                 raise disk_full_error(step, tmp, self._writing, needed, free, latest) from err
             raise
+        self._stop_syncing()
         if not done:  # ranks other than 0 are done
             return None
         try:
@@ -278,11 +277,19 @@ class Checkpointer:
             observer(stage, step, directory)
 
     def _file(self, tmp: str, *parts: str) -> str:
-        """The path of the next file written (remembered for a disk-full message); the files before it are done."""
+        """The path of the next file written (remembered for a disk-full message); the files before it are done,
+        and go to disk in the background meanwhile."""
         if self._progress is not None and self._progress.enabled and os.path.isdir(tmp):
             self._progress.update_to(_tree_bytes(tmp))
         self._writing = os.path.join(tmp, *parts)
+        if self._syncing is not None:
+            self._syncing.finished(tmp, writing=self._writing)
         return self._writing
+
+    def _stop_syncing(self) -> None:
+        if self._syncing is not None:
+            self._syncing.close()
+            self._syncing = None
 
     def _write(self, tmp: str, step: int, parts: dict[str, Any], config: dict[str, Any] | None,
                losses: dict[str, Any] | None, val_loss: float | None, sharded: bool) -> bool:
@@ -318,7 +325,8 @@ class Checkpointer:
             json.dump(losses, f)
         self._notify("files_written", step, tmp)
         self._file(tmp, "MANIFEST.json")
-        write_manifest(tmp)  # last: its presence says every other file is complete
+        self._stop_syncing()  # the flushes started while later files were written
+        write_manifest(tmp, sync=self.config.fsync)  # last: its presence says every other file is complete
         if self._progress is not None and self._progress.enabled:
             self._progress.update_to(self._progress.total)
         self._notify("sealed", step, tmp)
@@ -365,34 +373,8 @@ class Checkpointer:
     def _save_model(self, tmp: str, part: ModelState, model: torch.nn.Module, full_weights: bool = True) -> None:
         """The adapter or full weights of ``model`` (the live one, or an unsharded copy), and the consolidated
         directory; ``full_weights=False`` when the weights are already in the directory as DCP shards."""
-        consolidated = self.config.save_consolidated
-        if part.adapter_only:
-            part.save_adapter(model, self._file(tmp, "model"))
-            if consolidated and (getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None)):
-                logger.info("quantized base: no merged consolidated model; use `nemo-like merge-lora` on the adapter")
-            elif consolidated:  # the adapters folded in, tensor by tensor: plain transformers loads it as is
-                save_merged_pretrained(model, part.tokenizer, self._file(tmp, "model", "consolidated"))
-            return
-        if consolidated:
-            self._save_pretrained(model, part.tokenizer, self._file(tmp, "model", "consolidated"))
-        if not full_weights:
-            return
-        state = _unique_state_dict(model)
-        if self.config.model_save_format != "safetensors":
-            save_torch(state, self._file(tmp, "model", "model.pt"))
-            return
-        written = os.path.join(tmp, "model", "consolidated", WEIGHTS_NAME)
-        target = self._file(tmp, "model", "model.safetensors")
-        if consolidated and same_tensors(written, state):  # the same tensors: one file, two names
-            link_or_copy(written, target)
-        else:
-            save_file(state, target, metadata={"format": "pt"})
-
-    @staticmethod
-    def _save_pretrained(model: torch.nn.Module, tokenizer: Any, out_dir: str) -> None:
-        model.save_pretrained(out_dir, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out_dir)
+        save_model_files(part, model, lambda *names: self._file(tmp, *names), consolidated=bool(
+            self.config.save_consolidated), save_format=self.config.model_save_format, full_weights=full_weights)
 
     def _val_loss_of(self, name: str) -> float | None:
         path = os.path.join(self.root, name, "losses.json")

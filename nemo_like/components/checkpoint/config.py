@@ -22,6 +22,11 @@ class CheckpointingConfig:
     in every checkpoint, ``final`` only in the last step's, ``false`` never.
     ``dequantize_base_checkpoint``: base weights are always loaded dense and trainable here (GGUF
     blocks are unpacked; a bitsandbytes QLoRA base is quantized on purpose), so both values hold.
+    ``fsync``: every file reaches the disk before the manifest seals the step (flushed in the
+    background while later files are written), so a power loss cannot leave a sealed step with
+    missing data; ``false`` lets the operating system write them when it likes (a save then costs what
+    ``save_pretrained`` + ``torch.save`` cost; a killed process still leaves only complete steps, and
+    a step damaged by a power loss is refused at resume by its manifest).
     """
 
     enabled: bool = True
@@ -31,6 +36,7 @@ class CheckpointingConfig:
     restore_from: str | None = LATEST
     max_recent_checkpoints: int | None = None
     dequantize_base_checkpoint: bool = False
+    fsync: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.save_consolidated, str):
