@@ -6,11 +6,16 @@ Why: the exact-match evaluator encodes the prompt run its rows share once and co
 every row (``share_prefix``); on a quiet machine that saves time, and the question is what it
 does when other processes share the cores (CI machines and laptops usually are). Per level of
 ``--load`` (that many background processes, each multiplying 256x256 matrices in a loop on one
-thread), ``shared`` (``share_prefix=True``) and ``plain`` (``share_prefix=False``) alternate,
+thread), ``shared`` (``share_prefix=True``, the default) and ``plain`` (``share_prefix=False``) alternate,
 ``--rounds`` times each, on the first ``--rows`` rows of ``data/quickstart/test.jsonl`` with the
 quickstart's settings (SmolLM2-135M-Instruct, chat template, 8 new tokens, batches of 50) and
 ``torch`` on ``--threads`` threads. Answers must be identical. Prints the medians and
 ``ratio eval_seconds_load<k> shared/plain`` per level (below 1: the shared prefix pays).
+
+Measured 2026-12-05 (2 cores, ``--rounds 2``, several runs): load 0: shared 2.2-2.3 s, plain 3.3-3.5 s
+(0.64-0.68); load 4: shared 16.4-26.7 s, plain 23.5-32.2 s (0.70-0.92); the shared prefix is the faster path
+under this load too. What the load costs is the threads: with ``--threads 1`` at load 4 the shared path
+took 11.2 s (plain 17.0 s) against 16-30 s on 2 threads.
 """
 
 from __future__ import annotations
@@ -57,13 +62,13 @@ def main() -> None:
     rows = load_jsonl_rows(str(REPO / "data/quickstart/test.jsonl"))[: args.rows]
     mapping = {"question": "question", "answer": "answer"}
 
-    def run(share: bool) -> tuple[float, list[str]]:
+    def run(name: str) -> tuple[float, list[str]]:
         start = time.perf_counter()
         result = generation_exact_match(model, tokenizer, rows, mapping, max_new_tokens=8, batch_size=50,
-                                        num_examples=len(rows), share_prefix=share)
+                                        num_examples=len(rows), share_prefix=name == "shared")
         return time.perf_counter() - start, [e["got"] for e in result["examples"]]
 
-    run(True)  # warm-up: first calls allocate
+    run("shared")  # warm-up: first calls allocate
     ctx = mp.get_context("spawn")
     for load in args.load:
         stop = ctx.Event()
@@ -75,8 +80,8 @@ def main() -> None:
         answers: dict[str, list[str]] = {}
         try:
             for r in range(args.rounds):
-                for name in (("shared", "plain") if r % 2 == 0 else ("plain", "shared")):
-                    seconds, got = run(name == "shared")
+                for name in (tuple(times) if r % 2 == 0 else tuple(reversed(times))):
+                    seconds, got = run(name)
                     times[name].append(seconds)
                     answers.setdefault(name, got)
                     print(f"load {load} round {r} {name:6s} {seconds:6.2f} s", flush=True)

@@ -222,7 +222,7 @@ def run_trl(w: Workload, tuned: bool, padding_free: bool = False) -> dict[str, A
     with tempfile.TemporaryDirectory() as out:
         if padding_free:
             args = SFTConfig(**_hf_common(w, out), per_device_train_batch_size=w.docs_per_step, padding_free=True,
-                             gradient_checkpointing=False, bf16=False)
+                             max_length=None, gradient_checkpointing=False, bf16=False)
         elif tuned:
             args = SFTConfig(**_hf_common(w, out), per_device_train_batch_size=w.packs_per_micro_batch,
                              gradient_accumulation_steps=w.packs_per_step // w.packs_per_micro_batch, packing=True,

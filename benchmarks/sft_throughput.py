@@ -56,10 +56,10 @@ RATIO_METRICS = ("label_tokens_per_s", "tokens_per_s", "peak_rss", "final_loss")
 MARK_START, MARK_END = "<!-- sft_throughput:start -->", "<!-- sft_throughput:end -->"
 
 PRESETS = {
-    # The real measurement: 8 documents (~430 tokens) or two 256-token packs a step, one pack per forward.
+    # The real measurement: 8 documents (~430 tokens) or two 256-token packs a step, one forward a step for both.
     # (d) takes ~80 s a step on a 2-core CPU (emulated bf16), hence few steps: ~40 minutes in all.
     "full": {"model": "smollm2", "steps": 6, "warmup_steps": 1, "repeats": 3, "docs_per_step": 8,
-             "pack_size": 256, "packs_per_step": 2, "packs_per_micro_batch": 1},
+             "pack_size": 256, "packs_per_step": 2, "packs_per_micro_batch": 2},
     # The quickstart's own workload: every training row (50-59 tokens, 13% of 120-340) in a seeded random order,
     # one 512-token pack a step (as recipes/smollm2_135m/sft_quickstart.yaml) or 7 documents padded.
     "quickstart": {"model": "smollm2", "steps": 6, "warmup_steps": 1, "repeats": 2, "docs_per_step": 7,
