@@ -13,18 +13,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
-
-def _fsync(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from nemo_like.components.checkpoint.pointers import fsync_path
 
 
 class BackgroundSync:
@@ -44,7 +33,7 @@ class BackgroundSync:
                 path = os.path.join(here, name)
                 if path != writing and path not in self._seen:
                     self._seen.add(path)
-                    self._pending.append(self._pool.submit(_fsync, path))
+                    self._pending.append(self._pool.submit(fsync_path, path))
 
     def close(self) -> None:
         for future in self._pending:
