@@ -15,6 +15,7 @@ document against the block mask) is measured by ``benchmarks/packing_speed.py``,
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import pytest
 import torch
@@ -71,15 +72,17 @@ def test_packed_sdpa_leaves_padded_batches_and_generation_to_sdpa(one_thread):
     assert torch.equal(packed.generate(ids[:1], max_new_tokens=4, do_sample=False), want)
 
 
+def _benchmark():
+    """``benchmarks/packing_speed.py`` as a module: the tests check the very cases it times."""
+    spec = importlib.util.spec_from_file_location("packing_speed", REPO / "benchmarks" / "packing_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_per_document_attention_of_a_pack_equals_the_block_mask(one_thread):
     """One attention layer of SmolLM2's shape (9 heads of 64, 3 key/value heads) over a 512-token pack."""
-    lengths = [57] * 8 + [PACK - 57 * 8]
-    positions = torch.cat([torch.arange(n) for n in lengths])[None]
-    mask = block_causal_mask(positions)
-    q = torch.randn(1, 9, PACK, 64, requires_grad=True)
-    kv = [torch.randn(1, 3, PACK, 64, requires_grad=True) for _ in range(2)]
-    module = torch.nn.Module()
-    module.num_key_value_groups = 3
+    module, q, kv, mask, positions = _benchmark().attention_case()
     masked = F.scaled_dot_product_attention(q, *kv, attn_mask=mask, enable_gqa=True).transpose(1, 2)
     per_document = packed_sdpa_attention_forward(module, q, *kv, mask, position_ids=positions)[0]
     assert (masked - per_document).abs().max() < 1e-5
@@ -87,24 +90,12 @@ def test_per_document_attention_of_a_pack_equals_the_block_mask(one_thread):
 
 # ---------------------------------------------------------------------------------------------- the tokens
 def _recipe(run: str) -> TrainFinetuneRecipeForNextTokenPrediction:
+    """The benchmark's own recipe for ``run`` (``benchmarks/packing_speed.py``), so these are the batches it times."""
     cfg = load_yaml_config(REPO / "recipes" / "smollm2_135m" / "sft_quickstart.yaml")
-    for section in ("generation_eval", "validation_dataset", "validation_dataloader"):
-        del cfg[section]
-    for key, value in {"checkpoint.enabled": False, "step_scheduler.max_steps": 1000,
-                       "step_scheduler.val_every_steps": None, "dist_env.backend": "gloo",
-                       "disable_progress_bar": True}.items():
-        cfg.set_by_path(key, value)
     assert cfg.get("peft.dim") == 8 and cfg.get("peft.match_all_linear") is True
     assert cfg.get("packed_sequence.packed_sequence_size") == PACK  # the shipped recipe packs
     assert cfg.get("model.attn_implementation") == "packed_sdpa"
-    if run != "packed":
-        cfg.set_by_path("packed_sequence.packed_sequence_size", 0)
-        cfg.set_by_path("model.attn_implementation", "sdpa")
-        cfg.set_by_path("step_scheduler.local_batch_size", 8)
-        cfg.set_by_path("step_scheduler.global_batch_size", 8)
-    recipe = TrainFinetuneRecipeForNextTokenPrediction(cfg)
-    recipe.setup()
-    return recipe
+    return _benchmark().quickstart_recipe(run)
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,13 @@ logger = logging.getLogger("nemo_like")
 WEIGHTS_NAME = "model.safetensors"
 
 
-def merged_state(model: nn.Module) -> dict[str, Callable[[], torch.Tensor]]:
-    """The base model's state dict names, each with a maker of its merged tensor (adapter tensors left out)."""
+def merged_state(model: nn.Module, state: dict[str, torch.Tensor] | None = None
+                 ) -> dict[str, Callable[[], torch.Tensor]]:
+    """The base model's state dict names, each with a maker of its merged tensor (adapter tensors left out);
+    ``state``: ``model.state_dict()`` when the caller has it already."""
     adapted = dict(lora_modules(model))
     out: dict[str, Callable[[], torch.Tensor]] = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in (model.state_dict() if state is None else state).items():
         owner, _, leaf = key.rpartition(".")
         layer = _owning_layer(adapted, owner, key)
         if layer is None:
@@ -77,8 +79,8 @@ def _saved_names(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str] 
 
 def save_merged_pretrained(model: nn.Module, tokenizer: Any, out_dir: str) -> None:
     """``model`` with its adapters folded in, as a directory ``from_pretrained`` loads; ``model`` is not changed."""
-    makers = merged_state(model)
     live = model.state_dict()
+    makers = merged_state(model, live)
     shapes = {k: live[k] for k in makers}  # a merged weight has its base weight's dtype and shape
     names = _saved_names(model, {k: t.to("meta") for k, t in shapes.items()})
     os.makedirs(out_dir, exist_ok=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-_DTYPES = {
+DTYPE_NAMES = {  # torch dtype -> the name safetensors gives it in a header
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
@@ -33,10 +33,10 @@ def write_streamed(path: str | os.PathLike, entries: Sequence[Entry], metadata: 
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     at = 0
     for name, dtype, shape, _ in entries:
-        if dtype not in _DTYPES:
+        if dtype not in DTYPE_NAMES:
             raise TypeError(f"{name}: dtype {dtype} has no safetensors name")
         size = _numel(shape) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _DTYPES[dtype], "shape": [int(s) for s in shape], "data_offsets": [at, at + size]}
+        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": [int(s) for s in shape], "data_offsets": [at, at + size]}
         at += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)

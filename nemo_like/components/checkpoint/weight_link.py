@@ -17,7 +17,11 @@ import shutil
 import torch
 from safetensors import safe_open
 
+from nemo_like.components.checkpoint.streamed_safetensors import DTYPE_NAMES
+
 logger = logging.getLogger("nemo_like")
+
+_DTYPE_OF = {name: dtype for dtype, name in DTYPE_NAMES.items()}  # a header's dtype name -> torch dtype
 
 
 def same_tensors(path: str, state: dict[str, torch.Tensor]) -> bool:
@@ -29,18 +33,12 @@ def same_tensors(path: str, state: dict[str, torch.Tensor]) -> bool:
             if set(f.keys()) != set(state):
                 return False
             for name in f.keys():
-                view = f.get_slice(name)
-                if tuple(view.get_shape()) != tuple(state[name].shape) or _dtype(view.get_dtype()) != state[name].dtype:
+                view, tensor = f.get_slice(name), state[name]
+                if tuple(view.get_shape()) != tuple(tensor.shape) or _DTYPE_OF.get(view.get_dtype()) != tensor.dtype:
                     return False
     except (OSError, ValueError, RuntimeError):
         return False
     return True
-
-
-def _dtype(name: str) -> torch.dtype | None:
-    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}.get(name)
 
 
 def link_or_copy(source: str, target: str) -> str:
