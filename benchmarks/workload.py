@@ -161,7 +161,7 @@ def linear_shapes(config: Any) -> list[tuple[str, int, int]]:
     return shapes + [("lm_head", hidden, config.vocab_size)]
 
 
-def model_flops(config: Any, doc_lengths: list[int], lora_r: int | None) -> float:
+def model_flops(config: Any, doc_lengths: list[int], lora_r: int | None, loss_positions: int | None = None) -> float:
     """Training FLOPs of one pass over these documents by the plain algorithm (model FLOPs, as MFU counts them).
 
     Full fine-tuning is the usual 6 x params x tokens (forward 2, backward 4) over the matmul
@@ -170,16 +170,22 @@ def model_flops(config: Any, doc_lengths: list[int], lora_r: int | None) -> floa
     6 x r x (in + out) x tokens. Causal attention inside each document adds
     3 x 4 x layers x width x (len + 1) / 2 per token (scores and values, forward + backward).
     Padding, and the parts of a packed row a document cannot see, are not counted.
+    ``loss_positions``: count the output layer only at the positions the loss reads (its labels), the
+    work a step needs; without it the output layer counts at every token, as the plain algorithm runs it.
     """
     shapes = linear_shapes(config)
-    base = sum(i * o for _, i, o in shapes)
+    head = sum(i * o for name, i, o in shapes if name == "lm_head")
+    base = sum(i * o for _, i, o in shapes) - head
     adapted = [(i, o) for name, i, o in shapes if name != "lm_head"]  # PEFT "all-linear" skips the output layer
     tokens = sum(doc_lengths)
+    head_positions = tokens if loss_positions is None else loss_positions
     if lora_r:
         per_token = 4 * base + 6 * sum(lora_r * (i + o) for i, o in adapted)
+        head_flops = 4 * head * head_positions
     else:
         per_token = 6 * base
+        head_flops = 6 * head * head_positions
     heads = config.num_attention_heads
     width = (getattr(config, "head_dim", None) or config.hidden_size // heads) * heads
     attention = sum(12 * config.num_hidden_layers * width * n * (n + 1) / 2 for n in doc_lengths)
-    return float(per_token * tokens + attention)
+    return float(per_token * tokens + head_flops + attention)

@@ -76,3 +76,26 @@ def test_missing_file_and_missing_answer_mapping(tmp_path, tiny_tokenizer):
         _ds(tiny_tokenizer, str(tmp_path / "nope.jsonl"))
     with pytest.raises(DatasetError, match="'answer' is required"):
         ColumnMappedTextInstructionDataset(str(tmp_path / "x.jsonl"), {"question": "q"}, tiny_tokenizer)
+
+
+def test_chat_template_prompts_cut_from_one_render_equal_the_prompts_rendered(tmp_path, tiny_tokenizer, monkeypatch):
+    """A row's prompt (rendered with the generation prompt) is cut from its conversation's render once the template
+    has shown to render turn by turn; the items equal those with every prompt rendered, a prompt that holds the
+    turn marker included, and the template renders about one conversation a row, not two."""
+    from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
+    from nemo_like.components.datasets.llm.turn_split import TurnSplit
+
+    rows = [{"instruction": f"Task {i}.", "input": f"What is {i} plus {i}?" if i % 3 else "",
+             "response": f"{'The answer' if i % 2 else 'It'} is {2 * i}."} for i in range(40)]
+    rows[7]["input"] = "say <|im_start|>assistant\nthen stop"  # the marker inside a prompt: rendered, not cut
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    rendered = []
+    render = ChatRenderer.render
+    monkeypatch.setattr(ChatRenderer, "render", lambda self, c, *a, **k: rendered.append(len(c)) or render(self, c, *a, **k))
+    split = _ds(tiny_tokenizer, path, use_hf_chat_template=True, cache_dir=str(tmp_path / "split"))
+    split_renders = sum(rendered)
+    monkeypatch.setattr(TurnSplit, "PROBES", len(rows) + 1)  # never trusted: every prompt rendered
+    exact = _ds(tiny_tokenizer, path, use_hf_chat_template=True, cache_dir=str(tmp_path / "exact"))
+    assert split.samples == exact.samples and len(split) == len(rows)
+    assert split_renders < 1.5 * len(rows) < sum(rendered) - split_renders
+    assert split._turns.prompt == "<|im_start|>assistant\n" and split._turns.marker == "<|im_start|>assistant\n"

@@ -308,3 +308,29 @@ def test_a_parquet_file_that_is_not_parquet_is_one_line_naming_it(tiny_tokenizer
         ColumnMappedTextInstructionDataset(str(bad), QM, tiny_tokenizer, max_length=0, cache_dir=str(tmp_path / "c"))
     with pytest.raises(DatasetError, match="missing.parquet: data file not found"):
         ColumnMappedTextInstructionDataset("missing.parquet", QM, tiny_tokenizer, max_length=0)
+
+
+def test_samples_given_as_tokens_and_label_spans_make_the_columns_their_label_lists_make():
+    """The array-built columns (``tokens`` / ``label_spans`` samples) equal the ones built from each sample's lists:
+    spans at either end, adjacent spans, several per row, none, one-token rows."""
+    import random
+
+    import numpy as np
+
+    from nemo_like.components.datasets.token_table import _int32_lists, _shifted_columns, shifted_lists
+
+    rng = random.Random(0)
+    samples = []
+    for _ in range(300):
+        n = rng.choice([1, 2, 3, rng.randint(4, 60)])
+        bounds = sorted(rng.sample(range(n), min(n - 1, rng.randint(0, 6)))) if n > 1 else []
+        spans = [x for a, b in zip(bounds[::2], bounds[1::2]) for x in (a, b)]
+        tokens = [rng.randrange(50) for _ in range(n)]
+        samples.append({"tokens": tokens, "label_spans": spans, "supervised": 0})
+    samples.append({"tokens": [5, 6, 7, 8], "label_spans": [0, 1, 1, 3], "supervised": 3})  # adjacent spans
+    ids, labels = _shifted_columns(samples)
+    lists = [shifted_lists(s) for s in samples]
+    assert ids.equals(_int32_lists([i for i, _ in lists])) and labels.equals(_int32_lists([x for _, x in lists]))
+    assert lists[-1] == ([5, 6, 7], [6, 7, 8])
+    assert np.array_equal(labels.flatten().to_numpy() != -100,
+                          np.concatenate([np.array(x, dtype=np.int64) != -100 for _, x in lists]))

@@ -50,7 +50,10 @@ MIN_ROWS_PER_PROCESS = 2000  # fewer rows than this per worker and forking costs
 PROBE_ROWS = 64  # tokenized here first, so an error in the first rows needs no workers
 
 # A row's samples: {"input_ids": [...], "labels": [...], "cut": bool} (pre-shifted, unpadded), with "parts" (the
-# lengths of a sample's pieces, e.g. prompt / chosen / rejected) where an item has several; or None to drop it.
+# lengths of a sample's pieces, e.g. prompt / chosen / rejected) where an item has several and "supervised" (the
+# count of labels that are not IGNORE_INDEX) where the dataset knows it; or None to drop it. A sample may instead
+# give "tokens" (the row's n tokens, unshifted), "label_spans" ([a0, b0, a1, b1, ...]: the shifted positions
+# a <= k < b whose label is tokens[k + 1]) and "supervised": the table is then built on whole arrays.
 Encoder = Callable[[list[tuple[str, dict[str, Any]]]], list[dict[str, Any] | None]]
 
 
@@ -127,21 +130,63 @@ class _TokenizeRows:
     def _table(self, batch: dict[str, list], indices: list[int]) -> pa.Table:
         located = [self.source.decode(batch, i, index) for i, index in enumerate(indices)]
         samples = self.encode([(self.source.where(file, row), data) for file, row, data in located])
-        out: dict[str, Any] = {"input_ids": [], "labels": [], "parts": [], "supervised": [], "file": [], "row": [],
-                               "index": [], "cut": []}
-        for index, (file, row, _), sample in zip(indices, located, samples):
-            if sample is not None:
-                out["input_ids"].append(sample["input_ids"])
-                out["labels"].append(sample["labels"])
-                out["parts"].append(sample.get("parts", []))
-                out["supervised"].append(len(sample["labels"]) - sample["labels"].count(IGNORE_INDEX))
-                out["cut"].append(bool(sample.get("cut", False)))
-                out["file"].append(file)
-                out["row"].append(row)
-                out["index"].append(index)
-        for name in ("input_ids", "labels", "parts"):
-            out[name] = _int32_lists(out[name])
+        kept = [(index, file, row, sample) for index, (file, row, _), sample in zip(indices, located, samples)
+                if sample is not None]
+        kept_samples = [sample for *_, sample in kept]
+        out: dict[str, Any] = {
+            "parts": _int32_lists([sample.get("parts", []) for sample in kept_samples]),
+            "cut": [bool(sample.get("cut", False)) for sample in kept_samples],
+            "file": [file for _, file, _, _ in kept], "row": [row for _, _, row, _ in kept],
+            "index": [index for index, *_ in kept],
+        }
+        if kept_samples and all("tokens" in sample for sample in kept_samples):
+            out["input_ids"], out["labels"] = _shifted_columns(kept_samples)
+            out["supervised"] = [sample["supervised"] for sample in kept_samples]
+        else:
+            shifted = [shifted_lists(sample) for sample in kept_samples]
+            out["input_ids"] = _int32_lists([ids for ids, _ in shifted])
+            out["labels"] = _int32_lists([labels for _, labels in shifted])
+            out["supervised"] = [len(labels) - labels.count(IGNORE_INDEX) if sample.get("supervised") is None
+                                 else sample["supervised"] for (_, labels), sample in zip(shifted, kept_samples)]
         return pa.Table.from_pydict(out, schema=_SCHEMA)
+
+
+def shifted_lists(sample: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """A sample's pre-shifted ``input_ids`` and ``labels`` lists, from either form a dataset may give (see Encoder)."""
+    if "tokens" not in sample:
+        return sample["input_ids"], sample["labels"]
+    tokens, spans = sample["tokens"], sample["label_spans"]
+    labels = [IGNORE_INDEX] * (len(tokens) - 1)
+    for a, b in zip(spans[::2], spans[1::2]):
+        labels[a:b] = tokens[a + 1 : b + 1]
+    return tokens[:-1], labels
+
+
+def _shifted_columns(samples: list[dict[str, Any]]) -> tuple[pa.Array, pa.Array]:
+    """``input_ids`` and ``labels`` columns of samples in the ``tokens`` / ``label_spans`` form, built on whole
+    arrays: each row's tokens but the last are its inputs, its tokens but the first its targets, kept as labels
+    inside its spans."""
+    rows = [sample["tokens"] for sample in samples]
+    n = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    if np.any(n < 1):
+        raise ValueError("a sample in the tokens form has no tokens")
+    ends = np.cumsum(n)
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(ends[-1]))
+    not_last = np.ones(len(flat), dtype=bool)
+    not_last[ends - 1] = False
+    not_first = np.ones(len(flat), dtype=bool)
+    not_first[ends - n] = False
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(n - 1, out=offsets[1:])
+    spans = [sample["label_spans"] for sample in samples]
+    bounds = np.fromiter(chain.from_iterable(spans), dtype=np.int64, count=sum(map(len, spans)))
+    at = bounds + np.repeat(offsets[:-1].astype(np.int64), [len(s) for s in spans])  # positions in the whole batch
+    size = int(offsets[-1]) + 1
+    inside = np.cumsum(np.bincount(at[0::2], minlength=size) - np.bincount(at[1::2], minlength=size))[:-1] > 0
+    labels = np.where(inside, flat[not_first], np.int32(IGNORE_INDEX)).astype(np.int32)
+    pa_offsets = pa.array(offsets)
+    return (pa.ListArray.from_arrays(pa_offsets, pa.array(flat[not_last])),
+            pa.ListArray.from_arrays(pa_offsets, pa.array(labels)))
 
 
 def _int32_lists(rows: list[list[int]]) -> pa.Array:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nemo_like.components.datasets.json_rows import DatasetError, is_local_data_path
+from nemo_like.components.datasets.llm.batch_encoder import RowIds
 from nemo_like.components.datasets.llm.chat_dataset import ChatDataset, inline_tools, parse_json_field
 from nemo_like.components.datasets.local_splits import limit_within_split, resolve_local_split
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces
@@ -229,10 +230,11 @@ class AgentChatDataset(ChatDataset):
         last = [s for s in starts if any(m["role"] == "assistant" for m in history[s:])]
         return system + history[last[-1]:] if last else messages
 
-    def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
+    def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]] | RowIds) -> dict[str, Any] | None:
         if pieces.state is None:
             return None
-        if self.filter_overlong and sum(len(piece) for piece in encoded) - 1 > self.seq_length:
+        tokens = len(encoded.ids) if isinstance(encoded, RowIds) else sum(len(piece) for piece in encoded)
+        if self.filter_overlong and tokens - 1 > self.seq_length:
             return None
         return super()._assemble(where, pieces, encoded)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 MISMATCH = -1  # the full text's tokens do not begin with the prefix's tokens
 _SIMPLE_SPLITTERS = {"Digits", "Whitespace", "WhitespaceSplit", "Punctuation"}  # split by character classes only
@@ -74,6 +74,28 @@ def _regex_forward_only(regex: Any) -> bool:
             return False
         i += 1
     return True
+
+
+class RowIds(NamedTuple):
+    """A row's ids and where each of its pieces starts (``cuts[k]:cuts[k + 1]`` is piece ``k``; one more than pieces).
+
+    Why: a row tokenized whole is cut back into pieces only to be joined again; bounds cost nothing to pass on.
+    """
+
+    ids: list[int]
+    cuts: list[int]
+
+    @classmethod
+    def joined(cls, pieces: Sequence[Sequence[int]]) -> RowIds:
+        ids: list[int] = []
+        cuts = [0]
+        for piece in pieces:
+            ids += piece
+            cuts.append(len(ids))
+        return cls(ids, cuts)
+
+    def pieces(self) -> list[list[int]]:
+        return [self.ids[a:b] for a, b in zip(self.cuts, self.cuts[1:])]
 
 
 class BatchEncoder:
@@ -136,7 +158,12 @@ class BatchEncoder:
         return ids
 
     def encode_rows(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]]:
-        """Per row, the ids of each of its texts, as ``encode(texts, False)`` gives them.
+        """Per row, the ids of each of its texts, as ``encode(texts, False)`` gives them (see ``encode_row_ids``)."""
+        return [row.pieces() for row in self.encode_row_ids(rows)]
+
+    def encode_row_ids(self, rows: Sequence[Sequence[str]]) -> list[RowIds]:
+        """Per row, its texts' ids one after the other and where each text's start, as ``encode(texts, False)`` gives
+        them.
 
         Why: a chat row is a dozen short pieces, and one backend encoding per piece costs a fifth
         more than the row's text tokenized whole. A piece that starts with an added token (the
@@ -155,31 +182,33 @@ class BatchEncoder:
         """
         if self.backend is None or self._grouped is False:
             return self._split_flat(rows)
-        if self._whole:
-            out = self._whole_rows(rows)
-            redo = [i for i, pieces in enumerate(out) if pieces is None]
-            for i, pieces in zip(redo, self._joined_rows([rows[i] for i in redo]) if redo else []):
-                out[i] = pieces
-        else:
-            out = self._joined_rows(rows)
-        if out is None:
-            return self._split_flat(rows)
+        out: list[RowIds | None] = [None] * len(rows)
+        ways = ([self._whole_rows] if self._whole else []) + [self._joined_rows]
+        for way in ways:
+            redo = [i for i, row in enumerate(out) if row is None]
+            if not redo:
+                break
+            found = way([rows[i] for i in redo])
+            if found is None:  # the joined way cannot split these rows back
+                return self._split_flat(rows)
+            for i, row in zip(redo, found):
+                out[i] = row
         if self._grouped is None:
             probe = rows[:4]
             self._grouped = out[: len(probe)] == self._split_flat(probe)
             if not self._grouped:
                 return self._split_flat(rows)
-        return out
+        return out  # type: ignore[return-value]
 
-    def _whole_rows(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]] | None]:
+    def _whole_rows(self, rows: Sequence[Sequence[str]]) -> list[RowIds | None]:
         """Each row tokenized as one text and cut back into its pieces where that is shown to give each piece's
         own tokens (see ``_cut_whole``); None for a row where it is not (it is tokenized piece by piece)."""
         texts = ["".join(texts) for texts in rows]
         encodings = iter(self.backend.encode_batch([t for t in texts if t], add_special_tokens=False))
-        return [self._cut_whole(pieces, text, next(encodings)) if text else [[] for _ in pieces]
+        return [self._cut_whole(pieces, text, next(encodings)) if text else RowIds([], [0] * (len(pieces) + 1))
                 for pieces, text in zip(rows, texts)]
 
-    def _cut_whole(self, pieces: Sequence[str], text: str, encoding: Any) -> list[list[int]] | None:
+    def _cut_whole(self, pieces: Sequence[str], text: str, encoding: Any) -> RowIds | None:
         """The tokens of ``text`` (= the pieces joined) cut at the pieces' bounds, or None when a cut is not shown exact.
 
         A cut at an added token is exact (the tokenizer splits there first). Elsewhere the cut must
@@ -218,7 +247,7 @@ class BatchEncoder:
             anchor_char, anchor_token = at, token
             cuts.append(token)
         cuts.append(len(ids))
-        return [ids[a:b] for a, b in zip(cuts, cuts[1:])]
+        return RowIds(ids, cuts)
 
     def _tail(self, text: str) -> list[int]:
         """``text``'s ids alone, kept for the stretches that repeat (a template's headers)."""
@@ -229,7 +258,7 @@ class BatchEncoder:
                 self._tails.clear()
         return tail_ids
 
-    def _joined_rows(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]] | None:
+    def _joined_rows(self, rows: Sequence[Sequence[str]]) -> list[RowIds] | None:
         """Each row's texts joined at added tokens, pre-split at the other cuts (None when the ids do not split back)."""
         plans = [self._join(texts) for texts in rows]
         full = [words for words, _ in plans if words]
@@ -257,7 +286,7 @@ class BatchEncoder:
             if at != len(ids) or len(pieces) != len(texts):  # not one stretch of tokens per piece, in order
                 self._grouped = False
                 return None
-            out.append(pieces)
+            out.append(RowIds.joined(pieces))
         return out
 
     def _join(self, texts: Sequence[str]) -> tuple[list[str], list[list[tuple[int, int]]]]:
@@ -278,9 +307,9 @@ class BatchEncoder:
             words[-1] += text
         return words, starts
 
-    def _split_flat(self, rows: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+    def _split_flat(self, rows: Sequence[Sequence[str]]) -> list[RowIds]:
         ids = iter(self.encode([text for texts in rows for text in texts], False))
-        return [[next(ids) for _ in texts] for texts in rows]
+        return [RowIds.joined([next(ids) for _ in texts]) for texts in rows]
 
     def prefix_count(self, prefix: str, full: str, index: int) -> int | None:
         """``len(tokenize(prefix))`` for ``full`` = the ``index``-th text of the last ``encode(..., False, keep=True)``;

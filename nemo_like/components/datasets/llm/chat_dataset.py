@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets import arrow_rows
 from nemo_like.components.datasets.json_rows import DatasetError, slice_split
 from nemo_like.components.datasets.llm.context_limit import RowLimit
@@ -37,11 +36,11 @@ from nemo_like.components.datasets.llm.formatting_utils import (
     is_padding_to_max_length,
     is_truncation_on,
     pad_token_id_of,
-    shift_and_pad,
 )
 from nemo_like.components.datasets.local_splits import split_name
+from nemo_like.components.datasets.llm.batch_encoder import RowIds
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset
-from nemo_like.components.datasets.llm.turn_split import TurnSplit, row_shape
+from nemo_like.components.datasets.llm.turn_split import row_shape
 
 logger = logging.getLogger("nemo_like")
 
@@ -343,29 +342,27 @@ class ChatDataset(TokenizedDataset):
                 self._renders_tools = False
         return self._renders_tools
 
-    @property
-    def _turns(self) -> TurnSplit:
-        """What this dataset's template has shown about its turns (probed on the rows it renders exactly)."""
-        turns = self.__dict__.get("_turn_split")
-        if turns is None:
-            turns = self.__dict__["_turn_split"] = TurnSplit()
-        return turns
-
     def _segments(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None) -> list[tuple[str, bool]]:
         """The rendered conversation cut into (text, supervised) pieces, checked to extend one another."""
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         thinking = [i for i in answers if self.mask_reasoning_content and messages[i].get("reasoning_content")]
         cleaned: dict[int, Any] = {}
         shape = None if thinking else row_shape(messages, tools)
-        found = (self._split_turns(where, messages, tools, answers, cleaned, shape) if self._turns.trusts(shape)
-                 else None)
-        if found is None:
-            found = self._prefix_turns(where, messages, tools, answers, cleaned)
-            if shape is not None and self._turns.learn(*found, shape) and self._turns.probing(shape):
-                self._turns.check(shape, found, self._split_turns(where, messages, tools, answers, cleaned, shape))
+        if self._turns.trusts(shape):
+            try:
+                (full,) = self._renderer(self.chat_template).render([messages], tools, cleaned=cleaned)
+            except Exception:  # the exact way says what is wrong
+                full = None
+            found = None if full is None else self._turns.bounds(full, len(messages), answers, shape)
+            if found is not None:
+                return self._cut_at(where, messages, full, *found)
+        found = self._prefix_turns(where, messages, tools, answers, cleaned)
+        if shape is not None and self._turns.learn(*found, shape) and self._turns.probing(shape):
+            self._turns.check(shape, found, self._split_turns(where, messages, tools, answers, cleaned, shape))
         before_answer, through = found
         emptied = dict(zip(thinking, self._render(
-            where, [messages[:i] + [{**messages[i], "reasoning_content": ""}] for i in thinking], tools)))
+            where, [messages[:i] + [{**messages[i], "reasoning_content": ""}] for i in thinking], tools))
+            ) if thinking else {}
         return self._cut(where, messages, before_answer, through, emptied)
 
     def _prefix_turns(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None, answers: list[int],
@@ -413,6 +410,27 @@ class ChatDataset(TokenizedDataset):
                 done = text
         return [(text, flag) for text, flag in pieces if text]
 
+    def _cut_at(self, where: str, messages: list[dict[str, Any]], full: str, prompt_ends: dict[int, int],
+                ends: list[int]) -> list[tuple[str, bool]]:
+        """``_cut`` for a row split from one render: the same pieces, cut at places in ``full`` (no reasoning trace)."""
+        last_assistant = max(prompt_ends)
+        pieces: list[tuple[str, bool]] = []
+        done = 0
+        for i, message in enumerate(messages):
+            supervised = False
+            if message["role"] == "assistant":
+                if prompt_ends[i] > ends[i]:
+                    raise DatasetError(
+                        f"{where}: the chat template does not render this conversation turn by turn "
+                        f"(message {i} changes the text before it), so assistant tokens cannot be located"
+                    )
+                pieces.append((full[done: prompt_ends[i]], False))
+                done = prompt_ends[i]
+                supervised = not self.mask_history or i == last_assistant
+            pieces.append((full[done: ends[i]], supervised))
+            done = ends[i]
+        return [(text, flag) for text, flag in pieces if text]
+
     def _pieces(self, where: str, row: dict[str, Any]) -> Pieces:
         messages, tools = self.conversation(where, row)
         messages = self._checked(where, messages)
@@ -422,25 +440,28 @@ class ChatDataset(TokenizedDataset):
         segments = self._segments(where, messages, tools)
         return Pieces([text for text, _ in segments], [False] * len(segments), [flag for _, flag in segments])
 
-    def _encode_texts(self, prepared: list[Pieces]) -> Iterator[list[list[int]]]:
+    def _encode_texts(self, prepared: list[Pieces]) -> Iterator[list[list[int]] | RowIds]:
         """Each row's pieces tokenized one by one, in one backend encoding per row (see ``BatchEncoder.encode_rows``)."""
         if any(pieces.prefixes or any(pieces.special) for pieces in prepared):
             yield from super()._encode_texts(prepared)
         else:
-            yield from self.encoder.encode_rows([pieces.texts for pieces in prepared])
+            yield from self.encoder.encode_row_ids([pieces.texts for pieces in prepared])
 
-    def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]]:
-        ids: list[int] = []
-        labels: list[int] = []
-        for piece, supervised in zip(encoded, pieces.state):
-            ids += piece
-            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
-        keep = self.row_limit.keep(where, len(ids) - 1) + 1  # n tokens are n - 1 model inputs once shifted
-        if keep < len(ids):
-            cut = slice(len(ids) - keep, None) if self._truncation_side() == "left" else slice(keep)
-            ids, labels = ids[cut], labels[cut]
-        sample = shift_and_pad(ids, labels, None, self.pad_token_id)
-        if sample is None:
+    def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]] | RowIds) -> dict[str, Any]:
+        """The row's tokens and the spans whose labels are their next tokens (each supervised piece's), truncated as
+        the row limit says (the ``tokens`` form of ``token_table``)."""
+        ids, cuts = encoded if isinstance(encoded, RowIds) else RowIds.joined(encoded)
+        n = len(ids)
+        keep = self.row_limit.keep(where, n - 1) + 1  # n tokens are n - 1 model inputs once shifted
+        lo, hi = (n - keep, n) if keep < n and self._truncation_side() == "left" else (0, min(keep, n))
+        spans: list[int] = []  # shifted positions: label k is token lo + k + 1
+        supervised = 0
+        for a, b, is_supervised in zip(cuts, cuts[1:], pieces.state):
+            a, b = max(a, lo + 1), min(b, hi)
+            if is_supervised and a < b:
+                spans += (a - lo - 1, b - lo - 1)
+                supervised += b - a
+        if not supervised:
             raise DatasetError(f"{where}: no assistant token is left to learn from after truncation to "
                                f"{self.row_limit.describe()}")
-        return sample
+        return {"tokens": ids if hi - lo == n else ids[lo:hi], "label_spans": spans, "supervised": supervised}

@@ -75,6 +75,9 @@ class ChatRenderer:
             cleaned = {}  # prefixes share message objects: each is cleaned once
 
         def clean(message: dict[str, Any]) -> dict[str, Any]:
+            if type(message) is dict and len(message) == 2 and type(message.get("role")) is str and type(
+                    message.get("content")) is str:
+                return message  # {role, content}: cleaning gives the same dict
             key = id(message)
             if key not in cleaned:
                 cleaned[key] = (_plain_strings(message) if _only_strings(message) else

@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nemo_like.components.batch import IGNORE_INDEX
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.context_limit import RowLimit
-from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on, shift_and_pad
+from nemo_like.components.datasets.llm.formatting_utils import is_truncation_on
 from nemo_like.components.datasets.llm.prompt_template import RowFormatter, row_formatter
 from nemo_like.components.datasets.llm.batch_encoder import MISMATCH
 from nemo_like.components.datasets.llm.tokenized_dataset import Pieces, TokenizedDataset, callable_identity
+from nemo_like.components.datasets.llm.turn_split import row_shape
 
 _COLUMNS = ("context", "question", "answer")
 
@@ -149,9 +149,35 @@ class ColumnMappedTextInstructionDataset(TokenizedDataset):
             return [Pieces([prompt + separator, answer], [True, False], "plain") for prompt, answer in pairs]
         render = self._renderer(self.tokenizer.chat_template).render
         users = [[{"role": "user", "content": prompt}] for prompt, _ in pairs]
-        prompts = render(users, add_generation_prompt=True)
-        fulls = render([u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)])
+        conversations = [u + [{"role": "assistant", "content": a}] for u, (_, a) in zip(users, pairs)]
+        fulls = render(conversations)
+        prompts = self._prompts(render, users, conversations, fulls)
         return [Pieces([f], [False], "chat_template", prefixes={0: p}) for p, f in zip(prompts, fulls)]
+
+    def _prompts(self, render: Callable[..., list[str]], users: list[list[dict[str, str]]],
+                 conversations: list[list[dict[str, str]]], fulls: list[str]) -> list[str]:
+        """Each conversation's prompt as rendered with the generation prompt: cut from its full render where the
+        template has shown to render turn by turn (``TurnSplit``; the first rows of a shape are probes), rendered
+        for the other rows."""
+        turns = self._turns
+        prompts: list[str | None] = []
+        for user, conversation, full in zip(users, conversations, fulls):
+            shape = row_shape(conversation, None)
+            found = turns.bounds(full, 2, [1], shape) if turns.trusts(shape) else None
+            if found is not None:
+                prompts.append(full[: found[0][1]])
+            elif turns.probing(shape):  # rendered exactly, and what it shows is learnt
+                (prompt,), (first,) = render([user], add_generation_prompt=True), render([user])
+                exact = ({1: prompt}, [first, full])
+                if turns.learn(*exact, shape) and turns.probing(shape):
+                    turns.check(shape, exact, turns.split(full, 2, [1], shape))
+                prompts.append(prompt)
+            else:
+                prompts.append(None)
+        rest = [i for i, p in enumerate(prompts) if p is None]
+        for i, prompt in zip(rest, render([users[i] for i in rest], add_generation_prompt=True) if rest else []):
+            prompts[i] = prompt
+        return prompts  # type: ignore[return-value]
 
     def _assemble(self, where: str, pieces: Pieces, encoded: list[list[int]]) -> dict[str, list[int]] | None:
         if pieces.state == "chat_template":
@@ -171,8 +197,7 @@ class ColumnMappedTextInstructionDataset(TokenizedDataset):
         keep = self.row_limit.keep(where, len(prompt_ids) + len(answer_ids) - 1)
         answer_ids = answer_ids[: keep + 1 - len(prompt_ids)]
         ids = prompt_ids + answer_ids
-        if self.answer_only_loss_mask:
-            labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
-        else:
-            labels = list(ids)
-        return shift_and_pad(ids, labels, None, self.pad_token_id)
+        first = max(len(prompt_ids) - 1, 0) if self.answer_only_loss_mask else 0  # shifted: label k is token k + 1
+        if len(ids) - 1 <= first:
+            return None  # no label left
+        return {"tokens": ids, "label_spans": [first, len(ids) - 1], "supervised": len(ids) - 1 - first}

@@ -28,11 +28,13 @@ from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.batch_encoder import MISMATCH, BatchEncoder
 from nemo_like.components.datasets.llm.chat_renderer import ChatRenderer
 from nemo_like.components.datasets.llm.context_limit import RowLimit
+from nemo_like.components.datasets.llm.turn_split import TurnSplit
 from nemo_like.components.datasets.token_table import (
     TokenTable,
     code_fingerprint,
     fingerprint,
     load_or_build,
+    shifted_lists,
     tokenizer_fingerprint,
 )
 
@@ -100,7 +102,7 @@ class TokenizedDataset(Dataset):
         encoded = [list(self._ids(text, special)) for text, special in zip(pieces.texts, pieces.special)]
         self._count_prefixes(pieces, encoded, None)
         sample = self._finish(where, pieces, encoded)
-        return None if sample is None else self._item(sample["input_ids"], sample["labels"])
+        return None if sample is None else self._item(*shifted_lists(sample))
 
     def _encode_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | None]:
         """A batch of rows: every row's pieces in one tokenizer call per special-token setting."""
@@ -132,6 +134,14 @@ class TokenizedDataset(Dataset):
         if renderer is None or renderer.tokenizer is not self.tokenizer or renderer.chat_template != chat_template:
             renderer = self.__dict__["_chat_renderer"] = ChatRenderer(self.tokenizer, chat_template)
         return renderer
+
+    @property
+    def _turns(self) -> TurnSplit:
+        """What this dataset's template has shown about its turns (probed on the rows it renders exactly)."""
+        turns = self.__dict__.get("_turn_split")
+        if turns is None:
+            turns = self.__dict__["_turn_split"] = TurnSplit()
+        return turns
 
     def _ids(self, text: str | list[str], special: bool, keep: bool = False) -> Any:
         """Token ids only (no attention mask or type ids to build: a quarter of the tokenizer's time)."""

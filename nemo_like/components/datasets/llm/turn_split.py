@@ -15,10 +15,26 @@ from typing import Any
 def row_shape(messages: list[dict[str, Any]], tools: list[Any] | None) -> tuple[Any, ...]:
     """What a chat template commonly branches on: tools, the first and last role, which role follows which
     (with or without tool calls), one or several turns, the message fields that are set."""
-    roles = [(m["role"], bool(m.get("tool_calls"))) for m in messages]
-    several = tuple(sum(m["role"] == role for m in messages) > 1 for role in ("user", "assistant"))
-    fields_set = sorted({k for m in messages for k, v in m.items() if v not in (None, "", [], {})})
-    return (bool(tools), roles[0], roles[-1], tuple(sorted(set(zip(roles, roles[1:])))), several, tuple(fields_set))
+    roles = tuple([(m["role"], bool(m.get("tool_calls"))) for m in messages])
+    fields_set = frozenset([k for m in messages for k, v in m.items() if v or _set(v)])
+    key = (bool(tools), roles, fields_set)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        several = tuple(sum(r == role for r, _ in roles) > 1 for role in ("user", "assistant"))
+        shape = (key[0], roles[0], roles[-1], tuple(sorted(set(zip(roles, roles[1:])))), several,
+                 tuple(sorted(fields_set)))
+        if len(_SHAPES) > 4096:  # a cap keeps odd data bounded
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    return shape
+
+
+_SHAPES: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # the same roles and fields give the same shape
+
+
+def _set(value: Any) -> bool:
+    """A falsy field counts as set unless it is None or an empty string, list or dict (0 and False are set)."""
+    return value is not None and value != "" and value != [] and value != {}
 
 
 @dataclass
@@ -78,6 +94,7 @@ class TurnSplit:
                 prompt = before_answer[i][len(done):]
                 self.off = self.off or (self.prompt is not None and prompt != self.prompt)
                 self.prompt = prompt
+                self.marker = os.path.commonprefix([self.marker, prompt])  # not the answers' common start
         self.off = self.off or self.marker == ""
         if not self.off and self.marker and shape is not None and self._lead(shape) is None:
             self.leads[shape] = (self.marker, len(_positions(through[0], self.marker, len(through[0]))))
@@ -93,6 +110,15 @@ class TurnSplit:
     def split(self, full: str, n: int, answers: list[int], shape: tuple[Any, ...] | None
               ) -> tuple[dict[int, str], list[str]] | None:
         """(each answer's prompt, each prefix) from the whole conversation's text, or None."""
+        found = self.bounds(full, n, answers, shape)
+        if found is None:
+            return None
+        prompt_ends, ends = found
+        return {i: full[:end] for i, end in prompt_ends.items()}, [full[:end] for end in ends]
+
+    def bounds(self, full: str, n: int, answers: list[int], shape: tuple[Any, ...] | None
+               ) -> tuple[dict[int, int], list[int]] | None:
+        """What ``split`` gives, as places in ``full``: where each answer's prompt ends, where each prefix ends."""
         lead = self._lead(shape)
         if lead is None or not self.marker:
             return None
@@ -100,12 +126,12 @@ class TurnSplit:
         if len(found) != lead + n - 1:
             return None
         ends = found[lead:] + [len(full)]  # where message i + 1 starts; the last: the end
-        before_answer = {}
+        prompt_ends = {}
         for i in answers:
             if i and (self.prompt is None or not full.startswith(self.prompt, ends[i - 1])):
                 return None
-            before_answer[i] = full[: ends[i - 1]] + self.prompt if i else ""
-        return before_answer, [full[:end] for end in ends]
+            prompt_ends[i] = ends[i - 1] + len(self.prompt) if i else 0
+        return prompt_ends, ends
 
 
 def _positions(text: str, marker: str, most: int) -> list[int]:
