@@ -15,7 +15,9 @@ quickstart's settings (SmolLM2-135M-Instruct, chat template, 8 new tokens, batch
 Measured 2026-12-05 (2 cores, ``--rounds 2``, several runs): load 0: shared 2.2-2.3 s, plain 3.3-3.5 s
 (0.64-0.68); load 4: shared 16.4-26.7 s, plain 23.5-32.2 s (0.70-0.92); the shared prefix is the faster path
 under this load too. What the load costs is the threads: with ``--threads 1`` at load 4 the shared path
-took 11.2 s (plain 17.0 s) against 16-30 s on 2 threads.
+took 11.2 s (plain 17.0 s) against 16-30 s on 2 threads. Load 8 (``--rounds 2``): shared 61.6 s, plain 61.0 s
+(1.01): the shared path no longer loses, but both pay the oversubscribed second thread: on one thread
+(``--threads 1``, one round) shared took 19.3 s and plain 28.5 s (0.68).
 """
 
 from __future__ import annotations
