@@ -162,7 +162,7 @@ class BatchEncoder:
         return [row.pieces() for row in self.encode_row_ids(rows)]
 
     def encode_row_ids(self, rows: Sequence[Sequence[str]]) -> list[RowIds]:
-        """Per row, its texts' ids one after the other and where each text's start, as ``encode(texts, False)`` gives
+        """Per row, its texts' ids one after the other and where each text starts, as ``encode(texts, False)`` gives
         them.
 
         Why: a chat row is a dozen short pieces, and one backend encoding per piece costs a fifth
