@@ -56,7 +56,7 @@ from nemo_like.components.checkpoint.manifest import (
 from nemo_like.components.checkpoint.model_files import save_model_files
 from nemo_like.components.checkpoint.model_state import ModelState, as_model_state
 from nemo_like.components.checkpoint.pointers import (
-    LATEST, LOWEST_VAL, STEP_DIR, TMP_PREFIX, atomic_write_text, fsync_dir, pointer_or_none, read_pointer,
+    LATEST, LOWEST_VAL, STEP_DIR, TMP_PREFIX, atomic_write_text, fsync_path, pointer_or_none, read_pointer,
 )
 from nemo_like.components.checkpoint.torch_file import save_torch
 from nemo_like.components.loggers.phase_progress import PhaseProgress, format_bytes
@@ -342,12 +342,12 @@ class Checkpointer:
         if os.path.isdir(final):
             os.replace(final, replaced)
         os.replace(tmp, final)
-        fsync_dir(self.root)
+        fsync_path(self.root)
         self._verified.discard(final)
         self._notify("renamed", step, final)
         self._writing = os.path.join(self.root, LATEST)
         atomic_write_text(self._writing, name)
-        fsync_dir(self.root)
+        fsync_path(self.root)
         self._notify("latest_moved", step, final)
         self._update_lowest_val()
         shutil.rmtree(replaced, ignore_errors=True)

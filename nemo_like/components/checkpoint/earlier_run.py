@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from nemo_like.components.checkpoint.pointers import LATEST, LOWEST_VAL, STEP_DIR, fsync_dir
+from nemo_like.components.checkpoint.pointers import LATEST, LOWEST_VAL, STEP_DIR, fsync_path
 
 logger = logging.getLogger("nemo_like")
 
@@ -44,7 +44,7 @@ def set_aside_earlier_run(root: str) -> str | None:
     os.makedirs(target)
     for name in names:
         os.replace(os.path.join(root, name), os.path.join(target, name))
-    fsync_dir(root)
+    fsync_path(root)
     checkpoints = sum(1 for name in names if STEP_DIR.match(name))
     logger.info("checkpoint.restore_from none: %s held an earlier run (%s, %d checkpoint%s); moved to %s, so this "
                 "run starts with empty records", root, ", ".join(n for n in names if n.endswith(".jsonl")) or

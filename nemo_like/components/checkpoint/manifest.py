@@ -22,7 +22,7 @@ from typing import Any
 import xxhash
 
 from nemo_like.components.checkpoint.errors import CheckpointError
-from nemo_like.components.checkpoint.pointers import STEP_DIR, TMP_PREFIX, fsync_dir
+from nemo_like.components.checkpoint.pointers import STEP_DIR, TMP_PREFIX, fsync_path
 
 MANIFEST = "MANIFEST.json"
 ALGORITHM = "xxh3_128"
@@ -95,7 +95,7 @@ def write_manifest(step_dir: str, sync: bool = True) -> dict:
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(step_dir, MANIFEST))
     for here, _, _ in os.walk(step_dir):
-        fsync_dir(here)
+        fsync_path(here)
     return manifest
 
 

@@ -18,8 +18,9 @@ LOWEST_VAL = "LOWEST_VAL"
 
 
 def fsync_path(path: str) -> None:
-    """Flush a file's data, or a directory's entries, to disk; a path that cannot be opened or flushed is left
-    (the caller's next durable step reports real trouble)."""
+    """Flush a file's data, or a directory's entries (renames, new names: a power cut must not undo a pointer
+    move), to disk; a path that cannot be opened or flushed is left (the caller's next durable step reports real
+    trouble)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -30,11 +31,6 @@ def fsync_path(path: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def fsync_dir(path: str) -> None:
-    """Make renames and new entries in ``path`` durable (a power cut must not undo a pointer move)."""
-    fsync_path(path)
 
 
 def atomic_write_text(path: str, text: str) -> None:

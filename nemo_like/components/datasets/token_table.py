@@ -183,7 +183,7 @@ def _shifted_columns(samples: list[dict[str, Any]]) -> tuple[pa.Array, pa.Array]
     at = bounds + np.repeat(offsets[:-1].astype(np.int64), [len(s) for s in spans])  # positions in the whole batch
     size = int(offsets[-1]) + 1
     inside = np.cumsum(np.bincount(at[0::2], minlength=size) - np.bincount(at[1::2], minlength=size))[:-1] > 0
-    labels = np.where(inside, flat[not_first], np.int32(IGNORE_INDEX)).astype(np.int32)
+    labels = np.where(inside, flat[not_first], np.int32(IGNORE_INDEX))  # int32, as both inputs are
     pa_offsets = pa.array(offsets)
     return (pa.ListArray.from_arrays(pa_offsets, pa.array(flat[not_last])),
             pa.ListArray.from_arrays(pa_offsets, pa.array(labels)))

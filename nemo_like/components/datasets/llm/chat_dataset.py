@@ -178,6 +178,11 @@ class ShuffledRowSource(arrow_rows.RowSource):
         return whole.select(order[span].tolist())
 
 
+def _not_turn_by_turn(where: str, index: int) -> DatasetError:
+    return DatasetError(f"{where}: the chat template does not render this conversation turn by turn (message "
+                        f"{index} changes the text before it), so assistant tokens cannot be located")
+
+
 def reasoning_span(full: str, emptied: str) -> tuple[int, int] | None:
     """(start, end) of the characters of ``full`` that the render with an emptied trace lacks, or None."""
     p = 0
@@ -356,10 +361,8 @@ class ChatDataset(TokenizedDataset):
             found = None if full is None else self._turns.bounds(full, len(messages), answers, shape)
             if found is not None:
                 return self._cut_at(where, messages, full, *found)
-        found = self._prefix_turns(where, messages, tools, answers, cleaned)
-        if shape is not None and self._turns.learn(*found, shape) and self._turns.probing(shape):
-            self._turns.check(shape, found, self._split_turns(where, messages, tools, answers, cleaned, shape))
-        before_answer, through = found
+        before_answer, through = self._prefix_turns(where, messages, tools, answers, cleaned)
+        self._turns.observe(before_answer, through, shape)
         emptied = dict(zip(thinking, self._render(
             where, [messages[:i] + [{**messages[i], "reasoning_content": ""}] for i in thinking], tools))
             ) if thinking else {}
@@ -372,16 +375,6 @@ class ChatDataset(TokenizedDataset):
                                                        add_generation_prompt=True, cleaned=cleaned)))
         through = self._render(where, [messages[: i + 1] for i in range(len(messages))], tools, cleaned=cleaned)
         return before_answer, through
-
-    def _split_turns(self, where: str, messages: list[dict[str, Any]], tools: list[Any] | None, answers: list[int],
-                     cleaned: dict[int, Any], shape: tuple[Any, ...] | None) -> tuple[dict[int, str], list[str]] | None:
-        """What ``_prefix_turns`` gives, from one render of the whole conversation, or None when this row does not
-        show the template's learnt turn structure (see ``TurnSplit``)."""
-        try:
-            (full,) = self._render(where, [messages], tools, cleaned=cleaned)
-        except DatasetError:
-            return None  # the exact way says what is wrong
-        return self._turns.split(full, len(messages), answers, shape)
 
     def _cut(self, where: str, messages: list[dict[str, Any]], before_answer: dict[int, str], through: list[str],
              emptied: dict[int, str]) -> list[tuple[str, bool]]:
@@ -396,10 +389,7 @@ class ChatDataset(TokenizedDataset):
             bounds.append((through[i], supervised))
             for text, is_supervised in bounds:
                 if not text.startswith(done):
-                    raise DatasetError(
-                        f"{where}: the chat template does not render this conversation turn by turn "
-                        f"(message {i} changes the text before it), so assistant tokens cannot be located"
-                    )
+                    raise _not_turn_by_turn(where, i)
                 added = text[len(done):]
                 span = reasoning_span(added, emptied[i][len(done):]) if (
                     is_supervised and i in emptied and emptied[i].startswith(done)) else None
@@ -420,10 +410,7 @@ class ChatDataset(TokenizedDataset):
             supervised = False
             if message["role"] == "assistant":
                 if prompt_ends[i] > ends[i]:
-                    raise DatasetError(
-                        f"{where}: the chat template does not render this conversation turn by turn "
-                        f"(message {i} changes the text before it), so assistant tokens cannot be located"
-                    )
+                    raise _not_turn_by_turn(where, i)
                 pieces.append((full[done: prompt_ends[i]], False))
                 done = prompt_ends[i]
                 supervised = not self.mask_history or i == last_assistant

@@ -168,9 +168,7 @@ class ColumnMappedTextInstructionDataset(TokenizedDataset):
                 prompts.append(full[: found[0][1]])
             elif turns.probing(shape):  # rendered exactly, and what it shows is learnt
                 (prompt,), (first,) = render([user], add_generation_prompt=True), render([user])
-                exact = ({1: prompt}, [first, full])
-                if turns.learn(*exact, shape) and turns.probing(shape):
-                    turns.check(shape, exact, turns.split(full, 2, [1], shape))
+                turns.observe({1: prompt}, [first, full], shape)
                 prompts.append(prompt)
             else:
                 prompts.append(None)

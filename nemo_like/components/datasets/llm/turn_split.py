@@ -100,6 +100,13 @@ class TurnSplit:
             self.leads[shape] = (self.marker, len(_positions(through[0], self.marker, len(through[0]))))
         return not self.off
 
+    def observe(self, before_answer: dict[int, str], through: list[str], shape: tuple[Any, ...] | None) -> None:
+        """A row rendered exactly: learn from it, and while its shape is probed, check the split of its whole render
+        (its last prefix) against it."""
+        if shape is not None and self.learn(before_answer, through, shape) and self.probing(shape):
+            self.check(shape, (before_answer, through), self.split(through[-1], len(through), list(before_answer),
+                                                                   shape))
+
     def check(self, shape: tuple[Any, ...], exact: tuple[dict[int, str], list[str]],
               split: tuple[dict[int, str], list[str]] | None) -> None:
         """A probe row: the split must equal the exact renders (a row the split cannot cut says nothing)."""
