@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, tiny_llama_config
-from nemo_like.components.datasets.llm.packed_attention import packed_sdpa_attention_forward
+from nemo_like.components.datasets.llm.packed_attention import packed_sdpa_attention_forward, plan_groups
 from nemo_like.components.datasets.llm.packed_sequence import PackedSequence, block_causal_mask, real_tokens
 from nemo_like.config.loader import load_yaml_config
 from nemo_like.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
@@ -70,6 +70,39 @@ def test_packed_sdpa_leaves_padded_batches_and_generation_to_sdpa(one_thread):
                        packed(input_ids=ids, attention_mask=mask).logits)
     want = reference.generate(ids[:1], max_new_tokens=4, do_sample=False)
     assert torch.equal(packed.generate(ids[:1], max_new_tokens=4, do_sample=False), want)
+
+
+@pytest.mark.parametrize("rows", [
+    [[339, 57, 55, 58]],  # the quickstart's long tail: the long document alone, the short ones in one call
+    [[8] * 64],  # many tiny documents: one shared call
+    [[300, 8, 9, 7, 100, 50, 38]],  # mixed lengths: groups out of token order, restored
+    [[5, 9, 3, 7, 12], [12, 8, 4, 12]],  # two rows: shared calls take documents of both
+    [[500, 12], [512]],  # a row that is one document beside a packed one
+])
+def test_grouped_documents_give_the_block_causal_attention_and_its_gradients(one_thread, rows):
+    positions = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in rows])
+    batch, seq = positions.shape
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(batch, 9, seq, 16, generator=gen, requires_grad=True)
+    kv = [torch.randn(batch, 3, seq, 16, generator=gen, requires_grad=True) for _ in range(2)]
+    module = torch.nn.Module()
+    want = F.scaled_dot_product_attention(q, *kv, attn_mask=block_causal_mask(positions), enable_gqa=True)
+    got = packed_sdpa_attention_forward(module, q, *kv, None, position_ids=positions)[0]
+    assert (want.transpose(1, 2) - got).abs().max() < 1e-5
+    weights = torch.randn(got.shape, generator=gen)
+    for a, b in zip(torch.autograd.grad((want.transpose(1, 2) * weights).sum(), [q, *kv]),
+                    torch.autograd.grad((got * weights).sum(), [q, *kv])):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_plan_groups_puts_long_documents_alone_and_short_ones_together():
+    lengths = [339, 57, 55, 58, 8, 9, 7]
+    groups = plan_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # a partition
+    assert [0] in groups  # the long one alone: padding the short ones to it would cost far more than a call
+    assert any({1, 2, 3} <= set(g) for g in groups)  # similar lengths share one call
+    assert len(plan_groups([57] * 9)) == 1  # nine alike: one call
+    assert plan_groups([]) == [] and plan_groups([40]) == [[0]]
 
 
 def _benchmark():

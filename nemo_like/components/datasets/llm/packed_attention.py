@@ -2,13 +2,21 @@
 
 Why: a packed row of ``S`` tokens under SDPA and a block-causal mask pays for ``S x S``
 scores although each document only looks at itself. With ~55-token documents in a
-512-token pack that is ten times the attention work the documents need (about 15% of a
-SmolLM2-135M training step on a CPU). Flash attention's variable-length kernels avoid it
-on CUDA; this function does the same with plain SDPA: it gathers the documents of the
-batch (found where ``position_ids`` restart at 0) into a ``[documents, heads, longest, dim]``
-tensor, each document padded at its end, runs causal SDPA on it and scatters the result
-back. Padding at the end of a document is never seen by that document's tokens under a
-causal mask, so the result equals the block-causal attention.
+512-token pack that is ten times the attention work the documents need. Flash attention's
+variable-length kernels avoid it on CUDA; this function does the same with plain causal
+SDPA. The documents of the batch (found where ``position_ids`` restart at 0) are split into
+groups: a long document is attended alone on a slice of the row (no copy, no padding), and
+documents of similar length are gathered into one ``[documents, heads, longest, dim]``
+tensor, each padded at its end, so that many short ones cost one call. Padding at the end
+of a document is never seen by that document's tokens under a causal mask, so the result
+equals the block-causal attention.
+
+Which documents share a call is decided once per forward by :func:`plan_groups`, from a cost
+model of one call (a fixed cost, the scores, and the tokens, padded ones included, with a
+gather cost for shared calls). A single ``[documents, longest]`` tensor for the whole pack
+padded every document to the longest: on the quickstart's long-tail packs (one 339-token
+document beside three of ~57) that was 2.7x the tokens and 3x the attention time of
+per-document calls; the grouping keeps the one-call speed where documents are many and short.
 
 Use it by loading the model with ``attn_implementation: packed_sdpa`` (it is registered
 with transformers when this module is imported, which the packed-sequence code does).
@@ -19,46 +27,133 @@ padded batches go to transformers' own SDPA attention unchanged.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 NAME = "packed_sdpa"
 
-# The layout of the last position_ids seen: every layer of one forward (and its backward) reuses it.
+# Cost of one fused attention call (forward + backward, SmolLM2's 9 heads of 64, 2 CPU cores), in
+# nanoseconds: fixed, per score of the causal square, per token (padded ones too), per gathered token.
+# Only their ratios matter: they decide which documents share a call.
+CALL_NS, SCORE_NS, TOKEN_NS, GATHER_NS = 170_000.0, 42.0, 3_000.0, 600.0
+
+
+@dataclass(frozen=True)
+class Group:
+    """Documents attended in one SDPA call.
+
+    Alone (``slots is None``): the tokens ``start:start + length`` of row ``row``. Shared:
+    ``slots`` gives, for each ``[documents, longest]`` slot, the flat token that fills it
+    (a document's first token fills its padding), and ``real`` the slots holding real tokens.
+    """
+
+    row: int
+    start: int
+    length: int
+    slots: torch.Tensor | None = None
+    real: torch.Tensor | None = None
+    documents: int = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The groups of one batch and, when their concatenated tokens are out of order, the order to restore."""
+
+    groups: tuple[Group, ...]
+    order: torch.Tensor | None
+
+
+# The layout of the last position_ids seen: every layer of one forward reuses it.
 _last: dict[str, Any] = {"ids": None, "layout": None}
 
 
-def document_layout(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int] | None:
-    """Where each token goes in the per-document tensor, or None when no row holds more than one document.
+def plan_groups(lengths: list[int]) -> list[list[int]]:
+    """Indices of ``lengths`` split into groups that share a call, cheapest first by the cost model.
 
-    Returns ``(slot_of_token, token_of_slot, documents, longest)``: the flat slot
-    ``document * longest + position`` of every token, and for every slot the token that
-    fills it (slots past a document's end repeat its first token; causal masking hides them).
+    Documents are sorted longest first and cut into runs (a run pads to its first length);
+    the cut is the exact minimum of the model over all such cuts (dynamic programming).
     """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    longest = np.array([lengths[i] for i in order], dtype=np.float64)
+    per_doc = SCORE_NS * longest**2 + (TOKEN_NS + GATHER_NS) * longest  # a document padded to a run's first length
+    alone = CALL_NS + SCORE_NS * longest**2 + TOKEN_NS * longest
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        first = np.arange(end)
+        cost = best[:end] + CALL_NS + (end - first) * per_doc[:end]
+        cost[end - 1] = best[end - 1] + alone[end - 1]
+        cut[end] = int(np.argmin(cost))
+        best[end] = cost[cut[end]]
+    groups, end = [], n
+    while end > 0:
+        groups.append(order[cut[end]:end])
+        end = int(cut[end])
+    return groups[::-1]
+
+
+def document_layout(position_ids: torch.Tensor) -> Layout | None:
+    """The groups of the batch's documents, or None when no row holds more than one document."""
     cached = _last["ids"]() if _last["ids"] is not None else None
     if cached is position_ids:
         return _last["layout"]
     layout = None
     if position_ids.dim() == 2 and position_ids.shape[1] > 1 and bool((position_ids[:, 1:] == 0).any()):
-        flat = position_ids.reshape(-1)
-        starts = flat == 0
-        starts[0] = True  # a row always begins a document
-        row_starts = torch.zeros_like(position_ids, dtype=torch.bool)
-        row_starts[:, 0] = True
-        starts = starts | row_starts.reshape(-1)
-        document = torch.cumsum(starts.to(torch.long), 0) - 1
-        documents = int(document[-1]) + 1
-        offset = torch.arange(flat.numel(), device=flat.device) - torch.nonzero(starts).reshape(-1)[document]
-        longest = int(offset.max()) + 1
-        slot_of_token = document * longest + offset
-        first_token = torch.nonzero(starts).reshape(-1)
-        token_of_slot = first_token.repeat_interleave(longest)  # a document's first token fills its empty slots
-        token_of_slot[slot_of_token] = torch.arange(flat.numel(), device=flat.device)
-        layout = (slot_of_token, token_of_slot, documents, longest)
+        layout = _layout(position_ids)
     _last["ids"], _last["layout"] = weakref.ref(position_ids), layout
     return layout
+
+
+def _layout(position_ids: torch.Tensor) -> Layout:
+    rows, seq = position_ids.shape
+    starts = position_ids == 0
+    starts[:, 0] = True  # a row always begins a document
+    flat_start = torch.nonzero(starts.reshape(-1)).reshape(-1).tolist()  # every row's start is one of them
+    length = [b - a for a, b in zip(flat_start, flat_start[1:] + [rows * seq])]
+    device = position_ids.device
+    groups, pieces = [], []
+    for members in plan_groups(length):
+        first = [flat_start[i] for i in members]
+        if len(members) == 1:
+            groups.append(Group(first[0] // seq, first[0] % seq, length[members[0]]))
+        else:
+            longest = length[members[0]]
+            slots = torch.tensor(first, device=device).repeat_interleave(longest)
+            real = torch.cat([torch.arange(k * longest, k * longest + length[i], device=device)
+                              for k, i in enumerate(members)])
+            slots[real] = torch.cat([torch.arange(f, f + length[i], device=device) for f, i in zip(first, members)])
+            groups.append(Group(-1, 0, longest, slots, real, len(members)))
+        pieces += [(f, length[i]) for f, i in zip(first, members)]
+    token_order = [f + k for f, n in pieces for k in range(n)]
+    in_order = all(a < b for a, b in zip(token_order, token_order[1:]))
+    order = None if in_order else torch.empty(len(token_order), dtype=torch.long, device=device)
+    if order is not None:
+        order[torch.tensor(token_order, device=device)] = torch.arange(len(token_order), device=device)
+    return Layout(tuple(groups), order)
+
+
+def _attend(group: Group, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, flat: dict[str, Any],
+            dropout: float, scaling: float | None) -> torch.Tensor:
+    """One group's attention output, ``[heads, tokens, dim]`` in the group's document order."""
+    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
+    if group.slots is None:
+        q, k, v = (x[group.row, :, group.start:group.start + group.length].unsqueeze(0) for x in (query, key, value))
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, **gqa)[0]
+
+    def gathered(name: str, x: torch.Tensor) -> torch.Tensor:  # [B, h, S, D] -> [documents, h, longest, D]
+        if name not in flat:
+            flat[name] = x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[3])  # [h, B*S, D]: a view when B == 1
+        tokens = flat[name].index_select(1, group.slots)
+        return tokens.view(x.shape[1], group.documents, group.length, x.shape[3]).transpose(0, 1)
+
+    q, k, v = gathered("q", query), gathered("k", key), gathered("v", value)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, **gqa)
+    return out.transpose(0, 1).reshape(out.shape[1], -1, out.shape[3]).index_select(1, group.real)
 
 
 def packed_sdpa_attention_forward(
@@ -81,18 +176,13 @@ def packed_sdpa_attention_forward(
     if layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    slot_of_token, token_of_slot, documents, longest = layout
     batch, heads, seq, dim = query.shape
-
-    def by_document(x: torch.Tensor) -> torch.Tensor:  # [B, h, S, D] -> [documents, h, longest, D]
-        tokens = x.transpose(1, 2).reshape(batch * seq, x.shape[1], dim)
-        return tokens[token_of_slot].reshape(documents, longest, x.shape[1], dim).transpose(1, 2)
-
-    q, k, v = by_document(query), by_document(key), by_document(value)
-    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, **gqa)
-    out = out.transpose(1, 2).reshape(documents * longest, heads, dim)[slot_of_token]
-    return out.reshape(batch, seq, heads, dim), None
+    flat: dict[str, Any] = {}
+    outs = [_attend(g, query, key, value, flat, dropout, scaling) for g in layout.groups]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [H, B*S, D]
+    if layout.order is not None:
+        out = out.index_select(1, layout.order)
+    return out.view(heads, batch, seq, dim).permute(1, 2, 0, 3), None
 
 
 def register() -> None:
