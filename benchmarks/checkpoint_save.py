@@ -4,8 +4,9 @@
 
 Why: a full fine-tune's save is paid every ``ckpt_every_steps``; it should cost what the plain
 Hugging Face way costs. One process loads the model (fp32), takes one AdamW step so the
-optimizer holds its two moments, then alternates, ``--rounds`` times each, into fresh
-directories under a temp dir on the same disk:
+optimizer holds its two moments, saves once with each side untimed (a process's first save pays
+first-touch costs), then alternates, ``--rounds`` times each, into fresh directories under a temp
+dir on the same disk:
 
 * ``nemo_like``: ``Checkpointer.save`` of model, optimizer, LR scheduler and RNG (the step
   directory: model weights, consolidated HF directory, optimizer, manifest with SHA-256 and fsync);
@@ -116,6 +117,10 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     sizes: dict[str, int] = {}
     try:
+        for name, save in sides.items():  # untimed: the first save of a process pays first-touch costs (~1.7 s more)
+            out = str(root / f"{name}_warmup")
+            save(out)
+            shutil.rmtree(out)
         for r in range(args.rounds):
             for name, save in (sides.items() if r % 2 == 0 else reversed(sides.items())):
                 out = str(root / f"{name}_{r}")

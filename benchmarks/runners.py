@@ -32,8 +32,9 @@ def documents(batch: dict[str, torch.Tensor]) -> list[int]:
     """Lengths of the documents in a batch, padding excluded.
 
     Padded rows: one document each, as long as its attention mask. Packed rows (a 4-D mask
-    or none, with ``position_ids``): a document starts wherever the position is 0, and a
-    trailing block without a label is the pack's padding.
+    or none, with ``position_ids``): a document starts wherever the position is 0, and the
+    blocks without a label that end a row are padding (a pack's own padding block, or the
+    batch's padding of a shorter pack, whose positions may each be 0).
     """
     mask = batch.get("attention_mask")
     if mask is not None and mask.dim() == 2:
@@ -41,9 +42,10 @@ def documents(batch: dict[str, torch.Tensor]) -> list[int]:
     lengths = []
     for positions, labels in zip(batch["position_ids"], batch["labels"]):
         starts = (positions == 0).nonzero().flatten().tolist() + [positions.numel()]
-        for begin, end in zip(starts[:-1], starts[1:]):
-            if (labels[begin:end] != -100).any() or end < positions.numel():
-                lengths.append(end - begin)
+        blocks = [(begin, end, bool((labels[begin:end] != -100).any())) for begin, end in zip(starts, starts[1:])]
+        while blocks and not blocks[-1][2]:
+            blocks.pop()
+        lengths += [end - begin for begin, end, _ in blocks]
     return lengths
 
 
@@ -104,8 +106,8 @@ def run_nemo_like(w: Workload, packed: bool) -> dict[str, Any]:
                   "fused_swiglu": w.extra.get("nemo_like_fused_swiglu", True)},
         "peft": {"_target_": "nemo_like.components._peft.lora.PeftConfig", "match_all_linear": True,
                  "dim": w.lora_r, "alpha": w.lora_alpha, "dropout": 0.0, "lora_A_init": "kaiming"},
-        "step_scheduler": {"global_batch_size": rows, "local_batch_size": local, "max_steps": w.steps,
-                           "val_every_steps": None},
+        "step_scheduler": {"global_batch_size": rows, "local_batch_size": local, "val_every_steps": None,
+                           **({"num_epochs": 1, "max_steps": None} if w.epoch else {"max_steps": w.steps})},
         "optimizer": {"_target_": "torch.optim.AdamW", "lr": w.lr, "betas": [0.9, 0.999], "eps": 1e-8,
                       "weight_decay": 0.0},
         "clip_grad_norm": {"max_norm": w.max_grad_norm},
@@ -133,8 +135,9 @@ def run_nemo_like(w: Workload, packed: bool) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- (c), (d), (e): transformers and TRL
 def _hf_common(w: Workload, out_dir: str) -> dict[str, Any]:
-    """The settings that make the runs comparable: steps, LR, order, clipping, one log line a step."""
-    return {"output_dir": out_dir, "max_steps": w.steps, "learning_rate": w.lr, "lr_scheduler_type": "constant",
+    """The settings that make the runs comparable: steps (or one epoch), LR, order, clipping, one log line a step."""
+    steps = {"num_train_epochs": 1, "max_steps": -1} if w.epoch else {"max_steps": w.steps}
+    return {"output_dir": out_dir, **steps, "learning_rate": w.lr, "lr_scheduler_type": "constant",
             "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": w.max_grad_norm, "adam_epsilon": 1e-8,
             "logging_steps": 1, "report_to": "none", "save_strategy": "no", "seed": w.seed, "disable_tqdm": True,
             "train_sampling_strategy": "sequential", "dataloader_num_workers": 0,

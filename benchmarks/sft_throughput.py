@@ -23,6 +23,9 @@ and (e) as median and min-max over the repeats, ending with one ``ratio`` line e
     python benchmarks/sft_throughput.py                  # SmolLM2-135M-Instruct: the real measurement
     python benchmarks/sft_throughput.py --data quickstart --runners nemo_like_padded,nemo_like_packed,hf_trainer,trl_tuned,trl_padding_free
                                                          # the quickstart's long-tail rows, 512-token packs
+    python benchmarks/sft_throughput.py --data quickstart --epoch-docs 140 --runners nemo_like_packed,trl_tuned
+                                                         # one epoch over the same 140 documents each: the label
+                                                         # tokens/s of the same labels
 
 (f) ``trl_padding_free`` is TRL tuned without packing but ``padding_free=True``: the padded contenders'
 documents of a step laid end to end in one row.
@@ -121,12 +124,16 @@ def launch(name: str, workload_path: Path, work: Path, index: int, env: dict[str
 # ---------------------------------------------------------------- metrics
 def run_metrics(record: dict[str, Any], w: Workload, config: Any, ceiling_gflops: float | None) -> dict[str, Any]:
     """Per-run figures over the measured steps (the warm-up steps are excluded)."""
-    ends, first = record["step_end_s"], w.warmup_steps
-    if len(ends) < w.steps:
-        raise RuntimeError(f"{record['runner']}: ran {len(ends)} of {w.steps} steps")
-    elapsed = ends[w.steps - 1] - (ends[first - 1] if first else 0.0)
-    docs = [n for step in record["docs"][first : w.steps] for n in step]
-    tokens, labels = sum(docs), sum(record["label_tokens"][first : w.steps])
+    ends, first, steps = record["step_end_s"], w.warmup_steps, w.steps
+    if w.epoch:
+        first, steps = 0, len(ends)
+    if len(ends) < steps:
+        raise RuntimeError(f"{record['runner']}: ran {len(ends)} of {steps} steps")
+    elapsed = ends[steps - 1] - (ends[first - 1] if first else 0.0)
+    docs = [n for step in record["docs"][first:steps] for n in step]
+    if w.epoch and len(docs) != w.train_docs:
+        raise RuntimeError(f"{record['runner']}: trained {len(docs)} documents of the epoch's {w.train_docs}")
+    tokens, labels = sum(docs), sum(record["label_tokens"][first:steps])
     losses = record["losses"]
     tail = losses[-max(1, w.steps // 4) :]
     flops = model_flops(config, docs, w.lora_r)
@@ -134,7 +141,8 @@ def run_metrics(record: dict[str, Any], w: Workload, config: Any, ceiling_gflops
         "runner": record["runner"],
         "label_tokens_per_s": labels / elapsed,
         "tokens_per_s": tokens / elapsed,
-        "s_per_step": elapsed / (w.steps - first),
+        "s_per_step": elapsed / (steps - first),
+        "steps": steps - first,
         "peak_rss": record["peak_rss_mib"],
         "final_loss": record["heldout_loss"],
         "train_loss_tail": statistics.mean(tail) if tail else float("nan"),
@@ -197,7 +205,9 @@ def markdown(result: dict[str, Any]) -> str:
         MARK_START,
         f"Measured {result['date']} on `{result['machine']}` ({result['threads']} threads, load "
         f"{result['load_at_start']:.2f} at the start), `{result['command']}`; model `{w['model']}`, "
-        f"{w['steps']} steps of which {w['warmup_steps']} warm-up, {result['repeats']} alternating round(s), "
+        + (f"one epoch over {w['train_docs']} documents (every step timed), " if w.get("epoch") else
+           f"{w['steps']} steps of which {w['warmup_steps']} warm-up, ")
+        + f"{result['repeats']} alternating round(s), "
         f"{w['docs_per_step']} documents (padded) or {w['packs_per_step']} x {w['pack_size']}-token packs a step "
         f"({w['packs_per_micro_batch']} per forward).",
         "",
@@ -248,6 +258,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pack-size", type=int)
     p.add_argument("--packs-per-step", type=int)
     p.add_argument("--packs-per-micro-batch", type=int, help="packs per forward; the rest of a step accumulates")
+    p.add_argument("--epoch-docs", type=int, metavar="N",
+                   help="one epoch over the first N documents for every contender, each in as many steps as "
+                        "its batching takes; the whole epoch is timed (its first step too): label tokens/s over "
+                        "the same documents")
     p.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ",".join(RUNNERS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling (no MFU)")
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     train_jsonl, train_docs = TRAIN_JSONL, TRAIN_DOCS
     if args.data == "quickstart":
         train_jsonl, train_docs = write_shuffled(TRAIN_JSONL, work / "train_shuffled.jsonl"), None
+    if args.epoch_docs:
+        train_docs = args.epoch_docs
     data_stats = write_tokens(model_dir, tokens_path, limit=train_docs, source=train_jsonl)
     heldout_path = work / "heldout.jsonl"
     write_tokens(model_dir, heldout_path, limit=HELDOUT_DOCS, source=HELDOUT_JSONL)
@@ -304,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                  steps=settings["steps"], warmup_steps=settings["warmup_steps"],
                  docs_per_step=settings["docs_per_step"], pack_size=settings["pack_size"],
                  packs_per_step=settings["packs_per_step"], packs_per_micro_batch=settings["packs_per_micro_batch"],
-                 threads=args.threads, train_jsonl=str(train_jsonl), train_docs=train_docs, extra={"data": args.data})
+                 threads=args.threads, train_jsonl=str(train_jsonl), train_docs=train_docs, epoch=bool(args.epoch_docs),
+                 extra={"data": args.data})
     if not 0 <= w.warmup_steps < w.steps:
         print(f"error: --warmup-steps {w.warmup_steps} must be below --steps {w.steps}", file=sys.stderr)
         return 2
@@ -335,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(metrics)
             index += 1
             print(f"[{round_}] {name:18s} label tok/s {metrics['label_tokens_per_s']:8.1f}  tok/s "
-                  f"{metrics['tokens_per_s']:8.1f}  s/step {metrics['s_per_step']:7.2f}  peak RSS "
+                  f"{metrics['tokens_per_s']:8.1f}  s/step {metrics['s_per_step']:7.2f} ({metrics['steps']})  peak RSS "
                   f"{metrics['peak_rss']:6.0f} MiB  held-out loss {metrics['final_loss']:.4f}", flush=True)
 
     summary = {}
@@ -360,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     tag = "-quick" if args.quick else "-quickstart-data" if args.data == "quickstart" else ""
+    tag += f"-epoch{args.epoch_docs}" if args.epoch_docs else ""
     out_json = results_dir / f"{date}-{machine_name()}{tag}.json"
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     if args.markdown.lower() != "none":

@@ -58,6 +58,7 @@ class Workload(JSONRecord):
     threads: int = 2
     train_jsonl: str = str(TRAIN_JSONL)
     train_docs: int | None = TRAIN_DOCS  # rows of train_jsonl trained on (None: all)
+    epoch: bool = False  # one epoch over the train_docs rows for every contender instead of `steps` steps
     extra: dict[str, Any] = field(default_factory=dict)
 
 

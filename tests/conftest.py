@@ -223,3 +223,11 @@ def step_records(ckpt: Path, timings: tuple[str, ...]) -> dict[int, dict]:
             record.pop(key, None)
         out[record["step"]] = record
     return out
+
+
+def packed_row(lengths: list[int], padding: int) -> dict[str, list[int]]:
+    """A pack as ``PackedSequence`` gives it: documents of ``lengths`` (the last two tokens of each labelled),
+    then a padding block of ``padding`` tokens without labels."""
+    positions = [p for n in lengths for p in range(n)] + list(range(padding))
+    labels = [t for n in lengths for t in [-100] * (n - 2) + [5, 6]] + [-100] * padding
+    return {"input_ids": [7] * len(positions), "labels": labels, "position_ids": positions}

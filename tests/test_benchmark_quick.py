@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, packed_row
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +61,14 @@ def test_quick_benchmark_runs_every_contender_and_reports_ratios(tmp_path):
     text = doc.read_text()
     assert "prose stays" in text and "tail stays" in text and "old" not in text
     assert "| (b) nemo_like, packed |" in text and "benchmarks/sft_throughput.py --quick" in text
+
+
+def test_documents_of_a_packed_batch_leave_out_its_padding():
+    """The harness's bookkeeping: a batch of two packs of unequal length, the shorter padded token by token."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from runners import documents
+
+    from nemo_like.components.datasets.utils import packed_sequence_collater
+
+    batch = packed_sequence_collater([packed_row([9, 4, 6], padding=5), packed_row([3, 5], padding=8)], pad_token_id=0)
+    assert documents(batch) == [9, 4, 6, 3, 5]

@@ -149,7 +149,7 @@ def test_a_step_moved_aside_by_an_interrupted_resave_is_put_back(trained, tmp_pa
 
 # ---------------------------------------------------------------------- non-finite weights
 @pytest.mark.parametrize("method", ["full", "lora"])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_weights_holding_nan_or_inf_are_never_saved(tiny_model_dir, tiny_tokenizer, tmp_path, method, bad):
     from transformers import AutoModelForCausalLM
 

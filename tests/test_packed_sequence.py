@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, addition_rows, tiny_llama_config, write_jsonl
+from conftest import REPO, addition_rows, packed_row, tiny_llama_config, write_jsonl
 from nemo_like.components.datasets.json_rows import DatasetError
 from nemo_like.components.datasets.llm.column_mapped_text_instruction_dataset import (
     ColumnMappedTextInstructionDataset,
@@ -363,3 +363,14 @@ def test_packs_are_built_when_read_and_split_pieces_keep_every_token():
     assert all(len(packed[i]["input_ids"]) == 16 for i in range(len(packed)))
     with pytest.raises(IndexError):
         packed[len(packed)]
+
+
+def test_real_tokens_leave_out_pack_padding_and_the_batch_padding_of_a_shorter_pack():
+    from nemo_like.components.datasets.llm.packed_sequence import real_tokens
+
+    batch = packed_sequence_collater([packed_row([9, 4, 6], padding=5), packed_row([3, 5], padding=8)], pad_token_id=0)
+    assert batch["input_ids"].shape == (2, 19)  # the padding blocks left out, the shorter pack padded to 19
+    assert (batch["position_ids"][1, 8:] == 0).all()  # each batch padding token restarts at 0
+    assert real_tokens(batch) == 9 + 4 + 6 + 3 + 5
+    single = packed_sequence_collater([packed_row([9, 4, 6], padding=5)], pad_token_id=0)
+    assert real_tokens(single) == 19

@@ -165,6 +165,7 @@ class GenerationEvalSection:
     limit: int | None = None
     before_training: bool = True
     judge: str | None = None  # import path of ``judge(generated, row) -> bool``; None: exact match of the answer
+    adapt_threads: bool = True  # on a CPU, decode on no more threads than other processes leave cores free
 
     def __post_init__(self) -> None:
         if self.judge is not None:

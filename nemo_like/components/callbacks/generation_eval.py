@@ -43,6 +43,7 @@ class GenerationEval(Callback):
     limit: int | None = None
     before_training: bool = True
     judge: Callable[[str, dict], bool] | None = None  # scores each generation instead of exact match
+    adapt_threads: bool = True  # on a CPU, decode on no more threads than other processes leave cores free
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     world_size: int = 1
     cp_size: int = 1
@@ -83,7 +84,8 @@ class GenerationEval(Callback):
                 self.model, self.tokenizer, rows, column_mapping=self.column_mapping,
                 use_chat_template=self.use_hf_chat_template, max_new_tokens=self.max_new_tokens,
                 batch_size=self.batch_size, judge=self.judge, on_batch=progress.update,
+                adapt_threads=self.adapt_threads,
             )
-        logger.info("held-out %s %s: %.3f (%d rows, %.1f s)", what, when, result["accuracy"], result["n"],
-                    time.perf_counter() - start)
+        logger.info("held-out %s %s: %.3f (%d rows, %.1f s, %d threads)", what, when, result["accuracy"], result["n"],
+                    time.perf_counter() - start, result["threads"])
         return result["accuracy"]

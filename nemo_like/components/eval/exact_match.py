@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from nemo_like.components.training.cpu_threads import decoding_threads
+
+
 def load_jsonl_rows(path: str | Path, limit: int | None = None) -> list[dict]:
     """Read a JSONL file into a list of dicts (blank lines skipped); ``limit`` keeps the first N.
 
@@ -203,6 +206,7 @@ def generation_exact_match(
     share_prefix: bool = True,
     judge: Callable[..., bool] | None = None,
     on_batch: Callable[[int], Any] | None = None,
+    adapt_threads: bool = True,
 ) -> dict:
     """Greedy-generate an answer for every row and score ``generated.strip() == answer.strip()``, or
     ``judge(generated)`` / ``judge(generated, row)`` when given (a behaviour a script can check: a format, a style).
@@ -213,11 +217,16 @@ def generation_exact_match(
     shared-prefix cache (see ``_generate_batch``), e.g. to compare timings. ``on_batch(rows)`` is called
     after each batch with its number of rows (progress lines).
 
-    Returns ``{"accuracy", "n", "correct", "examples"}`` where ``examples`` holds the first
-    ``num_examples`` rows as ``{"prompt", "expected", "got"}`` for a quick visual check.
+    On a CPU the decoding runs on no more intra-op threads than other processes leave cores free
+    (:func:`~nemo_like.components.training.cpu_threads.decoding_threads`); ``adapt_threads=False`` keeps
+    the caller's count (answers that must not depend on the machine's load, timings to compare).
+
+    Returns ``{"accuracy", "n", "correct", "examples", "threads"}`` where ``examples`` holds the first
+    ``num_examples`` rows as ``{"prompt", "expected", "got"}`` for a quick visual check, and ``threads``
+    the intra-op threads the decoding ran on.
     """
     if not rows:
-        return {"accuracy": 0.0, "n": 0, "correct": 0, "examples": []}
+        return {"accuracy": 0.0, "n": 0, "correct": 0, "examples": [], "threads": torch.get_num_threads()}
     prompts = [build_prompt(r, tokenizer, column_mapping, use_chat_template) for r in rows]
     expected = [_column(r, column_mapping, "answer").strip() for r in rows]
     encoded = [encode_prompt(r, tokenizer, column_mapping, use_chat_template) for r in rows]
@@ -228,21 +237,23 @@ def generation_exact_match(
         pad_id = eos_ids[0] if eos_ids else 0
     was_training = model.training
     generated: list[str] = [""] * len(rows)
-    try:
-        model.eval()
-        order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            new_ids = _generate_batch(
-                model, [encoded[i] for i in idx], max_new_tokens, eos_ids, pad_id, share_prefix
-            )
-            for i, ids in zip(idx, new_ids):
-                generated[i] = tokenizer.decode(ids, skip_special_tokens=True)
-            if on_batch is not None:
-                on_batch(len(idx))
-    finally:
-        if was_training:
-            model.train()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    with decoding_threads(device, enabled=adapt_threads) as threads:
+        try:
+            model.eval()
+            order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                new_ids = _generate_batch(
+                    model, [encoded[i] for i in idx], max_new_tokens, eos_ids, pad_id, share_prefix
+                )
+                for i, ids in zip(idx, new_ids):
+                    generated[i] = tokenizer.decode(ids, skip_special_tokens=True)
+                if on_batch is not None:
+                    on_batch(len(idx))
+        finally:
+            if was_training:
+                model.train()
 
     if judge is None:
         correct = sum(int(g.strip() == e) for g, e in zip(generated, expected))
@@ -253,4 +264,5 @@ def generation_exact_match(
         {"prompt": prompts[i], "expected": expected[i], "got": generated[i].strip()}
         for i in range(min(num_examples, len(rows)))
     ]
-    return {"accuracy": correct / len(rows), "n": len(rows), "correct": correct, "examples": examples}
+    return {"accuracy": correct / len(rows), "n": len(rows), "correct": correct, "examples": examples,
+            "threads": threads}

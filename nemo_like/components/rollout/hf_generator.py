@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from nemo_like.components.rollout.sampling import Rollout, SamplingParams
+from nemo_like.components.training.cpu_threads import decoding_threads
 
 __all__ = ["HFGenerator", "top_k_filter", "top_p_filter"]
 
@@ -54,11 +55,14 @@ class HFGenerator:
     the count of rows still generating summed over ranks; then finished rows stay in the batch (their
     tokens unused) and every rank runs the same number of steps, until no rank has a row left.
     ``sampling_context``: entered around each call (e.g. LoRA adapters merged into their layers).
+    ``adapt_threads``: on a CPU, decode on no more intra-op threads than other processes leave cores free
+    (:func:`~nemo_like.components.training.cpu_threads.decoding_threads`); false keeps the caller's count.
     """
 
     def __init__(self, model: Any, eos_token_id: int | list[int], pad_token_id: int,
                  rows_left_everywhere: Callable[[int], int] | None = None,
-                 sampling_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+                 sampling_context: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 adapt_threads: bool = True) -> None:
         eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         if not eos or not all(isinstance(t, int) and not isinstance(t, bool) for t in eos):
             raise ValueError(f"eos_token_id must be an int or a non-empty list of ints, got {eos_token_id!r}")
@@ -69,6 +73,7 @@ class HFGenerator:
         self.pad_token_id = pad_token_id
         self.rows_left_everywhere = rows_left_everywhere
         self.sampling_context = sampling_context or contextlib.nullcontext
+        self.adapt_threads = adapt_threads
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = set(inspect.signature(base.forward).parameters)
         # transformers 5 renamed the forward's `past_key_values` to `cache`; take whichever the model has.
@@ -86,7 +91,8 @@ class HFGenerator:
         self.model.eval()  # dropout off while sampling; each module's own mode comes back afterwards
         try:
             # not inference_mode: FSDP2 keeps the buffers it gathers into, for training too
-            with torch.no_grad(), self.sampling_context():
+            device = next(iter(self.model.parameters()), torch.empty(0)).device
+            with torch.no_grad(), self.sampling_context(), decoding_threads(device, self.adapt_threads) as threads:
                 tokens, logps, lengths, stopped = self._decode(prompt_ids, num_generations, sampling)
         finally:
             for module, training in modes:
@@ -99,6 +105,7 @@ class HFGenerator:
             truncated=[not s for s in stopped.tolist()],
             seconds=time.perf_counter() - start,
             generated_tokens=int(lengths.sum()),
+            threads=threads,
         )
 
     def _decode(

@@ -78,6 +78,7 @@ class Rollout:
     truncated: list[bool]  # reached max_completion_length without an EOS token
     seconds: float
     generated_tokens: int
+    threads: int | None = None  # the intra-op threads a CPU decoding ran on (None: not counted)
 
     @property
     def tokens_per_second(self) -> float:

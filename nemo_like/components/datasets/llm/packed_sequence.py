@@ -245,17 +245,18 @@ def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens of real documents in a batch: its attention mask when padded; each pack minus a trailing padding
-    block (the last document when none of its positions carries a label: real rows always do)."""
+    """Tokens of real documents in a batch: its attention mask when padded; each pack up to the end of its last
+    document that carries a label (real rows always do; after it come a pack's padding block and the batch's
+    padding of a shorter pack, each of whose tokens restarts at position 0)."""
     mask = batch["attention_mask"]
     if mask.dim() == 2:
         return int(mask.sum())
     count = 0
     for positions, labels in zip(batch["position_ids"], batch["labels"]):
-        docs = document_ids(positions)
-        last = docs == docs.max()
-        padding = int(last.sum()) if bool((labels[last] == IGNORE_INDEX).all()) else 0
-        count += positions.numel() - padding
+        labelled = (labels != IGNORE_INDEX).nonzero()
+        if labelled.numel():
+            docs = document_ids(positions)
+            count += int((docs <= docs[labelled[-1, 0]]).sum())
     return count
 
 
