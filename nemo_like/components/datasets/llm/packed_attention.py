@@ -47,24 +47,24 @@ class Group:
     """Documents attended in one SDPA call.
 
     Alone (``slots is None``): the tokens ``start:start + length`` of row ``row``. Shared:
-    ``slots`` gives, for each ``[documents, longest]`` slot, the flat token that fills it
-    (a document's first token fills its padding), and ``real`` the slots holding real tokens.
+    ``slots`` gives, for each ``[documents, length]`` slot, the flat token that fills it
+    (a document's first token fills its padding).
     """
 
     row: int
     start: int
     length: int
     slots: torch.Tensor | None = None
-    real: torch.Tensor | None = None
     documents: int = 1
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The groups of one batch and, when their concatenated tokens are out of order, the order to restore."""
+    """The groups of one batch, in token order, and each token's slot among their outputs laid end to end
+    (None when that is the token's own place: every group a document alone)."""
 
     groups: tuple[Group, ...]
-    order: torch.Tensor | None
+    slot_of_token: torch.Tensor | None
 
 
 # The layout of the last position_ids seen: every layer of one forward reuses it.
@@ -116,44 +116,40 @@ def _layout(position_ids: torch.Tensor) -> Layout:
     flat_start = torch.nonzero(starts.reshape(-1)).reshape(-1).tolist()  # every row's start is one of them
     length = [b - a for a, b in zip(flat_start, flat_start[1:] + [rows * seq])]
     device = position_ids.device
-    groups, pieces = [], []
-    for members in plan_groups(length):
+    groups: list[Group] = []
+    slot_of_token = [0] * (rows * seq)
+    at = 0  # where the next group's output starts among all outputs
+    for members in sorted((sorted(g) for g in plan_groups(length)), key=lambda g: g[0]):  # in token order
         first = [flat_start[i] for i in members]
+        longest = max(length[i] for i in members)
+        for k, (f, i) in enumerate(zip(first, members)):
+            slot_of_token[f:f + length[i]] = range(at + k * longest, at + k * longest + length[i])
         if len(members) == 1:
-            groups.append(Group(first[0] // seq, first[0] % seq, length[members[0]]))
+            groups.append(Group(first[0] // seq, first[0] % seq, longest))
         else:
-            longest = length[members[0]]
-            slots = torch.tensor(first, device=device).repeat_interleave(longest)
-            real = torch.cat([torch.arange(k * longest, k * longest + length[i], device=device)
-                              for k, i in enumerate(members)])
-            slots[real] = torch.cat([torch.arange(f, f + length[i], device=device) for f, i in zip(first, members)])
-            groups.append(Group(-1, 0, longest, slots, real, len(members)))
-        pieces += [(f, length[i]) for f, i in zip(first, members)]
-    token_order = [f + k for f, n in pieces for k in range(n)]
-    in_order = all(a < b for a, b in zip(token_order, token_order[1:]))
-    order = None if in_order else torch.empty(len(token_order), dtype=torch.long, device=device)
-    if order is not None:
-        order[torch.tensor(token_order, device=device)] = torch.arange(len(token_order), device=device)
-    return Layout(tuple(groups), order)
+            slots = [f + j if j < length[i] else f for f, i in zip(first, members) for j in range(longest)]
+            groups.append(Group(-1, 0, longest, torch.tensor(slots, device=device), len(members)))
+        at += len(members) * longest
+    alone = all(g.slots is None for g in groups)  # then the outputs laid end to end are the tokens in order
+    return Layout(tuple(groups), None if alone else torch.tensor(slot_of_token, device=device))
 
 
 def _attend(group: Group, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, flat: dict[str, Any],
             dropout: float, scaling: float | None) -> torch.Tensor:
-    """One group's attention output, ``[heads, tokens, dim]`` in the group's document order."""
+    """One group's attention output, ``[documents * length, heads, dim]``: each document's slots in turn."""
     gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
     if group.slots is None:
         q, k, v = (x[group.row, :, group.start:group.start + group.length].unsqueeze(0) for x in (query, key, value))
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, **gqa)[0]
+    else:
+        def gathered(name: str, x: torch.Tensor) -> torch.Tensor:  # [B, h, S, D] -> [documents, h, length, D]
+            if name not in flat:
+                flat[name] = x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[3])  # [h, B*S, D]: a view when B == 1
+            tokens = flat[name].index_select(1, group.slots)
+            return tokens.view(x.shape[1], group.documents, group.length, x.shape[3]).transpose(0, 1)
 
-    def gathered(name: str, x: torch.Tensor) -> torch.Tensor:  # [B, h, S, D] -> [documents, h, longest, D]
-        if name not in flat:
-            flat[name] = x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[3])  # [h, B*S, D]: a view when B == 1
-        tokens = flat[name].index_select(1, group.slots)
-        return tokens.view(x.shape[1], group.documents, group.length, x.shape[3]).transpose(0, 1)
-
-    q, k, v = gathered("q", query), gathered("k", key), gathered("v", value)
+        q, k, v = gathered("q", query), gathered("k", key), gathered("v", value)
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, **gqa)
-    return out.transpose(0, 1).reshape(out.shape[1], -1, out.shape[3]).index_select(1, group.real)
+    return out.transpose(1, 2).reshape(-1, out.shape[1], out.shape[3])
 
 
 def packed_sdpa_attention_forward(
@@ -179,10 +175,10 @@ def packed_sdpa_attention_forward(
     batch, heads, seq, dim = query.shape
     flat: dict[str, Any] = {}
     outs = [_attend(g, query, key, value, flat, dropout, scaling) for g in layout.groups]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [H, B*S, D]
-    if layout.order is not None:
-        out = out.index_select(1, layout.order)
-    return out.view(heads, batch, seq, dim).permute(1, 2, 0, 3), None
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)  # [slots, H, D]
+    if layout.slot_of_token is not None:
+        out = out.index_select(0, layout.slot_of_token)
+    return out.view(batch, seq, heads, dim), None  # contiguous: the caller's reshape to [B, S, H * D] is free
 
 
 def register() -> None:
