@@ -95,6 +95,16 @@ def test_grouped_documents_give_the_block_causal_attention_and_its_gradients(one
         assert (a - b).abs().max() < 1e-5
 
 
+def test_a_document_longer_than_a_sliding_window_is_refused_not_attended_wrongly(one_thread):
+    positions = torch.cat([torch.arange(12), torch.arange(5)])[None]
+    q, k, v = torch.randn(1, 4, 17, 8), torch.randn(1, 2, 17, 8), torch.randn(1, 2, 17, 8)
+    with pytest.raises(ValueError, match=r"longer than the model's sliding window \(8 tokens\)"):
+        packed_sdpa_attention_forward(torch.nn.Module(), q, k, v, None, position_ids=positions, sliding_window=8)
+    got = packed_sdpa_attention_forward(torch.nn.Module(), q, k, v, None, position_ids=positions, sliding_window=16)[0]
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(positions), enable_gqa=True)
+    assert (want.transpose(1, 2) - got).abs().max() < 1e-5  # within the window, the window changes nothing
+
+
 def test_plan_groups_puts_long_documents_alone_and_short_ones_together():
     lengths = [339, 57, 55, 58, 8, 9, 7]
     groups = plan_groups(lengths)

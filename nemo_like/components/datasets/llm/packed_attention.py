@@ -173,6 +173,11 @@ def packed_sdpa_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     batch, heads, seq, dim = query.shape
+    window = kwargs.get("sliding_window")
+    if window and max(g.length for g in layout.groups) > window:
+        raise ValueError(f"attn_implementation packed_sdpa: a packed document is longer than the model's sliding "
+                         f"window ({window} tokens), which per-document causal attention does not apply; use "
+                         f"sdpa or eager (the block mask) or packs of at most {window} tokens")
     flat: dict[str, Any] = {}
     outs = [_attend(g, query, key, value, flat, dropout, scaling) for g in layout.groups]
     out = outs[0] if len(outs) == 1 else torch.cat(outs)  # [slots, H, D]
