@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from nemo_like.components.datasets.llm.packed_sequence import document_lengths as documents
 from workload import Workload, heldout_loss, read_tokens
 
 RUNNERS = ("nemo_like_padded", "nemo_like_packed", "hf_trainer", "trl_defaults", "trl_tuned", "trl_padding_free")
@@ -26,27 +27,6 @@ LABELS = {
     "trl_tuned": "(e) TRL SFTTrainer, tuned",
     "trl_padding_free": "(f) TRL SFTTrainer, tuned, padding-free without packing",
 }
-
-
-def documents(batch: dict[str, torch.Tensor]) -> list[int]:
-    """Lengths of the documents in a batch, padding excluded.
-
-    Padded rows: one document each, as long as its attention mask. Packed rows (a 4-D mask
-    or none, with ``position_ids``): a document starts wherever the position is 0, and the
-    blocks without a label that end a row are padding (a pack's own padding block, or the
-    batch's padding of a shorter pack, whose positions may each be 0).
-    """
-    mask = batch.get("attention_mask")
-    if mask is not None and mask.dim() == 2:
-        return [int(n) for n in mask.sum(dim=1)]
-    lengths = []
-    for positions, labels in zip(batch["position_ids"], batch["labels"]):
-        starts = (positions == 0).nonzero().flatten().tolist() + [positions.numel()]
-        blocks = [(begin, end, bool((labels[begin:end] != -100).any())) for begin, end in zip(starts, starts[1:])]
-        while blocks and not blocks[-1][2]:
-            blocks.pop()
-        lengths += [end - begin for begin, end, _ in blocks]
-    return lengths
 
 
 class StepLog:

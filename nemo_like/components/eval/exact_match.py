@@ -237,8 +237,7 @@ def generation_exact_match(
         pad_id = eos_ids[0] if eos_ids else 0
     was_training = model.training
     generated: list[str] = [""] * len(rows)
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    with decoding_threads(device, enabled=adapt_threads) as threads:
+    with decoding_threads(next(model.parameters()).device, enabled=adapt_threads) as threads:
         try:
             model.eval()
             order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))

@@ -91,7 +91,7 @@ class HFGenerator:
         self.model.eval()  # dropout off while sampling; each module's own mode comes back afterwards
         try:
             # not inference_mode: FSDP2 keeps the buffers it gathers into, for training too
-            device = next(iter(self.model.parameters()), torch.empty(0)).device
+            device = next(self.model.parameters()).device
             with torch.no_grad(), self.sampling_context(), decoding_threads(device, self.adapt_threads) as threads:
                 tokens, logps, lengths, stopped = self._decode(prompt_ids, num_generations, sampling)
         finally:

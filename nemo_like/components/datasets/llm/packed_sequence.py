@@ -244,20 +244,28 @@ def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cumsum((position_ids == 0).to(torch.long), dim=-1)
 
 
-def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens of real documents in a batch: its attention mask when padded; each pack up to the end of its last
-    document that carries a label (real rows always do; after it come a pack's padding block and the batch's
+def document_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
+    """Lengths of the real documents in a batch: each padded row's attention mask; in packed rows (a 4-D mask
+    or none, with ``position_ids``) the blocks between restarts of the position at 0, up to the last block
+    that carries a label (real documents always do; after it come a pack's padding block and the batch's
     padding of a shorter pack, each of whose tokens restarts at position 0)."""
-    mask = batch["attention_mask"]
-    if mask.dim() == 2:
-        return int(mask.sum())
-    count = 0
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        return [int(n) for n in mask.sum(dim=1)]
+    lengths = []
     for positions, labels in zip(batch["position_ids"], batch["labels"]):
-        labelled = (labels != IGNORE_INDEX).nonzero()
-        if labelled.numel():
-            docs = document_ids(positions)
-            count += int((docs <= docs[labelled[-1, 0]]).sum())
-    return count
+        starts = sorted({0, *(positions == 0).nonzero().flatten().tolist()}) + [positions.numel()]
+        blocks = [(end - begin, bool((labels[begin:end] != IGNORE_INDEX).any()))
+                  for begin, end in zip(starts, starts[1:])]
+        while blocks and not blocks[-1][1]:
+            blocks.pop()
+        lengths += [n for n, _ in blocks]
+    return lengths
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens of the real documents in a batch (:func:`document_lengths`)."""
+    return sum(document_lengths(batch))
 
 
 def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
@@ -329,6 +337,6 @@ def pack_dataset(dataset: Any, packed_sequence_size: int | None = 0, **options: 
 
 
 __all__: Sequence[str] = (
-    "PackedSequence", "attention_implementation", "block_causal_mask", "document_ids", "pack_dataset",
-    "prepare_packed_attention",
+    "PackedSequence", "attention_implementation", "block_causal_mask", "document_ids", "document_lengths",
+    "pack_dataset", "prepare_packed_attention",
 )
