@@ -61,6 +61,20 @@ def test_packed_sdpa_equals_the_block_causal_mask_and_each_document_alone(one_th
         assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
 
 
+def test_packed_sdpa_loss_equals_the_block_mask_loss_when_documents_are_attended_alone_and_in_groups(one_thread):
+    """A long document alone on a slice of its row, short ones gathered into one call: the loss of the model."""
+    reference, packed = _tiny_pair()
+    rows = ([200, 7, 9, 6, 8], [6, 60, 5, 9, 150])
+    positions = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in rows])
+    ids = torch.randint(0, 320, positions.shape, generator=torch.Generator().manual_seed(5))
+    labels = torch.randint(0, 320, positions.shape, generator=torch.Generator().manual_seed(6))
+    inputs = {"input_ids": ids, "position_ids": positions, "attention_mask": block_causal_mask(positions)}
+    assert [len(g) for g in plan_groups([200, 7, 9, 6, 8, 6, 60, 5, 9, 150])] == [1, 1, 1, 7]  # both kinds of call
+    want = F.cross_entropy(reference(**inputs).logits.flatten(0, 1), labels.flatten())
+    got = F.cross_entropy(packed(**inputs).logits.flatten(0, 1), labels.flatten())
+    assert abs(got.item() - want.item()) <= 1e-6 * abs(want.item())
+
+
 def test_packed_sdpa_leaves_padded_batches_and_generation_to_sdpa(one_thread):
     reference, packed = _tiny_pair()
     ids = torch.randint(0, 320, (3, 10), generator=torch.Generator().manual_seed(3))
